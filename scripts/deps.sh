@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Install every Debian package Portico needs to build, test, fuzz and benchmark.
+# Idempotent: packages already present are skipped by apt.
+set -euo pipefail
+
+PKGS=(
+  # build
+  build-essential meson ninja-build pkg-config clang lld
+  libclang-rt-14-dev llvm
+  # libraries
+  libssl-dev libnghttp2-dev libpcre2-dev zlib1g-dev
+  # tests
+  libcriterion-dev python3 python3-pytest python3-h2 curl
+  # benchmark peers and load generators
+  nginx-light haproxy wrk nghttp2-client
+)
+
+if [ "${1:-}" = "--bench" ]; then
+  PKGS+=(h2o linux-perf valgrind)
+fi
+
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+
+SUDO=""
+[ "$(id -u)" -ne 0 ] && SUDO="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+# The nginx package starts a system service on install; Portico's tests and
+# benchmarks start their own instances, so stop it if it came up.
+if command -v systemctl >/dev/null 2>&1; then
+  $SUDO systemctl stop nginx 2>/dev/null || true
+  $SUDO systemctl disable nginx 2>/dev/null || true
+fi

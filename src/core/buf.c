@@ -1,0 +1,158 @@
+#include "core/buf.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* Free segments kept per thread; beyond this many, they go back to malloc. */
+#define BUF_CACHE_MAX 256
+
+static __thread struct buf *free_list;
+static __thread size_t free_count;
+static __thread size_t live_count;
+
+struct buf *buf_new(size_t cap)
+{
+    struct buf *b;
+    if (cap <= BUF_SEG_SIZE && free_list) {
+        b = free_list;
+        free_list = b->next_free;
+        free_count--;
+    } else {
+        size_t c = cap < BUF_SEG_SIZE ? BUF_SEG_SIZE : cap;
+        b = malloc(sizeof(*b) + c);
+        if (!b)
+            return NULL;
+        b->cap = (uint32_t)c;
+    }
+    b->refs = 1;
+    b->next_free = NULL;
+    live_count++;
+    return b;
+}
+
+void buf_unref(struct buf *b)
+{
+    if (--b->refs > 0)
+        return;
+    live_count--;
+    if (b->cap == BUF_SEG_SIZE && free_count < BUF_CACHE_MAX) {
+        b->next_free = free_list;
+        free_list = b;
+        free_count++;
+        return;
+    }
+    free(b);
+}
+
+void buf_trim_cache(void)
+{
+    while (free_list) {
+        struct buf *b = free_list;
+        free_list = b->next_free;
+        free(b);
+    }
+    free_count = 0;
+}
+
+size_t buf_live_count(void)
+{
+    return live_count;
+}
+
+void outq_init(struct outq *q)
+{
+    q->head = q->count = 0;
+    q->bytes = 0;
+}
+
+void outq_clear(struct outq *q)
+{
+    while (q->count) {
+        struct outq_item *it = &q->items[q->head];
+        if (it->seg)
+            buf_unref(it->seg);
+        q->head = (q->head + 1) % OUTQ_MAX;
+        q->count--;
+    }
+    q->head = 0;
+    q->bytes = 0;
+}
+
+int outq_push(struct outq *q, struct buf *seg, const char *p, size_t len)
+{
+    if (len == 0)
+        return 0;
+    if (q->count == OUTQ_MAX)
+        return -1;
+    struct outq_item *it = &q->items[(q->head + q->count) % OUTQ_MAX];
+    it->seg = seg ? buf_ref(seg) : NULL;
+    it->p = p;
+    it->len = len;
+    q->count++;
+    q->bytes += len;
+    return 0;
+}
+
+ssize_t outq_write(struct outq *q, int fd)
+{
+    size_t total = 0;
+    while (q->count) {
+        struct iovec iov[OUTQ_MAX];
+        unsigned n = 0;
+        for (unsigned i = 0; i < q->count && n < OUTQ_MAX; i++) {
+            struct outq_item *it = &q->items[(q->head + i) % OUTQ_MAX];
+            iov[n].iov_base = (void *)it->p;
+            iov[n].iov_len = it->len;
+            n++;
+        }
+        ssize_t w = writev(fd, iov, (int)n);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            if (total)
+                return (ssize_t)total;
+            return -1;
+        }
+        size_t left = (size_t)w;
+        total += left;
+        q->bytes -= left;
+        while (left && q->count) {
+            struct outq_item *it = &q->items[q->head];
+            if (left < it->len) {
+                it->p += left;
+                it->len -= left;
+                left = 0;
+                break;
+            }
+            left -= it->len;
+            if (it->seg)
+                buf_unref(it->seg);
+            q->head = (q->head + 1) % OUTQ_MAX;
+            q->count--;
+        }
+        if (q->count) {
+            /* a short write means the socket is full */
+            errno = EAGAIN;
+            return (ssize_t)total;
+        }
+    }
+    return (ssize_t)total;
+}
+
+int outq_push_copy(struct outq *q, struct buf **scratch, size_t *used, const char *p, size_t len)
+{
+    if (!*scratch || *used + len > (*scratch)->cap) {
+        if (*scratch)
+            buf_unref(*scratch);
+        *scratch = buf_new(len > BUF_SEG_SIZE ? len : BUF_SEG_SIZE);
+        *used = 0;
+        if (!*scratch)
+            return -1;
+    }
+    char *dst = (*scratch)->data + *used;
+    memcpy(dst, p, len);
+    *used += len;
+    return outq_push(q, *scratch, dst, len);
+}

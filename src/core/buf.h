@@ -1,0 +1,76 @@
+/* Reference-counted byte segments from per-thread free lists. A segment
+ * read from one socket can be queued on another without a copy: whoever
+ * keeps a slice of it keeps a reference. Segments are used by one thread
+ * at a time (a connection never changes threads), so counts are plain. */
+#ifndef PORTICO_CORE_BUF_H
+#define PORTICO_CORE_BUF_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/uio.h>
+
+#define BUF_SEG_SIZE 16384
+
+struct buf {
+    uint32_t refs;
+    uint32_t cap;   /* bytes of data[] */
+    struct buf *next_free;
+    char data[];
+};
+
+/* A segment of BUF_SEG_SIZE bytes (or `cap` if larger, not pooled). NULL on
+ * allocation failure. The caller holds one reference. */
+struct buf *buf_new(size_t cap);
+
+static inline struct buf *buf_ref(struct buf *b)
+{
+    b->refs++;
+    return b;
+}
+
+void buf_unref(struct buf *b);
+
+/* Free this thread's cached segments (at worker exit). */
+void buf_trim_cache(void);
+
+/* Number of segments allocated and not freed, summed over this thread (for
+ * the memory tests and the status page). */
+size_t buf_live_count(void);
+
+/* A byte queue of slices of segments (or of static memory), written out with
+ * writev. Holds a reference on every segment it points into. */
+struct outq_item {
+    struct buf *seg;   /* NULL for static or arena memory owned elsewhere */
+    const char *p;
+    size_t len;
+};
+
+#define OUTQ_MAX 64
+
+struct outq {
+    struct outq_item items[OUTQ_MAX];
+    unsigned head, count;
+    size_t bytes;      /* bytes queued */
+};
+
+void outq_init(struct outq *q);
+/* Drop everything queued (references released). */
+void outq_clear(struct outq *q);
+/* Queue `len` bytes at `p`; `seg` (if not NULL) gets a reference. Returns 0
+ * or -1 if the queue has no free slot (the caller backs off until it drains). */
+int outq_push(struct outq *q, struct buf *seg, const char *p, size_t len);
+/* Free slots left. */
+static inline unsigned outq_room(const struct outq *q)
+{
+    return OUTQ_MAX - q->count;
+}
+/* Copy `len` small bytes (framing text) into a scratch segment and queue
+ * them; `scratch` and `used` track the segment being filled (a new one is taken
+ * when it is full; the queue holds references to the old ones). */
+int outq_push_copy(struct outq *q, struct buf **scratch, size_t *used, const char *p, size_t len);
+
+/* writev as much as the socket takes. Returns bytes written (>= 0), or -1
+ * with errno (EAGAIN when the socket is full). */
+ssize_t outq_write(struct outq *q, int fd);
+
+#endif

@@ -1,0 +1,33 @@
+#include "core/str.h"
+
+bool slice_next_token(struct slice *list, struct slice *elem)
+{
+    if (list->len == 0 && list->p == NULL)
+        return false;
+    if (list->len == 0) {
+        list->p = NULL;
+        return false;
+    }
+    const char *comma = memchr(list->p, ',', list->len);
+    size_t n = comma ? (size_t)(comma - list->p) : list->len;
+    *elem = slice_trim_ows(slice_make(list->p, n));
+    if (comma) {
+        list->p = comma + 1;
+        list->len -= n + 1;
+        if (list->len == 0)
+            list->p = ""; /* one more (empty) element after a trailing comma */
+    } else {
+        list->p = NULL;
+        list->len = 0;
+    }
+    return true;
+}
+
+bool slice_list_has_token(struct slice list, const char *token)
+{
+    struct slice e, t = slice_cstr(token);
+    while (slice_next_token(&list, &e))
+        if (slice_eq_ci(e, t))
+            return true;
+    return false;
+}

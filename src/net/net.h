@@ -1,0 +1,43 @@
+/* Sockets and addresses: listening sockets (one per worker with
+ * SO_REUSEPORT), non-blocking connects, address text. Knows no HTTP. */
+#ifndef PORTICO_NET_H
+#define PORTICO_NET_H
+
+#include <netinet/in.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/socket.h>
+
+struct net_addr {
+    struct sockaddr_storage sa;
+    socklen_t len;
+};
+
+/* Parse "host:port", "[v6]:port", "port" (any address) or "*:port" into an
+ * address; `host` must be a numeric IP or "localhost" (resolved with
+ * getaddrinfo when `allow_resolve`). Returns 0 or -1 with a message. */
+int net_addr_parse(const char *text, int default_port, bool allow_resolve, struct net_addr *out,
+                   const char **errmsg);
+
+/* "127.0.0.1:8080" / "[::1]:8080" into buf; returns its length. */
+size_t net_addr_format(const struct net_addr *a, char *buf, size_t len);
+/* Address and port separately (no brackets). */
+size_t net_addr_ip(const struct net_addr *a, char *buf, size_t len);
+int net_addr_port(const struct net_addr *a);
+bool net_addr_equal(const struct net_addr *a, const struct net_addr *b);
+
+/* A listening socket: non-blocking, CLOEXEC, SO_REUSEADDR, SO_REUSEPORT if
+ * asked, TCP_DEFER_ACCEPT off. Returns the fd or -1 (errno). */
+int net_listen(const struct net_addr *a, int backlog, bool reuseport);
+
+/* Accept one connection (non-blocking, CLOEXEC, TCP_NODELAY set). Returns the
+ * fd or -1 (errno; EAGAIN when none is waiting). */
+int net_accept(int lfd, struct net_addr *peer);
+
+/* Start a non-blocking connect. Returns the fd (connect may still be in
+ * progress: wait for writability, then net_connect_result) or -1 (errno). */
+int net_connect(const struct net_addr *a);
+/* 0 when the connect succeeded, else the errno it failed with. */
+int net_connect_result(int fd);
+
+#endif

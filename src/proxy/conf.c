@@ -1,0 +1,1355 @@
+/* From the directive tree to a snapshot: the directive tables of the http
+ * proxy (main, events, http, server, location), merging down the levels,
+ * listen sets and the router's tables. */
+#include "proxy/conf.h"
+
+#include <glob.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/log.h"
+#include "http/http.h"
+#include "proxy/accesslog.h"
+#include "proxy/vars.h"
+
+struct load_state {
+    struct snapshot *snap;
+    const char **capture_names; /* regex named groups seen anywhere in the config */
+    size_t ncapture_names;
+    struct srv_conf **servers;
+    size_t nservers, cap_servers;
+    struct ups_group **groups;
+    size_t ngroups, cap_groups;
+    struct log_format **formats;
+    size_t nformats, cap_formats;
+    struct access_log **logs;
+    size_t nlogs, cap_logs;
+    struct srv_conf *cur_srv;
+    struct location *cur_loc;
+};
+
+#define LS(cx) ((struct load_state *)(cx)->user)
+
+/* Grow an arena array by one (doubling). */
+static void *push(struct arena *a, void **arr, size_t *n, size_t *cap, size_t elem)
+{
+    if (*n == *cap) {
+        size_t nc = *cap ? *cap * 2 : 8;
+        void *na = arena_alloc(a, nc * elem);
+        if (!na)
+            return NULL;
+        if (*n)
+            memcpy(na, *arr, *n * elem);
+        *arr = na;
+        *cap = nc;
+    }
+    return (char *)*arr + (*n)++ * elem;
+}
+
+static struct tmpl *compile(struct cf_ctx *cx, const struct cf_node *n, const char *src)
+{
+    char msg[256];
+    struct tmpl *t = tmpl_compile(cx->arena, src, LS(cx)->capture_names, msg, sizeof(msg));
+    if (!t)
+        cf_error(cx, n, "%s", msg);
+    return t;
+}
+
+/* ---- loc_conf ---- */
+
+static void loc_conf_init(struct loc_conf *lc)
+{
+    memset(lc, 0, sizeof(*lc));
+    lc->return_code = -1;
+    lc->pass_request_headers = CF_UNSET_FLAG;
+    lc->pass_request_body = CF_UNSET_FLAG;
+    lc->buffering = CF_UNSET_FLAG;
+    lc->request_buffering = CF_UNSET_FLAG;
+    lc->intercept_errors = CF_UNSET_FLAG;
+    lc->server_tokens = CF_UNSET_FLAG;
+    lc->http_version_minor = CF_UNSET_INT;
+    lc->connect_timeout_ms = CF_UNSET_MSEC;
+    lc->read_timeout_ms = CF_UNSET_MSEC;
+    lc->send_timeout_ms = CF_UNSET_MSEC;
+    lc->client_body_timeout_ms = CF_UNSET_MSEC;
+    lc->keepalive_timeout_ms = CF_UNSET_MSEC;
+    lc->send_timeout_client_ms = CF_UNSET_MSEC;
+    lc->keepalive_requests = CF_UNSET_INT;
+    lc->client_max_body_size = CF_UNSET_SIZE;
+    lc->client_body_buffer_size = CF_UNSET_SIZE;
+    lc->proxy_buffer_size = CF_UNSET_SIZE;
+    lc->next_upstream = NEXT_UPS_UNSET;
+    lc->next_upstream_tries = CF_UNSET_INT;
+    lc->next_upstream_timeout_ms = CF_UNSET_MSEC;
+    lc->log_not_found = CF_UNSET_FLAG;
+    lc->default_type = NULL;
+}
+
+#define MERGE(f, unset)                                                                            \
+    do {                                                                                           \
+        if (c->f == (unset))                                                                       \
+            c->f = p->f;                                                                           \
+    } while (0)
+
+static void loc_conf_merge(struct loc_conf *c, const struct loc_conf *p)
+{
+    MERGE(pass_request_headers, CF_UNSET_FLAG);
+    MERGE(pass_request_body, CF_UNSET_FLAG);
+    MERGE(buffering, CF_UNSET_FLAG);
+    MERGE(request_buffering, CF_UNSET_FLAG);
+    MERGE(intercept_errors, CF_UNSET_FLAG);
+    MERGE(server_tokens, CF_UNSET_FLAG);
+    MERGE(http_version_minor, CF_UNSET_INT);
+    MERGE(connect_timeout_ms, CF_UNSET_MSEC);
+    MERGE(read_timeout_ms, CF_UNSET_MSEC);
+    MERGE(send_timeout_ms, CF_UNSET_MSEC);
+    MERGE(client_body_timeout_ms, CF_UNSET_MSEC);
+    MERGE(keepalive_timeout_ms, CF_UNSET_MSEC);
+    MERGE(send_timeout_client_ms, CF_UNSET_MSEC);
+    MERGE(keepalive_requests, CF_UNSET_INT);
+    MERGE(client_max_body_size, CF_UNSET_SIZE);
+    MERGE(client_body_buffer_size, CF_UNSET_SIZE);
+    MERGE(proxy_buffer_size, CF_UNSET_SIZE);
+    MERGE(next_upstream, NEXT_UPS_UNSET);
+    MERGE(next_upstream_tries, CF_UNSET_INT);
+    MERGE(next_upstream_timeout_ms, CF_UNSET_MSEC);
+    MERGE(log_not_found, CF_UNSET_FLAG);
+    if (!c->default_type)
+        c->default_type = p->default_type;
+    /* arrays are inherited whole, only when this level has none (nginx) */
+    if (!c->set_headers_set)
+        c->set_headers = p->set_headers, c->set_headers_set = p->set_headers_set;
+    if (!c->add_headers_set)
+        c->add_headers = p->add_headers, c->add_headers_set = p->add_headers_set;
+    if (!c->hide_set)
+        c->hide_headers = p->hide_headers, c->nhide = p->nhide, c->hide_set = p->hide_set;
+    if (!c->pass_set)
+        c->pass_headers = p->pass_headers, c->npass = p->npass, c->pass_set = p->pass_set;
+    if (!c->error_pages_set)
+        c->error_pages = p->error_pages, c->nerror_pages = p->nerror_pages,
+        c->error_pages_set = p->error_pages_set;
+    if (!c->logs_set) {
+        c->logs = p->logs;
+        c->nlogs = p->nlogs;
+        c->log_off = p->log_off;
+        c->logs_set = p->logs_set;
+    }
+}
+
+static void loc_conf_defaults(struct loc_conf *c)
+{
+    static struct loc_conf d;
+    static bool init;
+    if (!init) {
+        d.pass_request_headers = 1;
+        d.pass_request_body = 1;
+        d.buffering = 1;
+        d.request_buffering = 1;
+        d.intercept_errors = 0;
+        d.server_tokens = 1;
+        d.http_version_minor = 1;
+        d.connect_timeout_ms = 60000;
+        d.read_timeout_ms = 60000;
+        d.send_timeout_ms = 60000;
+        d.client_body_timeout_ms = 60000;
+        d.keepalive_timeout_ms = 75000;
+        d.send_timeout_client_ms = 60000;
+        d.keepalive_requests = 1000;
+        d.client_max_body_size = 1024 * 1024;
+        d.client_body_buffer_size = 16384;
+        d.proxy_buffer_size = 16384;
+        d.next_upstream = NEXT_UPS_ERROR | NEXT_UPS_TIMEOUT;
+        d.next_upstream_tries = 0;
+        d.next_upstream_timeout_ms = 0;
+        d.log_not_found = 1;
+        d.default_type = "text/plain";
+        init = true;
+    }
+    loc_conf_merge(c, &d);
+}
+
+/* ---- setters ---- */
+
+static int set_proxy_pass(struct cf_ctx *cx, const struct cf_node *n, const struct cf_directive *d,
+                          void *conf)
+{
+    (void)d;
+    struct loc_conf *lc = conf;
+    if (lc->pass)
+        return cf_error(cx, n, "\"proxy_pass\" directive is duplicate");
+    if (lc->return_code >= 0)
+        return cf_error(cx, n, "\"proxy_pass\" cannot be used with \"return\" in one location");
+    struct proxy_pass *pp = arena_calloc(cx->arena, sizeof(*pp));
+    if (!pp)
+        return cf_error(cx, n, "out of memory");
+    const char *url = n->args[0];
+    if (strncasecmp(url, "http://", 7) == 0) {
+        url += 7;
+    } else if (strncasecmp(url, "https://", 8) == 0) {
+        return cf_error(cx, n, "https upstreams are not supported yet in \"%s\"", n->args[0]);
+    } else {
+        return cf_error(cx, n, "invalid URL prefix in \"%s\"", n->args[0]);
+    }
+    if (strchr(n->args[0], '$')) {
+        pp->dynamic = compile(cx, n, n->args[0]);
+        if (!pp->dynamic)
+            return -1;
+        lc->pass = pp;
+        return 0;
+    }
+    const char *slash = strchr(url, '/');
+    size_t hl = slash ? (size_t)(slash - url) : strlen(url);
+    pp->host = arena_strndup(cx->arena, url, hl);
+    if (slash) {
+        pp->has_uri = true;
+        pp->uri = slice_cstr(arena_strdup(cx->arena, slash));
+    }
+    if (!pp->host || hl == 0)
+        return cf_error(cx, n, "no host in \"%s\"", n->args[0]);
+    /* a named upstream, resolved in finalize (it may be defined later) */
+    lc->pass = pp;
+    return 0;
+}
+
+static int set_return(struct cf_ctx *cx, const struct cf_node *n, const struct cf_directive *d,
+                      void *conf)
+{
+    (void)d;
+    struct loc_conf *lc = conf;
+    if (lc->return_code >= 0)
+        return cf_error(cx, n, "\"return\" directive is duplicate");
+    const char *a0 = n->args[0];
+    char *end;
+    long code = strtol(a0, &end, 10);
+    if (*end || end == a0) {
+        if (n->nargs != 1)
+            return cf_error(cx, n, "invalid return code \"%s\"", a0);
+        /* return URL: a 302 */
+        if (strncmp(a0, "http://", 7) && strncmp(a0, "https://", 8) && a0[0] != '$')
+            return cf_error(cx, n, "invalid return code \"%s\"", a0);
+        lc->return_code = 302;
+        lc->return_text = compile(cx, n, a0);
+        return lc->return_text ? 0 : -1;
+    }
+    if (code < 0 || code > 999)
+        return cf_error(cx, n, "invalid return code \"%s\"", a0);
+    lc->return_code = (int)code;
+    if (n->nargs == 2) {
+        lc->return_text = compile(cx, n, n->args[1]);
+        if (!lc->return_text)
+            return -1;
+    }
+    return 0;
+}
+
+static int add_rule(struct cf_ctx *cx, const struct cf_node *n, struct hdr_rules *r, bool *set,
+                    bool allow_always)
+{
+    if (!*set) {
+        r->v = NULL;
+        r->n = 0;
+        *set = true;
+    }
+    struct hdr_rule *nv = arena_alloc(cx->arena, (r->n + 1) * sizeof(*nv));
+    if (!nv)
+        return cf_error(cx, n, "out of memory");
+    if (r->n)
+        memcpy(nv, r->v, r->n * sizeof(*nv));
+    struct hdr_rule *rule = &nv[r->n];
+    memset(rule, 0, sizeof(*rule));
+    for (const char *c = n->args[0]; *c; c++)
+        if (!http_tchar[(unsigned char)*c])
+            return cf_error(cx, n, "invalid header name \"%s\"", n->args[0]);
+    if (!n->args[0][0])
+        return cf_error(cx, n, "invalid header name \"\"");
+    rule->name = slice_cstr(n->args[0]);
+    for (const char *c = n->args[1]; *c; c++)
+        if ((unsigned char)*c < 0x20 && *c != '\t')
+            return cf_error(cx, n, "invalid header value \"%s\"", n->args[1]);
+    rule->value = compile(cx, n, n->args[1]);
+    if (!rule->value)
+        return -1;
+    if (n->nargs == 3) {
+        if (!allow_always || strcmp(n->args[2], "always") != 0)
+            return cf_error(cx, n, "invalid parameter \"%s\"", n->args[2]);
+        rule->always = true;
+    }
+    r->v = nv;
+    r->n++;
+    return 0;
+}
+
+static int set_proxy_set_header(struct cf_ctx *cx, const struct cf_node *n,
+                                const struct cf_directive *d, void *conf)
+{
+    (void)d;
+    struct loc_conf *lc = conf;
+    return add_rule(cx, n, &lc->set_headers, &lc->set_headers_set, false);
+}
+
+static int set_add_header(struct cf_ctx *cx, const struct cf_node *n, const struct cf_directive *d,
+                          void *conf)
+{
+    (void)d;
+    struct loc_conf *lc = conf;
+    return add_rule(cx, n, &lc->add_headers, &lc->add_headers_set, true);
+}
+
+static int add_name(struct cf_ctx *cx, const struct cf_node *n, struct slice **arr, size_t *cnt,
+                    bool *set)
+{
+    if (!*set) {
+        *arr = NULL;
+        *cnt = 0;
+        *set = true;
+    }
+    struct slice *nv = arena_alloc(cx->arena, (*cnt + 1) * sizeof(*nv));
+    if (!nv)
+        return cf_error(cx, n, "out of memory");
+    if (*cnt)
+        memcpy(nv, *arr, *cnt * sizeof(*nv));
+    nv[*cnt] = slice_cstr(n->args[0]);
+    *arr = nv;
+    (*cnt)++;
+    return 0;
+}
+
+static int set_hide_header(struct cf_ctx *cx, const struct cf_node *n, const struct cf_directive *d,
+                           void *conf)
+{
+    (void)d;
+    struct loc_conf *lc = conf;
+    return add_name(cx, n, &lc->hide_headers, &lc->nhide, &lc->hide_set);
+}
+
+static int set_pass_header(struct cf_ctx *cx, const struct cf_node *n, const struct cf_directive *d,
+                           void *conf)
+{
+    (void)d;
+    struct loc_conf *lc = conf;
+    return add_name(cx, n, &lc->pass_headers, &lc->npass, &lc->pass_set);
+}
+
+static int set_http_version(struct cf_ctx *cx, const struct cf_node *n,
+                            const struct cf_directive *d, void *conf)
+{
+    (void)d;
+    struct loc_conf *lc = conf;
+    if (strcmp(n->args[0], "1.0") == 0)
+        lc->http_version_minor = 0;
+    else if (strcmp(n->args[0], "1.1") == 0)
+        lc->http_version_minor = 1;
+    else
+        return cf_error(cx, n, "invalid value \"%s\" in \"%s\" directive", n->args[0], n->name);
+    return 0;
+}
+
+static int set_next_upstream(struct cf_ctx *cx, const struct cf_node *n,
+                             const struct cf_directive *d, void *conf)
+{
+    (void)d;
+    static const struct {
+        const char *name;
+        uint32_t bit;
+    } words[] = {
+        { "error", NEXT_UPS_ERROR },     { "timeout", NEXT_UPS_TIMEOUT },
+        { "invalid_header", NEXT_UPS_INVALID_HEADER },
+        { "http_500", NEXT_UPS_500 },    { "http_502", NEXT_UPS_502 },
+        { "http_503", NEXT_UPS_503 },    { "http_504", NEXT_UPS_504 },
+        { "http_429", NEXT_UPS_429 },    { "non_idempotent", NEXT_UPS_NON_IDEMPOTENT },
+        { "off", NEXT_UPS_OFF },
+    };
+    struct loc_conf *lc = conf;
+    if (lc->next_upstream != NEXT_UPS_UNSET)
+        return cf_error(cx, n, "\"%s\" directive is duplicate", n->name);
+    uint32_t bits = 0;
+    for (size_t i = 0; i < n->nargs; i++) {
+        size_t k;
+        for (k = 0; k < sizeof(words) / sizeof(words[0]); k++)
+            if (strcmp(n->args[i], words[k].name) == 0)
+                break;
+        if (k == sizeof(words) / sizeof(words[0]))
+            return cf_error(cx, n, "invalid value \"%s\" in \"%s\" directive", n->args[i],
+                            n->name);
+        bits |= words[k].bit;
+    }
+    if ((bits & NEXT_UPS_OFF) && bits != NEXT_UPS_OFF)
+        return cf_error(cx, n, "\"off\" cannot be combined with other values in \"%s\"",
+                        n->name);
+    lc->next_upstream = bits;
+    return 0;
+}
+
+static int set_error_page(struct cf_ctx *cx, const struct cf_node *n, const struct cf_directive *d,
+                          void *conf)
+{
+    (void)d;
+    struct loc_conf *lc = conf;
+    struct error_page ep = { .override = 0 };
+    size_t last = n->nargs - 1;
+    for (size_t i = 0; i < last; i++) {
+        const char *a = n->args[i];
+        char *end;
+        if (a[0] == '=') {
+            if (i != last - 1)
+                return cf_error(cx, n, "invalid value \"%s\"", a);
+            if (a[1] == '\0') {
+                ep.override = -1;
+                continue;
+            }
+            long v = strtol(a + 1, &end, 10);
+            if (*end || v < 100 || v > 599)
+                return cf_error(cx, n, "invalid value \"%s\"", a);
+            ep.override = (int)v;
+            continue;
+        }
+        long v = strtol(a, &end, 10);
+        if (*end || v < 300 || v > 599)
+            return cf_error(cx, n, "value \"%s\" must be between 300 and 599", a);
+        if (ep.ncodes == sizeof(ep.codes) / sizeof(ep.codes[0]))
+            return cf_error(cx, n, "too many codes in \"error_page\"");
+        ep.codes[ep.ncodes++] = (int)v;
+    }
+    if (ep.ncodes == 0)
+        return cf_error(cx, n, "invalid number of arguments in \"error_page\" directive");
+    ep.uri = compile(cx, n, n->args[last]);
+    if (!ep.uri)
+        return -1;
+    if (!lc->error_pages_set) {
+        lc->error_pages = NULL;
+        lc->nerror_pages = 0;
+        lc->error_pages_set = true;
+    }
+    struct error_page *nv = arena_alloc(cx->arena, (lc->nerror_pages + 1) * sizeof(*nv));
+    if (!nv)
+        return cf_error(cx, n, "out of memory");
+    if (lc->nerror_pages)
+        memcpy(nv, lc->error_pages, lc->nerror_pages * sizeof(*nv));
+    nv[lc->nerror_pages++] = ep;
+    lc->error_pages = nv;
+    return 0;
+}
+
+static struct log_format *find_format(struct load_state *ls, const char *name)
+{
+    for (size_t i = 0; i < ls->nformats; i++)
+        if (strcmp(ls->formats[i]->name, name) == 0)
+            return ls->formats[i];
+    return NULL;
+}
+
+static int set_log_format(struct cf_ctx *cx, const struct cf_node *n, const struct cf_directive *d,
+                          void *conf)
+{
+    (void)d;
+    (void)conf;
+    struct load_state *ls = LS(cx);
+    if (find_format(ls, n->args[0]))
+        return cf_error(cx, n, "duplicate \"log_format\" name \"%s\"", n->args[0]);
+    struct log_format *f = arena_calloc(cx->arena, sizeof(*f));
+    if (!f)
+        return cf_error(cx, n, "out of memory");
+    f->name = n->args[0];
+    size_t first = 1;
+    if (strncmp(n->args[1], "escape=", 7) == 0) {
+        const char *e = n->args[1] + 7;
+        if (strcmp(e, "json") == 0)
+            f->escape_json = true;
+        else if (strcmp(e, "none") == 0)
+            f->escape_none = true;
+        else if (strcmp(e, "default") != 0)
+            return cf_error(cx, n, "unknown log format escaping \"%s\"", e);
+        first = 2;
+        if (n->nargs < 3)
+            return cf_error(cx, n, "invalid number of arguments in \"log_format\" directive");
+    }
+    size_t total = 0;
+    for (size_t i = first; i < n->nargs; i++)
+        total += strlen(n->args[i]);
+    char *s = arena_alloc(cx->arena, total + 1);
+    if (!s)
+        return cf_error(cx, n, "out of memory");
+    s[0] = '\0';
+    for (size_t i = first; i < n->nargs; i++)
+        strcat(s, n->args[i]);
+    f->t = compile(cx, n, s);
+    if (!f->t)
+        return -1;
+    struct log_format **slot =
+        push(cx->arena, (void **)&ls->formats, &ls->nformats, &ls->cap_formats, sizeof(*slot));
+    if (!slot)
+        return cf_error(cx, n, "out of memory");
+    *slot = f;
+    return 0;
+}
+
+static int set_access_log(struct cf_ctx *cx, const struct cf_node *n, const struct cf_directive *d,
+                          void *conf)
+{
+    (void)d;
+    struct loc_conf *lc = conf;
+    struct load_state *ls = LS(cx);
+    if (!lc->logs_set) {
+        lc->logs = NULL;
+        lc->nlogs = 0;
+        lc->log_off = false;
+        lc->logs_set = true;
+    }
+    if (strcmp(n->args[0], "off") == 0) {
+        if (n->nargs != 1)
+            return cf_error(cx, n, "invalid parameter \"%s\"", n->args[1]);
+        lc->log_off = true;
+        return 0;
+    }
+    struct access_log *al = arena_calloc(cx->arena, sizeof(*al));
+    if (!al)
+        return cf_error(cx, n, "out of memory");
+    al->path = n->args[0];
+    const char *fmt_name = "combined";
+    for (size_t i = 1; i < n->nargs; i++) {
+        const char *a = n->args[i];
+        if (strncmp(a, "buffer=", 7) == 0) {
+            if (cf_parse_size(a + 7, &al->buffer_size) < 0 || al->buffer_size > 64 * 1024 * 1024)
+                return cf_error(cx, n, "invalid buffer size \"%s\"", a + 7);
+        } else if (strncmp(a, "flush=", 6) == 0) {
+            if (cf_parse_msec(a + 6, &al->flush_ms) < 0)
+                return cf_error(cx, n, "invalid flush time \"%s\"", a + 6);
+        } else if (i == 1) {
+            fmt_name = a;
+        } else {
+            return cf_error(cx, n, "invalid parameter \"%s\"", a);
+        }
+    }
+    if (al->flush_ms && !al->buffer_size)
+        al->buffer_size = 64 * 1024;
+    if (al->buffer_size && !al->flush_ms)
+        al->flush_ms = 1000;
+    al->format = find_format(ls, fmt_name);
+    if (!al->format)
+        return cf_error(cx, n, "unknown log format \"%s\"", fmt_name);
+    struct access_log **nv = arena_alloc(cx->arena, (lc->nlogs + 1) * sizeof(*nv));
+    if (!nv)
+        return cf_error(cx, n, "out of memory");
+    if (lc->nlogs)
+        memcpy(nv, lc->logs, lc->nlogs * sizeof(*nv));
+    nv[lc->nlogs++] = al;
+    lc->logs = nv;
+    struct access_log **slot =
+        push(cx->arena, (void **)&ls->logs, &ls->nlogs, &ls->cap_logs, sizeof(*slot));
+    if (!slot)
+        return cf_error(cx, n, "out of memory");
+    al->index = ls->nlogs - 1;
+    *slot = al;
+    return 0;
+}
+
+static int set_default_type(struct cf_ctx *cx, const struct cf_node *n,
+                            const struct cf_directive *d, void *conf)
+{
+    (void)d;
+    struct loc_conf *lc = conf;
+    lc->default_type = n->args[0];
+    (void)cx;
+    return 0;
+}
+
+/* ---- main and events ---- */
+
+static int set_worker_processes(struct cf_ctx *cx, const struct cf_node *n,
+                                const struct cf_directive *d, void *conf)
+{
+    (void)d;
+    struct main_conf *m = conf;
+    if (strcmp(n->args[0], "auto") == 0) {
+        m->worker_processes = 0;
+        return 0;
+    }
+    int v;
+    if (cf_parse_int(n->args[0], &v) < 0 || v < 1 || v > 256)
+        return cf_error(cx, n, "invalid value \"%s\" in \"worker_processes\" directive",
+                        n->args[0]);
+    m->worker_processes = v;
+    return 0;
+}
+
+static int set_error_log(struct cf_ctx *cx, const struct cf_node *n, const struct cf_directive *d,
+                         void *conf)
+{
+    (void)d;
+    struct main_conf *m = conf;
+    m->error_log_path = n->args[0];
+    m->error_log_level = LOG_ERR;
+    if (n->nargs == 2) {
+        int lvl = log_level_parse(n->args[1]);
+        if (lvl < 0)
+            return cf_error(cx, n, "invalid log level \"%s\"", n->args[1]);
+        m->error_log_level = lvl;
+    }
+    return 0;
+}
+
+static int set_daemon(struct cf_ctx *cx, const struct cf_node *n, const struct cf_directive *d,
+                      void *conf)
+{
+    (void)d;
+    (void)conf;
+    if (strcmp(n->args[0], "on") != 0 && strcmp(n->args[0], "off") != 0)
+        return cf_error(cx, n, "invalid value \"%s\" in \"daemon\" directive, it must be \"on\" or "
+                               "\"off\"",
+                        n->args[0]);
+    return 0;
+}
+
+static int set_events(struct cf_ctx *cx, const struct cf_node *n, const struct cf_directive *d,
+                      void *conf)
+{
+    (void)d;
+    (void)conf;
+    struct cf_ctx sub = *cx;
+    sub.context = CF_EVENTS;
+    return cf_apply_block(&sub, n);
+}
+
+/* ---- server, location, upstream ---- */
+
+static int set_listen(struct cf_ctx *cx, const struct cf_node *n, const struct cf_directive *d,
+                      void *conf)
+{
+    (void)d;
+    struct srv_conf *sc = conf;
+    struct listen_conf *nl = arena_calloc(cx->arena, (sc->nlistens + 1) * sizeof(*nl));
+    if (!nl)
+        return cf_error(cx, n, "out of memory");
+    if (sc->nlistens)
+        memcpy(nl, sc->listens, sc->nlistens * sizeof(*nl));
+    struct listen_conf *l = &nl[sc->nlistens];
+    const char *msg = NULL;
+    if (net_addr_parse(n->args[0], 80, true, &l->addr, &msg) < 0)
+        return cf_error(cx, n, "invalid address \"%s\" in \"listen\": %s", n->args[0], msg);
+    net_addr_format(&l->addr, l->text, sizeof(l->text));
+    l->backlog = 511;
+    l->file = n->file;
+    l->line = n->line;
+    for (size_t i = 1; i < n->nargs; i++) {
+        const char *a = n->args[i];
+        if (strcmp(a, "default_server") == 0 || strcmp(a, "default") == 0) {
+            l->default_server = true;
+        } else if (strcmp(a, "reuseport") == 0) {
+            l->reuseport = true;
+        } else if (strncmp(a, "backlog=", 8) == 0) {
+            if (cf_parse_int(a + 8, &l->backlog) < 0 || l->backlog < 1)
+                return cf_error(cx, n, "invalid backlog \"%s\"", a + 8);
+        } else if (strcmp(a, "ssl") == 0 || strcmp(a, "http2") == 0) {
+            return cf_error(cx, n, "\"%s\" listen parameter is not supported yet", a);
+        } else {
+            return cf_error(cx, n, "invalid parameter \"%s\"", a);
+        }
+    }
+    sc->listens = nl;
+    sc->nlistens++;
+    return 0;
+}
+
+static int set_server_name(struct cf_ctx *cx, const struct cf_node *n,
+                           const struct cf_directive *d, void *conf)
+{
+    (void)d;
+    struct srv_conf *sc = conf;
+    const char **nv = arena_alloc(cx->arena, (sc->nnames + n->nargs) * sizeof(*nv));
+    if (!nv)
+        return cf_error(cx, n, "out of memory");
+    if (sc->nnames)
+        memcpy(nv, sc->names, sc->nnames * sizeof(*nv));
+    for (size_t i = 0; i < n->nargs; i++) {
+        const char *name = n->args[i];
+        if (name[0] != '~') {
+            char *low = arena_strdup(cx->arena, name);
+            if (!low)
+                return cf_error(cx, n, "out of memory");
+            for (char *c = low; *c; c++)
+                *c = ascii_lower(*c);
+            if (strchr(low, '/') || strchr(low, ' '))
+                return cf_error(cx, n, "server name \"%s\" has suspicious symbols", name);
+            name = low;
+        }
+        nv[sc->nnames++] = name;
+    }
+    sc->names = nv;
+    return 0;
+}
+
+static int set_large_buffers(struct cf_ctx *cx, const struct cf_node *n,
+                             const struct cf_directive *d, void *conf)
+{
+    (void)d;
+    struct srv_conf *sc = conf;
+    if (cf_parse_int(n->args[0], &sc->large_header_buffers_num) < 0 ||
+        sc->large_header_buffers_num < 1)
+        return cf_error(cx, n, "invalid value \"%s\"", n->args[0]);
+    if (cf_parse_size(n->args[1], &sc->large_header_buffers_size) < 0 ||
+        sc->large_header_buffers_size < 128)
+        return cf_error(cx, n, "invalid value \"%s\"", n->args[1]);
+    return 0;
+}
+
+static int apply_location(struct cf_ctx *cx, const struct cf_node *n, struct location *parent,
+                          struct location ***arr, size_t *cnt);
+
+static int set_location(struct cf_ctx *cx, const struct cf_node *n, const struct cf_directive *d,
+                        void *conf)
+{
+    (void)d;
+    (void)conf;
+    struct load_state *ls = LS(cx);
+    if (ls->cur_loc)
+        return apply_location(cx, n, ls->cur_loc, &ls->cur_loc->children,
+                              &ls->cur_loc->nchildren);
+    return apply_location(cx, n, NULL, &ls->cur_srv->locs, &ls->cur_srv->nlocs);
+}
+
+static int apply_location(struct cf_ctx *cx, const struct cf_node *n, struct location *parent,
+                          struct location ***arr, size_t *cnt)
+{
+    struct load_state *ls = LS(cx);
+    struct location *loc = arena_calloc(cx->arena, sizeof(*loc));
+    struct loc_conf *lc = arena_alloc(cx->arena, sizeof(*lc));
+    if (!loc || !lc)
+        return cf_error(cx, n, "out of memory");
+    loc_conf_init(lc);
+    lc->file = n->file;
+    lc->line = n->line;
+    const char *pat;
+    if (n->nargs == 2) {
+        const char *m = n->args[0];
+        pat = n->args[1];
+        if (strcmp(m, "=") == 0)
+            loc->match = LOC_EXACT;
+        else if (strcmp(m, "^~") == 0)
+            loc->match = LOC_PREFIX_NOREGEX;
+        else if (strcmp(m, "~") == 0)
+            loc->match = LOC_REGEX;
+        else if (strcmp(m, "~*") == 0)
+            loc->match = LOC_REGEX_CI;
+        else
+            return cf_error(cx, n, "invalid location modifier \"%s\"", m);
+    } else {
+        pat = n->args[0];
+        if (pat[0] == '=' && pat[1]) {
+            loc->match = LOC_EXACT;
+            pat++;
+        } else if (pat[0] == '~' && pat[1] == '*' && pat[2]) {
+            loc->match = LOC_REGEX_CI;
+            pat += 2;
+        } else if (pat[0] == '^' && pat[1] == '~' && pat[2]) {
+            loc->match = LOC_PREFIX_NOREGEX;
+            pat += 2;
+        } else if (pat[0] == '~' && pat[1]) {
+            loc->match = LOC_REGEX;
+            pat++;
+        } else if (pat[0] == '@') {
+            loc->match = LOC_NAMED;
+        } else {
+            loc->match = LOC_PREFIX;
+        }
+    }
+    if (parent) {
+        if (parent->match == LOC_EXACT)
+            return cf_error(cx, n, "location \"%s\" cannot be inside the exact location \"%s\"",
+                            pat, parent->pattern);
+        if (parent->match == LOC_NAMED)
+            return cf_error(cx, n, "location \"%s\" cannot be inside the named location \"%s\"",
+                            pat, parent->pattern);
+        if (loc->match == LOC_NAMED)
+            return cf_error(cx, n, "named location \"%s\" can be on the server level only", pat);
+        if ((loc->match == LOC_PREFIX || loc->match == LOC_PREFIX_NOREGEX ||
+             loc->match == LOC_EXACT) &&
+            (parent->match == LOC_PREFIX || parent->match == LOC_PREFIX_NOREGEX) &&
+            strncmp(pat, parent->pattern, parent->pattern_len) != 0)
+            return cf_error(cx, n, "location \"%s\" is outside location \"%s\"", pat,
+                            parent->pattern);
+    }
+    loc->pattern = pat;
+    loc->pattern_len = strlen(pat);
+    loc->parent = parent;
+    loc->conf = lc;
+    if (loc->match == LOC_REGEX || loc->match == LOC_REGEX_CI) {
+        char msg[256];
+        if (router_location_compile(loc, msg, sizeof(msg)) < 0)
+            return cf_error(cx, n, "%s", msg);
+    }
+    struct location **nv = arena_alloc(cx->arena, (*cnt + 1) * sizeof(*nv));
+    if (!nv)
+        return cf_error(cx, n, "out of memory");
+    if (*cnt)
+        memcpy(nv, *arr, *cnt * sizeof(*nv));
+    nv[(*cnt)++] = loc;
+    *arr = nv;
+
+    struct location *saved = ls->cur_loc;
+    ls->cur_loc = loc;
+    struct cf_ctx sub = *cx;
+    sub.context = CF_LOCATION;
+    sub.confs[CONF_LOC] = lc;
+    int rc = cf_apply_block(&sub, n);
+    ls->cur_loc = saved;
+    return rc;
+}
+
+static int set_server(struct cf_ctx *cx, const struct cf_node *n, const struct cf_directive *d,
+                      void *conf)
+{
+    (void)d;
+    (void)conf;
+    struct load_state *ls = LS(cx);
+    struct srv_conf *sc = arena_calloc(cx->arena, sizeof(*sc));
+    struct loc_conf *lc = arena_alloc(cx->arena, sizeof(*lc));
+    if (!sc || !lc)
+        return cf_error(cx, n, "out of memory");
+    loc_conf_init(lc);
+    sc->lc = lc;
+    sc->file = n->file;
+    sc->line = n->line;
+    sc->client_header_timeout_ms = CF_UNSET_MSEC;
+    sc->client_header_buffer_size = CF_UNSET_SIZE;
+    sc->large_header_buffers_num = 0;
+    sc->merge_slashes = CF_UNSET_FLAG;
+    sc->underscores_in_headers = CF_UNSET_FLAG;
+    ls->cur_srv = sc;
+    ls->cur_loc = NULL;
+    struct cf_ctx sub = *cx;
+    sub.context = CF_SERVER;
+    sub.confs[CONF_SRV] = sc;
+    sub.confs[CONF_LOC] = lc;
+    if (cf_apply_block(&sub, n) < 0)
+        return -1;
+    struct srv_conf **slot =
+        push(cx->arena, (void **)&ls->servers, &ls->nservers, &ls->cap_servers, sizeof(*slot));
+    if (!slot)
+        return cf_error(cx, n, "out of memory");
+    *slot = sc;
+    ls->cur_srv = NULL;
+    return 0;
+}
+
+static int set_upstream(struct cf_ctx *cx, const struct cf_node *n, const struct cf_directive *d,
+                        void *conf)
+{
+    (void)d;
+    (void)conf;
+    struct load_state *ls = LS(cx);
+    for (size_t i = 0; i < ls->ngroups; i++)
+        if (strcmp(ls->groups[i]->name, n->args[0]) == 0)
+            return cf_error(cx, n, "duplicate upstream \"%s\"", n->args[0]);
+    struct ups_group *g = arena_calloc(cx->arena, sizeof(*g));
+    if (!g)
+        return cf_error(cx, n, "out of memory");
+    if (ups_group_parse(cx, n, g) < 0)
+        return -1;
+    struct ups_group **slot =
+        push(cx->arena, (void **)&ls->groups, &ls->ngroups, &ls->cap_groups, sizeof(*slot));
+    if (!slot)
+        return cf_error(cx, n, "out of memory");
+    g->id = ls->ngroups - 1;
+    *slot = g;
+    return 0;
+}
+
+static int set_http(struct cf_ctx *cx, const struct cf_node *n, const struct cf_directive *d,
+                    void *conf)
+{
+    (void)d;
+    (void)conf;
+    struct snapshot *s = LS(cx)->snap;
+    if (s->has_http)
+        return cf_error(cx, n, "\"http\" directive is duplicate");
+    s->has_http = true;
+    struct cf_ctx sub = *cx;
+    sub.context = CF_HTTP;
+    sub.confs[CONF_LOC] = s->http_lc;
+    return cf_apply_block(&sub, n);
+}
+
+#define LOC_ANY (CF_HTTP | CF_SERVER | CF_LOCATION)
+#define OFF_LOC(f) offsetof(struct loc_conf, f)
+#define OFF_SRV(f) offsetof(struct srv_conf, f)
+#define OFF_MAIN(f) offsetof(struct main_conf, f)
+
+static const struct cf_directive core_directives[] = {
+    { "worker_processes", CF_MAIN, 1, 1, false, set_worker_processes, CONF_MAIN, 0,
+      "number | auto", "1", "worker threads, each with its own event loop and listening sockets" },
+    { "pid", CF_MAIN, 1, 1, false, cf_set_str, CONF_MAIN, OFF_MAIN(pid_path), "file",
+      "/run/portico.pid", "file holding the process id, used by -s" },
+    { "error_log", CF_MAIN, 1, 2, false, set_error_log, CONF_MAIN, 0, "file [level]",
+      "stderr error", "where the error log goes and from which level (debug .. emerg)" },
+    { "worker_shutdown_timeout", CF_MAIN, 1, 1, false, cf_set_msec, CONF_MAIN,
+      OFF_MAIN(worker_shutdown_timeout_ms), "time", "10s",
+      "how long a stop waits for in-flight requests" },
+    { "worker_rlimit_nofile", CF_MAIN, 1, 1, false, cf_set_int, CONF_MAIN,
+      OFF_MAIN(worker_rlimit_nofile), "number", "-", "raise the open-files limit at start" },
+    { "daemon", CF_MAIN, 1, 1, false, set_daemon, CONF_MAIN, 0, "on | off", "off",
+      "accepted for nginx configs; Portico always runs in the foreground (use a service "
+      "manager)" },
+    { "events", CF_MAIN, 0, 0, true, set_events, CONF_MAIN, 0, "{ ... }", "-",
+      "event loop settings" },
+    { "worker_connections", CF_EVENTS, 1, 1, false, cf_set_int, CONF_MAIN,
+      OFF_MAIN(worker_connections), "number", "10240",
+      "client connections each worker accepts at most" },
+    { "http", CF_MAIN, 0, 0, true, set_http, CONF_MAIN, 0, "{ ... }", "-",
+      "the HTTP proxy: upstreams, servers, locations" },
+    { NULL, 0, 0, 0, false, NULL, 0, 0, NULL, NULL, NULL },
+};
+
+static const struct cf_directive http_directives[] = {
+    { "server", CF_HTTP, 0, 0, true, set_server, CONF_LOC, 0, "{ ... }", "-", "a virtual server" },
+    { "upstream", CF_HTTP, 1, 1, true, set_upstream, CONF_LOC, 0, "name { ... }", "-",
+      "a group of servers to proxy to" },
+    { "listen", CF_SERVER, 1, CF_ARGS_ANY, false, set_listen, CONF_SRV, 0,
+      "address[:port] [default_server] [reuseport] [backlog=number]", "*:80",
+      "address and port to accept connections on" },
+    { "server_name", CF_SERVER, 1, CF_ARGS_ANY, false, set_server_name, CONF_SRV, 0,
+      "name ...", "\"\"",
+      "names of the virtual server: exact, *.wildcard, wildcard.*, ~regex" },
+    { "location", CF_SERVER | CF_LOCATION, 1, 2, true, set_location, CONF_LOC, 0,
+      "[ = | ~ | ~* | ^~ ] uri { ... } | @name { ... }", "-",
+      "settings for requests whose URI matches" },
+    { "client_header_timeout", CF_HTTP | CF_SERVER, 1, 1, false, cf_set_msec, CONF_SRV,
+      OFF_SRV(client_header_timeout_ms), "time", "60s",
+      "time to receive a request head (408 after it)" },
+    { "client_header_buffer_size", CF_HTTP | CF_SERVER, 1, 1, false, cf_set_size, CONF_SRV,
+      OFF_SRV(client_header_buffer_size), "size", "1k", "first buffer for a request head" },
+    { "large_client_header_buffers", CF_HTTP | CF_SERVER, 2, 2, false, set_large_buffers,
+      CONF_SRV, 0, "number size", "4 8k",
+      "a request line longer than size is 414; a head larger than number*size is 431" },
+    { "merge_slashes", CF_HTTP | CF_SERVER, 1, 1, false, cf_set_flag, CONF_SRV,
+      OFF_SRV(merge_slashes), "on | off", "on", "merge \"//\" in the URI used for routing" },
+    { "log_format", CF_HTTP, 2, CF_ARGS_ANY, false, set_log_format, CONF_LOC, 0,
+      "name [escape=default|json|none] string ...", "combined \"...\"",
+      "a named access log line format with variables" },
+    { "access_log", LOC_ANY, 1, 4, false, set_access_log, CONF_LOC, 0,
+      "path [format [buffer=size] [flush=time]] | off", "logs/access.log combined",
+      "where request lines are logged" },
+    { "proxy_pass", CF_LOCATION, 1, 1, false, set_proxy_pass, CONF_LOC, 0, "URL", "-",
+      "forward to an upstream group or address; with a URI part, the matched location prefix is "
+      "replaced by it" },
+    { "return", CF_SERVER | CF_LOCATION, 1, 2, false, set_return, CONF_LOC, 0,
+      "code [text] | code URL | URL", "-", "answer at once with a status, body or redirect" },
+    { "error_page", LOC_ANY, 2, CF_ARGS_ANY, false, set_error_page, CONF_LOC, 0,
+      "code ... [=[response]] uri", "-",
+      "on these statuses answer with another URI (internal redirect), a named location or a "
+      "redirect" },
+    { "proxy_set_header", LOC_ANY, 2, 2, false, set_proxy_set_header, CONF_LOC, 0,
+      "field value", "Host $proxy_host; Connection close",
+      "set a request header sent upstream (an empty value removes it)" },
+    { "proxy_hide_header", LOC_ANY, 1, 1, false, set_hide_header, CONF_LOC, 0, "field", "-",
+      "do not pass this upstream response header to the client" },
+    { "proxy_pass_header", LOC_ANY, 1, 1, false, set_pass_header, CONF_LOC, 0, "field", "-",
+      "pass a header hidden by default (Server, Date, X-Accel-*)" },
+    { "proxy_pass_request_headers", LOC_ANY, 1, 1, false, cf_set_flag, CONF_LOC,
+      OFF_LOC(pass_request_headers), "on | off", "on", "forward the client's request headers" },
+    { "proxy_pass_request_body", LOC_ANY, 1, 1, false, cf_set_flag, CONF_LOC,
+      OFF_LOC(pass_request_body), "on | off", "on", "forward the client's request body" },
+    { "add_header", LOC_ANY, 2, 3, false, set_add_header, CONF_LOC, 0, "name value [always]", "-",
+      "add a response header (to 2xx/3xx answers, or to all with always)" },
+    { "server_tokens", LOC_ANY, 1, 1, false, cf_set_flag, CONF_LOC, OFF_LOC(server_tokens),
+      "on | off", "on", "send the version in Server and error pages" },
+    { "default_type", LOC_ANY, 1, 1, false, set_default_type, CONF_LOC, 0, "mime-type",
+      "text/plain", "Content-Type of bodies sent with return" },
+    { "proxy_http_version", LOC_ANY, 1, 1, false, set_http_version, CONF_LOC, 0, "1.0 | 1.1",
+      "1.1", "HTTP version spoken to upstreams (1.1 allows keep-alive and chunked bodies)" },
+    { "proxy_connect_timeout", LOC_ANY, 1, 1, false, cf_set_msec, CONF_LOC,
+      OFF_LOC(connect_timeout_ms), "time", "60s", "time to connect to an upstream (504 after)" },
+    { "proxy_read_timeout", LOC_ANY, 1, 1, false, cf_set_msec, CONF_LOC, OFF_LOC(read_timeout_ms),
+      "time", "60s", "longest silence between two reads from the upstream (504 after)" },
+    { "proxy_send_timeout", LOC_ANY, 1, 1, false, cf_set_msec, CONF_LOC, OFF_LOC(send_timeout_ms),
+      "time", "60s", "longest stall between two writes to the upstream" },
+    { "proxy_buffering", LOC_ANY, 1, 1, false, cf_set_flag, CONF_LOC, OFF_LOC(buffering),
+      "on | off", "on",
+      "read the upstream response ahead of a slow client (bounded by proxy_buffer_size)" },
+    { "proxy_request_buffering", LOC_ANY, 1, 1, false, cf_set_flag, CONF_LOC,
+      OFF_LOC(request_buffering), "on | off", "on",
+      "wait for up to client_body_buffer_size of the body before connecting upstream" },
+    { "proxy_buffer_size", LOC_ANY, 1, 1, false, cf_set_size, CONF_LOC,
+      OFF_LOC(proxy_buffer_size), "size", "16k",
+      "response bytes read ahead of the client before reading stops" },
+    { "proxy_intercept_errors", LOC_ANY, 1, 1, false, cf_set_flag, CONF_LOC,
+      OFF_LOC(intercept_errors), "on | off", "off",
+      "apply error_page to upstream responses of status >= 300" },
+    { "proxy_next_upstream", LOC_ANY, 1, CF_ARGS_ANY, false, set_next_upstream, CONF_LOC, 0,
+      "error | timeout | invalid_header | http_500 | http_502 | http_503 | http_504 | http_429 | "
+      "non_idempotent | off ...",
+      "error timeout",
+      "when to try the next server (never once bytes reached the client)" },
+    { "proxy_next_upstream_tries", LOC_ANY, 1, 1, false, cf_set_int, CONF_LOC,
+      OFF_LOC(next_upstream_tries), "number", "0", "tries at most (0: every server once)" },
+    { "proxy_next_upstream_timeout", LOC_ANY, 1, 1, false, cf_set_msec, CONF_LOC,
+      OFF_LOC(next_upstream_timeout_ms), "time", "0", "time for all tries (0: no limit)" },
+    { "client_max_body_size", LOC_ANY, 1, 1, false, cf_set_size, CONF_LOC,
+      OFF_LOC(client_max_body_size), "size", "1m",
+      "largest request body (413 above it; 0: no limit)" },
+    { "client_body_buffer_size", LOC_ANY, 1, 1, false, cf_set_size, CONF_LOC,
+      OFF_LOC(client_body_buffer_size), "size", "16k",
+      "request body held before it is streamed upstream" },
+    { "client_body_timeout", LOC_ANY, 1, 1, false, cf_set_msec, CONF_LOC,
+      OFF_LOC(client_body_timeout_ms), "time", "60s",
+      "longest silence between two reads of the request body (408)" },
+    { "keepalive_timeout", LOC_ANY, 1, 1, false, cf_set_msec, CONF_LOC,
+      OFF_LOC(keepalive_timeout_ms), "time", "75s",
+      "how long an idle client connection stays open (0 disables keep-alive)" },
+    { "keepalive_requests", LOC_ANY, 1, 1, false, cf_set_int, CONF_LOC,
+      OFF_LOC(keepalive_requests), "number", "1000",
+      "requests served on one client connection before it is closed" },
+    { "send_timeout", LOC_ANY, 1, 1, false, cf_set_msec, CONF_LOC,
+      OFF_LOC(send_timeout_client_ms), "time", "60s",
+      "longest stall between two writes to the client" },
+    { NULL, 0, 0, 0, false, NULL, 0, 0, NULL, NULL, NULL },
+};
+
+static const struct cf_module core_cf_module = { "core", core_directives };
+static const struct cf_module http_cf_module = { "http", http_directives };
+
+void conf_register_all(void)
+{
+    static const struct cf_module *const mods[] = {
+        &core_cf_module,
+        &http_cf_module,
+        &ups_cf_module,
+    };
+    cf_register(mods, sizeof(mods) / sizeof(mods[0]));
+}
+
+void conf_docs(FILE *out)
+{
+    cf_docs_markdown(out);
+}
+
+/* ---- finalisation ---- */
+
+/* Regex named groups: (?<name>..), (?P<name>..), (?'name'..). */
+static int collect_names(struct arena *a, const char *re, struct load_state *ls)
+{
+    for (const char *p = re; (p = strstr(p, "(?")); p += 2) {
+        const char *s = p + 2;
+        char close;
+        if (*s == 'P' && s[1] == '<')
+            s += 2, close = '>';
+        else if (*s == '<' && s[1] != '=' && s[1] != '!')
+            s += 1, close = '>';
+        else if (*s == '\'')
+            s += 1, close = '\'';
+        else
+            continue;
+        const char *e = strchr(s, close);
+        if (!e)
+            continue;
+        char *nm = arena_strndup(a, s, (size_t)(e - s));
+        if (!nm)
+            return -1;
+        const char **nv = arena_alloc(a, (ls->ncapture_names + 2) * sizeof(*nv));
+        if (!nv)
+            return -1;
+        if (ls->ncapture_names)
+            memcpy(nv, ls->capture_names, ls->ncapture_names * sizeof(*nv));
+        nv[ls->ncapture_names++] = nm;
+        nv[ls->ncapture_names] = NULL;
+        ls->capture_names = nv;
+    }
+    return 0;
+}
+
+static int scan_regexes(struct arena *a, const struct cf_node *n, struct load_state *ls)
+{
+    for (const struct cf_node *c = n->children; c; c = c->next) {
+        if (strcmp(c->name, "location") == 0) {
+            for (size_t i = 0; i < c->nargs; i++)
+                if (collect_names(a, c->args[i], ls) < 0)
+                    return -1;
+        } else if (strcmp(c->name, "server_name") == 0) {
+            for (size_t i = 0; i < c->nargs; i++)
+                if (c->args[i][0] == '~' && collect_names(a, c->args[i], ls) < 0)
+                    return -1;
+        }
+        if (c->is_block && scan_regexes(a, c, ls) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+static struct ups_group *find_group(struct load_state *ls, const char *name)
+{
+    for (size_t i = 0; i < ls->ngroups; i++)
+        if (strcmp(ls->groups[i]->name, name) == 0)
+            return ls->groups[i];
+    return NULL;
+}
+
+static int finalize_location(struct snapshot *s, struct load_state *ls, struct location *loc,
+                             const struct loc_conf *parent, char *err, size_t errlen)
+{
+    struct loc_conf *lc = loc->conf;
+    loc_conf_merge(lc, parent);
+    if (lc->pass && !lc->pass->dynamic && !lc->pass->group) {
+        struct proxy_pass *pp = lc->pass;
+        pp->group = find_group(ls, pp->host);
+        if (!pp->group) {
+            /* host[:port] of its own: an implicit one-server group */
+            struct ups_group *g = arena_calloc(&s->arena, sizeof(*g));
+            const char *msg = NULL;
+            if (!g || ups_group_implicit(&s->arena, pp->host, g, &msg) < 0) {
+                snprintf(err, errlen, "%s:%d: host not found in upstream \"%s\" (%s)", lc->file,
+                         lc->line, pp->host, msg ? msg : "out of memory");
+                return -1;
+            }
+            struct ups_group **slot = push(&s->arena, (void **)&ls->groups, &ls->ngroups,
+                                           &ls->cap_groups, sizeof(*slot));
+            if (!slot)
+                return -1;
+            g->id = ls->ngroups - 1;
+            *slot = g;
+            pp->group = g;
+        }
+        if ((loc->match == LOC_REGEX || loc->match == LOC_REGEX_CI || loc->match == LOC_NAMED) &&
+            pp->has_uri) {
+            snprintf(err, errlen,
+                     "%s:%d: \"proxy_pass\" cannot have URI part in location given by regular "
+                     "expression, or inside named location",
+                     lc->file, lc->line);
+            return -1;
+        }
+    }
+    for (size_t i = 0; i < loc->nchildren; i++)
+        if (finalize_location(s, ls, loc->children[i], lc, err, errlen) < 0)
+            return -1;
+    return 0;
+}
+
+static int build_listens(struct snapshot *s, struct load_state *ls, char *err, size_t errlen)
+{
+    /* servers without listen get *:80 (nginx's default as root) */
+    static struct listen_conf dflt;
+    const char *msg;
+    if (dflt.text[0] == '\0') {
+        net_addr_parse("0.0.0.0:80", 80, false, &dflt.addr, &msg);
+        net_addr_format(&dflt.addr, dflt.text, sizeof(dflt.text));
+        dflt.backlog = 511;
+    }
+    size_t cap = 0;
+    for (size_t i = 0; i < ls->nservers; i++)
+        cap += ls->servers[i]->nlistens ? ls->servers[i]->nlistens : 1;
+    s->listens = arena_calloc(&s->arena, (cap ? cap : 1) * sizeof(*s->listens));
+    if (!s->listens)
+        return -1;
+    for (size_t i = 0; i < ls->nservers; i++) {
+        struct srv_conf *sc = ls->servers[i];
+        size_t nl = sc->nlistens ? sc->nlistens : 1;
+        for (size_t k = 0; k < nl; k++) {
+            const struct listen_conf *l = sc->nlistens ? &sc->listens[k] : &dflt;
+            struct listen_set *set = NULL;
+            for (size_t j = 0; j < s->nlistens; j++)
+                if (net_addr_equal(&s->listens[j].addr, &l->addr))
+                    set = &s->listens[j];
+            if (!set) {
+                set = &s->listens[s->nlistens++];
+                set->addr = l->addr;
+                memcpy(set->text, l->text, sizeof(set->text));
+                set->servers = arena_calloc(&s->arena, ls->nservers * sizeof(*set->servers));
+                if (!set->servers)
+                    return -1;
+            }
+            if (l->backlog != 511 || !set->backlog)
+                set->backlog = l->backlog;
+            set->reuseport |= l->reuseport;
+            if (l->default_server) {
+                if (set->dflt) {
+                    snprintf(err, errlen, "%s:%d: a duplicate default server for %s", l->file,
+                             l->line, l->text);
+                    return -1;
+                }
+                set->dflt = sc;
+            }
+            bool dup = false;
+            for (size_t j = 0; j < set->nservers; j++)
+                dup |= set->servers[j] == sc;
+            if (!dup)
+                set->servers[set->nservers++] = sc;
+        }
+    }
+    for (size_t j = 0; j < s->nlistens; j++) {
+        struct listen_set *set = &s->listens[j];
+        struct vhost **vh = arena_alloc(&s->arena, set->nservers * sizeof(*vh));
+        if (!vh)
+            return -1;
+        int dflt_idx = -1;
+        for (size_t i = 0; i < set->nservers; i++) {
+            vh[i] = &set->servers[i]->vhost;
+            if (set->servers[i] == set->dflt)
+                dflt_idx = (int)i;
+        }
+        if (!set->dflt)
+            set->dflt = set->servers[0];
+        char msg2[256];
+        set->vhosts = router_vhosts_build(&s->arena, vh, set->nservers, dflt_idx, msg2,
+                                          sizeof(msg2));
+        if (!set->vhosts) {
+            snprintf(err, errlen, "%s: %s", set->text, msg2);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int finalize(struct snapshot *s, struct load_state *ls, char *err, size_t errlen)
+{
+    struct main_conf *m = &s->main;
+    if (m->worker_shutdown_timeout_ms == CF_UNSET_MSEC)
+        m->worker_shutdown_timeout_ms = 10000;
+    if (m->worker_connections == CF_UNSET_INT)
+        m->worker_connections = 10240;
+    if (m->worker_processes < 0)
+        m->worker_processes = 1;
+    loc_conf_defaults(s->http_lc);
+    for (size_t i = 0; i < ls->nservers; i++) {
+        struct srv_conf *sc = ls->servers[i];
+        loc_conf_merge(sc->lc, s->http_lc);
+        if (sc->client_header_timeout_ms == CF_UNSET_MSEC)
+            sc->client_header_timeout_ms = s->http_srv_defaults.client_header_timeout_ms;
+        if (sc->client_header_buffer_size == CF_UNSET_SIZE)
+            sc->client_header_buffer_size = s->http_srv_defaults.client_header_buffer_size;
+        if (sc->large_header_buffers_num == 0) {
+            sc->large_header_buffers_num = s->http_srv_defaults.large_header_buffers_num;
+            sc->large_header_buffers_size = s->http_srv_defaults.large_header_buffers_size;
+        }
+        if (sc->merge_slashes == CF_UNSET_FLAG)
+            sc->merge_slashes = s->http_srv_defaults.merge_slashes;
+        if (sc->underscores_in_headers == CF_UNSET_FLAG)
+            sc->underscores_in_headers = 0;
+        for (size_t k = 0; k < sc->nlocs; k++)
+            if (finalize_location(s, ls, sc->locs[k], sc->lc, err, errlen) < 0)
+                return -1;
+        char msg[256];
+        sc->locset = router_locations_build(&s->arena, sc->locs, sc->nlocs, msg, sizeof(msg));
+        if (!sc->locset) {
+            snprintf(err, errlen, "%s:%d: %s", sc->file, sc->line, msg);
+            return -1;
+        }
+        sc->vhost.names = sc->names;
+        sc->vhost.nnames = sc->nnames;
+        sc->vhost.locations = sc->locset;
+        sc->vhost.conf = sc;
+    }
+    s->servers = ls->servers;
+    s->nservers = ls->nservers;
+    s->formats = ls->formats;
+    s->nformats = ls->nformats;
+    s->all_logs = ls->logs;
+    s->nall_logs = ls->nlogs;
+    if (build_listens(s, ls, err, errlen) < 0)
+        return -1;
+    s->groups = ls->groups;
+    s->ngroups = ls->ngroups;
+    return 0;
+}
+
+static void release_regexes(struct location **locs, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        router_location_deinit(locs[i]);
+}
+
+struct snapshot *conf_load(const char *path, const struct snapshot *reuse, char *err,
+                           size_t errlen)
+{
+    static _Atomic uint64_t generation;
+    struct snapshot *s = calloc(1, sizeof(*s));
+    if (!s) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    atomic_init(&s->refs, 1);
+    arena_init(&s->arena, 64 * 1024, 0);
+    s->generation = ++generation;
+    struct load_state ls = { .snap = s };
+    s->path = arena_strdup(&s->arena, path);
+    struct cf_node *root = cf_parse_file(&s->arena, path, err, errlen);
+    if (!root)
+        goto fail;
+    if (scan_regexes(&s->arena, root, &ls) < 0)
+        goto oom;
+
+    s->main.worker_processes = -1;
+    s->main.worker_shutdown_timeout_ms = CF_UNSET_MSEC;
+    s->main.worker_connections = CF_UNSET_INT;
+    s->main.worker_rlimit_nofile = CF_UNSET_INT;
+    s->main.error_log_level = LOG_ERR;
+    s->http_lc = arena_alloc(&s->arena, sizeof(*s->http_lc));
+    if (!s->http_lc)
+        goto oom;
+    loc_conf_init(s->http_lc);
+    s->http_srv_defaults.client_header_timeout_ms = CF_UNSET_MSEC;
+    s->http_srv_defaults.client_header_buffer_size = CF_UNSET_SIZE;
+    s->http_srv_defaults.merge_slashes = CF_UNSET_FLAG;
+
+    /* the predefined "combined" format */
+    {
+        struct cf_ctx cx0 = { .arena = &s->arena, .err = err, .errlen = errlen, .user = &ls };
+        struct cf_node fake = { .name = "log_format", .file = path, .line = 0 };
+        char *args[] = { "combined",
+                         "$remote_addr - $remote_user [$time_local] \"$request\" $status "
+                         "$body_bytes_sent \"$http_referer\" \"$http_user_agent\"" };
+        fake.args = args;
+        fake.nargs = 2;
+        if (set_log_format(&cx0, &fake, NULL, NULL) < 0)
+            goto fail;
+    }
+
+    struct cf_ctx cx = {
+        .arena = &s->arena,
+        .err = err,
+        .errlen = errlen,
+        .context = CF_MAIN,
+        .user = &ls,
+    };
+    cx.confs[CONF_MAIN] = &s->main;
+    cx.confs[CONF_SRV] = &s->http_srv_defaults;
+    if (cf_apply_block(&cx, root) < 0)
+        goto fail;
+    if (s->http_srv_defaults.client_header_timeout_ms == CF_UNSET_MSEC)
+        s->http_srv_defaults.client_header_timeout_ms = 60000;
+    if (s->http_srv_defaults.client_header_buffer_size == CF_UNSET_SIZE)
+        s->http_srv_defaults.client_header_buffer_size = 1024;
+    if (s->http_srv_defaults.large_header_buffers_num == 0) {
+        s->http_srv_defaults.large_header_buffers_num = 4;
+        s->http_srv_defaults.large_header_buffers_size = 8192;
+    }
+    if (s->http_srv_defaults.merge_slashes == CF_UNSET_FLAG)
+        s->http_srv_defaults.merge_slashes = 1;
+    if (finalize(s, &ls, err, errlen) < 0)
+        goto fail;
+    if (accesslog_open_all(s, reuse, err, errlen) < 0)
+        goto fail;
+    return s;
+oom:
+    snprintf(err, errlen, "%s: out of memory", path);
+fail:
+    if (ls.cur_srv)
+        release_regexes(ls.cur_srv->locs, ls.cur_srv->nlocs);
+    for (size_t i = 0; i < ls.nservers; i++)
+        release_regexes(ls.servers[i]->locs, ls.servers[i]->nlocs);
+    for (size_t j = 0; j < s->nlistens; j++)
+        router_vhosts_free(s->listens[j].vhosts);
+    arena_deinit(&s->arena);
+    free(s);
+    return NULL;
+}
+
+void snapshot_unref(struct snapshot *s)
+{
+    if (!s || atomic_fetch_sub_explicit(&s->refs, 1, memory_order_acq_rel) != 1)
+        return;
+    accesslog_close_all(s, NULL);
+    for (size_t i = 0; i < s->nservers; i++)
+        release_regexes(s->servers[i]->locs, s->servers[i]->nlocs);
+    for (size_t j = 0; j < s->nlistens; j++)
+        router_vhosts_free(s->listens[j].vhosts);
+    arena_deinit(&s->arena);
+    free(s);
+}

@@ -1,0 +1,228 @@
+/* The configuration snapshot of the http proxy: what `http {}`, `server {}`
+ * and `location {}` blocks become. Built off the data path by conf_load(),
+ * immutable afterwards, reference-counted: an exchange keeps the snapshot
+ * it started with. */
+#ifndef PORTICO_PROXY_CONF_H
+#define PORTICO_PROXY_CONF_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "config/config.h"
+#include "core/arena.h"
+#include "net/net.h"
+#include "router/router.h"
+#include "upstream/upstream.h"
+
+/* Slots of cf_ctx.confs while loading. */
+enum { CONF_MAIN = 0, CONF_SRV = 1, CONF_LOC = 2 /* UPS_CONF_GROUP = 3 */ };
+
+/* A string with variables, compiled once ("$scheme://$host$request_uri"). */
+struct tmpl_part {
+    bool is_var;
+    struct slice lit;       /* literal text, or the variable's argument ($http_X -> "x") */
+    int var;                /* variable id (vars.h) */
+};
+
+struct tmpl {
+    struct tmpl_part *parts;
+    size_t nparts;
+    bool is_const;          /* no variables: parts[0].lit is the value */
+    const char *src;
+};
+
+struct hdr_rule {
+    struct slice name;
+    struct tmpl *value;
+    bool always;            /* add_header ... always */
+};
+
+struct hdr_rules {
+    struct hdr_rule *v;
+    size_t n;
+};
+
+struct error_page {
+    int codes[16];
+    size_t ncodes;
+    int override;           /* =code, 0 to keep the status, -1: use the subrequest's */
+    struct tmpl *uri;
+};
+
+struct proxy_pass {
+    bool is_https;
+    struct tmpl *dynamic;        /* proxy_pass with variables: the whole URL */
+    struct ups_group *group;     /* named upstream or implicit host:port group */
+    char *host;                  /* as written after the scheme: $proxy_host */
+    bool has_uri;                /* a URI part after host (even "/") */
+    struct slice uri;            /* the URI part */
+};
+
+struct access_log;
+struct log_format;
+
+#define NEXT_UPS_ERROR (1u << 0)
+#define NEXT_UPS_TIMEOUT (1u << 1)
+#define NEXT_UPS_INVALID_HEADER (1u << 2)
+#define NEXT_UPS_500 (1u << 3)
+#define NEXT_UPS_502 (1u << 4)
+#define NEXT_UPS_503 (1u << 5)
+#define NEXT_UPS_504 (1u << 6)
+#define NEXT_UPS_429 (1u << 7)
+#define NEXT_UPS_NON_IDEMPOTENT (1u << 8)
+#define NEXT_UPS_OFF (1u << 9)
+#define NEXT_UPS_UNSET UINT32_MAX
+
+/* Settings of http, server and location levels (one shape, merged down). */
+struct loc_conf {
+    struct proxy_pass *pass;
+    int return_code;             /* -1 unset */
+    struct tmpl *return_text;    /* body, or Location for 3xx */
+
+    struct hdr_rules set_headers;/* proxy_set_header (inherited whole if none here) */
+    bool set_headers_set;
+    struct hdr_rules add_headers;
+    bool add_headers_set;
+    struct slice *hide_headers;
+    size_t nhide;
+    bool hide_set;
+    struct slice *pass_headers;
+    size_t npass;
+    bool pass_set;
+    struct error_page *error_pages;
+    size_t nerror_pages;
+    bool error_pages_set;
+
+    int pass_request_headers;
+    int pass_request_body;
+    int buffering;
+    int request_buffering;
+    int intercept_errors;
+    int server_tokens;
+    int http_version_minor;      /* proxy_http_version 1.0 | 1.1 */
+    uint32_t connect_timeout_ms;
+    uint32_t read_timeout_ms;
+    uint32_t send_timeout_ms;
+    uint32_t client_body_timeout_ms;
+    uint32_t keepalive_timeout_ms;
+    uint32_t send_timeout_client_ms;
+    int keepalive_requests;
+    size_t client_max_body_size;
+    size_t client_body_buffer_size;
+    size_t proxy_buffer_size;
+    uint32_t next_upstream;
+    int next_upstream_tries;
+    uint32_t next_upstream_timeout_ms;
+    char *request_id_header;     /* proxy_request_id_header NAME: send $request_id upstream */
+
+    struct access_log **logs;    /* access_log lines; NULL when none at this level */
+    size_t nlogs;
+    bool logs_set;
+    bool log_off;
+    int log_not_found;
+    const char *default_type;
+    const char *file;            /* where this level was defined */
+    int line;
+};
+
+struct listen_conf {
+    struct net_addr addr;
+    char text[80];
+    bool default_server;
+    bool reuseport;
+    int backlog;
+    const char *file;
+    int line;
+};
+
+struct srv_conf {
+    struct listen_conf *listens;
+    size_t nlistens;
+    const char **names;
+    size_t nnames;
+    struct loc_conf *lc;          /* server-level settings */
+    struct location **locs;       /* top-level locations in file order */
+    size_t nlocs;
+    struct location_set *locset;
+    struct vhost vhost;
+    uint32_t client_header_timeout_ms;
+    size_t client_header_buffer_size;
+    int large_header_buffers_num;
+    size_t large_header_buffers_size;
+    int merge_slashes;
+    int underscores_in_headers;
+    const char *file;
+    int line;
+};
+
+/* All servers on one listening address. */
+struct listen_set {
+    struct net_addr addr;
+    char text[80];
+    int backlog;
+    bool reuseport;
+    struct srv_conf **servers;
+    size_t nservers;
+    struct vhost_table *vhosts;
+    struct srv_conf *dflt;
+};
+
+struct log_format {
+    const char *name;
+    struct tmpl *t;
+    bool escape_json;
+    bool escape_none;
+};
+
+struct main_conf {
+    int worker_processes;         /* 0 = auto */
+    char *pid_path;
+    char *error_log_path;
+    int error_log_level;
+    uint32_t worker_shutdown_timeout_ms;
+    int worker_connections;
+    int worker_rlimit_nofile;
+};
+
+struct snapshot {
+    _Atomic int refs;
+    struct arena arena;
+    char *path;                    /* the main config file */
+    struct main_conf main;
+    struct loc_conf *http_lc;
+    struct srv_conf http_srv_defaults; /* server settings given at http level */
+    struct srv_conf **servers;
+    size_t nservers;
+    struct ups_group **groups;
+    size_t ngroups;
+    struct listen_set *listens;
+    size_t nlistens;
+    struct log_format **formats;
+    size_t nformats;
+    struct access_log **all_logs;  /* every access log file, opened once */
+    size_t nall_logs;
+    bool has_http;
+    uint64_t generation;
+};
+
+/* Register every module's directive table (once, at start). */
+void conf_register_all(void);
+
+/* Parse, check and build a snapshot from `path`. NULL with "file:line:
+ * message" in err. `reuse` (the running snapshot, may be NULL) lends its
+ * open access-log files to the new one. */
+struct snapshot *conf_load(const char *path, const struct snapshot *reuse, char *err,
+                           size_t errlen);
+
+static inline struct snapshot *snapshot_ref(struct snapshot *s)
+{
+    atomic_fetch_add_explicit(&s->refs, 1, memory_order_relaxed);
+    return s;
+}
+void snapshot_unref(struct snapshot *s);
+
+/* Print the Markdown directive reference of every module. */
+void conf_docs(FILE *out);
+
+#endif

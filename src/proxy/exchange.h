@@ -1,0 +1,172 @@
+/* One request and its response, protocol-neutral: what the client session
+ * parsed, where the router sent it, what the upstream answered, timings,
+ * and the arena that dies with it. The client side (HTTP/1 today, HTTP/2
+ * later) fills the request and implements `struct client_ops`; the proxy
+ * corridor (proxy.h) does the rest. */
+#ifndef PORTICO_PROXY_EXCHANGE_H
+#define PORTICO_PROXY_EXCHANGE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "core/arena.h"
+#include "core/buf.h"
+#include "core/loop.h"
+#include "http/http.h"
+#include "net/net.h"
+#include "proxy/conf.h"
+#include "router/router.h"
+
+struct exchange;
+struct worker;
+
+/* Body data handed from one side to the other: a slice of a segment. */
+struct body_piece {
+    struct buf *seg; /* referenced by whoever keeps the piece */
+    const char *p;
+    size_t len;
+};
+
+enum body_status {
+    BODY_DATA = 1,    /* *piece filled */
+    BODY_AGAIN = 0,   /* nothing now: the side calls proxy_request_body_ready() later */
+    BODY_END = 2,     /* body complete */
+    BODY_ERROR = -1,  /* the client broke framing or timed out: ex->ending says how */
+};
+
+/* The response head as the client side receives it. */
+struct resp_head {
+    int status;
+    struct http_field *fields; /* already filtered: no hop-by-hop, framing excluded */
+    size_t nfields;
+    int64_t content_length;    /* -1 unknown (stream) */
+    bool no_body;              /* HEAD, 204, 304, 1xx */
+};
+
+/* What the client session does for the corridor. */
+struct client_ops {
+    /* Queue the response head. 0 or -1 (client gone). */
+    int (*send_head)(struct exchange *ex, const struct resp_head *h);
+    /* Queue an interim (1xx) response. */
+    int (*send_interim)(struct exchange *ex, int status, struct http_field *f, size_t n);
+    /* Queue body bytes; the piece's segment gets a reference. */
+    int (*send_body)(struct exchange *ex, const struct body_piece *piece);
+    /* The body is complete (trailers: field lines with CRLFs, may be empty). */
+    int (*send_end)(struct exchange *ex, struct slice trailers);
+    /* Bytes queued toward the client and not yet written: backpressure. */
+    size_t (*pending)(struct exchange *ex);
+    /* Pull request body data (already de-chunked). */
+    enum body_status (*body_read)(struct exchange *ex, struct body_piece *piece);
+    /* Say 100 Continue if the client waits for it (once). */
+    void (*continue_100)(struct exchange *ex);
+    /* The corridor is finished with the exchange: the response is complete
+     * (or `broken`: it failed after the head went out, so the client's
+     * connection must be cut). The session logs, frees, and goes on. */
+    void (*done)(struct exchange *ex, bool broken);
+};
+
+enum ending_code {
+    END_OK = 0,
+    END_CLIENT_CLOSED,      /* client went away (499) */
+    END_CLIENT_TIMEOUT,     /* 408 */
+    END_CLIENT_BAD_BODY,    /* 400 */
+    END_BODY_TOO_LARGE,     /* 413 */
+    END_CONNECT_REFUSED,    /* 502 */
+    END_CONNECT_TIMEOUT,    /* 504 */
+    END_UPSTREAM_RESET,     /* 502 */
+    END_UPSTREAM_CLOSED,    /* 502: closed before a whole response */
+    END_UPSTREAM_BAD_HEAD,  /* 502 */
+    END_UPSTREAM_BAD_BODY,  /* 502 after the head: the client connection is cut */
+    END_SEND_TIMEOUT,       /* 504 */
+    END_READ_TIMEOUT,       /* 504 */
+    END_NO_SERVER,          /* 502 */
+    END_INTERNAL,           /* 500 */
+};
+
+struct ending {
+    enum ending_code code;
+    const char *why;        /* static text for the error log */
+    bool retryable;
+};
+
+/* One try at an upstream, for $upstream_addr and friends. */
+struct ups_try {
+    const char *addr;
+    int status;             /* 0 when no response (502/504 recorded by the log) */
+    uint64_t connect_ms, header_ms, response_ms;
+};
+
+#define EX_MAX_TRIES 8
+
+struct exchange {
+    struct arena arena;
+    struct snapshot *snap;          /* referenced */
+    struct worker *worker;
+    const struct client_ops *client;
+    void *session;                  /* the client session's own state */
+    struct loop *loop;
+    uint64_t id;                    /* per worker */
+    char request_id[33];
+
+    /* the connection */
+    const struct net_addr *peer;
+    const struct net_addr *local;
+    const struct listen_set *listen;
+    bool is_tls;
+    uint64_t conn_number;
+    int conn_requests;
+
+    /* the request (slices live as long as the exchange) */
+    struct slice method;
+    enum http_method method_id;
+    struct slice request_uri;       /* target as sent */
+    struct slice uri;               /* normalised path ($uri) */
+    struct slice args;              /* query without '?' */
+    bool has_args;
+    struct slice host;              /* lower-case, no port */
+    struct slice request_line;
+    int minor_version;              /* 1.x; 2 for HTTP/2 */
+    struct http_field *req_fields;
+    size_t nreq_fields;
+    int64_t req_content_length;     /* -1 unknown */
+    bool req_chunked;
+    bool req_has_body;
+    bool expect_continue;
+    size_t request_length;          /* head + body bytes read */
+
+    /* routing */
+    const struct srv_conf *srv;
+    const struct location *loc;
+    const struct loc_conf *lc;
+    struct route_captures caps;     /* location regex */
+    struct route_captures host_caps;/* server_name regex */
+
+    /* the response */
+    int status;
+    struct http_field *resp_fields; /* as sent to the client ($sent_http_) */
+    size_t nresp_fields;
+    struct http_field *ups_fields;  /* as received ($upstream_http_) */
+    size_t nups_fields;
+    bool head_sent;
+    bool close_conn;                /* the client connection cannot be reused */
+    bool redirected;                /* went through error_page already */
+    int error_status;               /* status error_page imposes (0: the target's) */
+    uint64_t body_bytes_sent;
+    uint64_t bytes_sent;
+
+    /* upstream tries */
+    struct ups_try tries[EX_MAX_TRIES];
+    int ntries;
+    struct ending ending;
+
+    /* timing */
+    uint64_t start_ms;              /* monotonic */
+    uint64_t start_real_us;         /* wall clock, for $msec and $time_local */
+
+    void *proxy;                    /* the corridor's state (proxy.c) */
+};
+
+/* Status to answer for an ending (502, 504, ...). */
+int ending_status(enum ending_code c);
+
+#endif

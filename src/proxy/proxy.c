@@ -1,0 +1,1472 @@
+/* The corridor of one exchange: route, answer locally or forward upstream,
+ * stream the response back, retry when that is safe. */
+#include "proxy/proxy.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "core/log.h"
+#include "http1/h1.h"
+#include "proxy/vars.h"
+#include "proxy/worker.h"
+
+#define UPS_MAX_FIELDS 100
+#define MAX_PRE_PIECES 64
+#define UPS_SEND_HIGH (64 * 1024)
+#define CLIENT_HIGH_BUFFERED (64 * 1024)
+
+enum fwd_phase {
+    P_COLLECT,    /* reading the request body before connecting */
+    P_CONNECTING,
+    P_ACTIVE,     /* connected: sending the request, reading the response */
+    P_DONE,
+};
+
+struct fwd {
+    struct exchange *ex;
+    enum fwd_phase phase;
+    struct ups_group *group;
+    struct ups_server *srv;
+    struct ups_conn *uc;
+    bool uc_reused;
+    bool stale_retry_used;
+    uint64_t tried;
+    int tries;
+    uint64_t first_try_ms;
+    uint64_t try_start_ms;
+    struct ups_try *cur_try;
+    struct slice proxy_host;
+    struct slice uri;              /* request target sent upstream */
+    struct timer timer;
+
+    /* request toward the upstream */
+    struct buf *req_head;          /* serialized head */
+    size_t req_head_len;
+    struct body_piece pre[MAX_PRE_PIECES];
+    size_t npre;
+    size_t pre_bytes;
+    bool body_collected;           /* the whole body is in pre[] */
+    bool body_eof;                 /* the client's body ended */
+    bool body_streamed;            /* bytes beyond pre[] went upstream: no replay */
+    bool send_chunked;             /* length unknown: chunked toward the upstream */
+    bool req_sent;                 /* everything (head, body, last chunk) queued */
+    struct outq out;
+    struct buf *scratch;
+    size_t scratch_used;
+
+    /* response */
+    struct buf *rseg;
+    size_t rstart, rend;
+    struct buf *head_seg;
+    bool head_done;
+    bool got_bytes;                /* any response byte arrived on this try */
+    struct h1_response resp;
+    enum h1_body_kind body_kind;
+    uint64_t body_left;
+    struct h1_chunked dec;
+    bool resp_done;
+    bool upstream_reusable;
+    int error_page_status;         /* status forced by error_page, 0 if none */
+};
+
+static void fwd_run(struct fwd *f);
+static void try_upstream(struct fwd *f);
+static void respond_status(struct exchange *ex, int status);
+
+size_t proxy_error_html(int status, bool tokens, char *out, size_t cap)
+{
+    const char *text = http_status_text(status);
+    int n = snprintf(out, cap,
+                     "<html>\r\n<head><title>%d %s</title></head>\r\n<body>\r\n<center><h1>%d "
+                     "%s</h1></center>\r\n<hr><center>%s</center>\r\n</body>\r\n</html>\r\n",
+                     status, text, status, text, tokens ? PORTICO_SERVER : "portico");
+    return n < 0 ? 0 : ((size_t)n < cap ? (size_t)n : cap - 1);
+}
+
+int ending_status(enum ending_code c)
+{
+    switch (c) {
+    case END_OK:
+        return 200;
+    case END_CLIENT_CLOSED:
+        return 499;
+    case END_CLIENT_TIMEOUT:
+        return 408;
+    case END_CLIENT_BAD_BODY:
+        return 400;
+    case END_BODY_TOO_LARGE:
+        return 413;
+    case END_CONNECT_TIMEOUT:
+    case END_SEND_TIMEOUT:
+    case END_READ_TIMEOUT:
+        return 504;
+    case END_INTERNAL:
+        return 500;
+    default:
+        return 502;
+    }
+}
+
+static struct fwd *F(struct exchange *ex)
+{
+    return ex->proxy;
+}
+
+/* ---- routing ---- */
+
+static void route(struct exchange *ex)
+{
+    const struct listen_set *ls = ex->listen;
+    const struct vhost *vh = router_find_vhost(ls->vhosts, ex->host, &ex->host_caps);
+    ex->srv = vh ? vh->conf : ls->dflt;
+    ex->loc = router_find_location(ex->srv->locset, ex->uri, &ex->caps);
+    ex->lc = ex->loc ? ex->loc->conf : ex->srv->lc;
+}
+
+/* ---- local answers ---- */
+
+static bool add_header_applies(int status)
+{
+    switch (status) {
+    case 200: case 201: case 204: case 206: case 301: case 302: case 303: case 304: case 307:
+    case 308:
+        return true;
+    default:
+        return false;
+    }
+}
+
+/* Append add_header fields to `fields` (capacity must allow it). */
+static size_t apply_add_headers(struct exchange *ex, int status, struct http_field *fields,
+                                size_t n)
+{
+    const struct loc_conf *lc = ex->lc;
+    if (!lc)
+        return n;
+    bool applies = add_header_applies(status);
+    for (size_t i = 0; i < lc->add_headers.n; i++) {
+        const struct hdr_rule *r = &lc->add_headers.v[i];
+        if (!applies && !r->always)
+            continue;
+        struct slice v = tmpl_eval(ex, r->value, ESC_NONE);
+        if (!v.len)
+            continue;
+        fields[n++] = (struct http_field){ r->name, v };
+    }
+    return n;
+}
+
+static void send_local(struct exchange *ex, int status, struct slice ctype, struct slice location,
+                       struct slice body)
+{
+    struct fwd *f = F(ex);
+    if (f && f->error_page_status)
+        status = f->error_page_status;
+    size_t cap = 2 + (ex->lc ? ex->lc->add_headers.n : 0);
+    struct http_field *fields = arena_alloc(&ex->arena, cap * sizeof(*fields));
+    size_t n = 0;
+    if (!fields) {
+        ex->client->done(ex, true);
+        return;
+    }
+    if (ctype.len)
+        fields[n++] = (struct http_field){ SLICE_LIT("Content-Type"), ctype };
+    if (location.len)
+        fields[n++] = (struct http_field){ SLICE_LIT("Location"), location };
+    n = apply_add_headers(ex, status, fields, n);
+    struct resp_head h = {
+        .status = status,
+        .fields = fields,
+        .nfields = n,
+        .content_length = (int64_t)body.len,
+        .no_body = status == 204 || status == 304 || status < 200,
+    };
+    if (h.no_body)
+        h.content_length = -1;
+    if (ex->client->send_head(ex, &h) < 0) {
+        ex->client->done(ex, true);
+        return;
+    }
+    if (body.len && !h.no_body) {
+        struct body_piece piece = { NULL, body.p, body.len };
+        ex->client->send_body(ex, &piece);
+    }
+    ex->client->send_end(ex, SLICE_NULL);
+    ex->client->done(ex, false);
+}
+
+static struct slice absolute_location(struct exchange *ex, struct slice loc)
+{
+    if (!loc.len || loc.p[0] != '/')
+        return loc;
+    struct slice host = ex->host.len ? ex->host
+                        : (ex->srv && ex->srv->nnames) ? slice_cstr(ex->srv->names[0])
+                                                       : SLICE_NULL;
+    char ipbuf[64];
+    if (!host.len)
+        host = slice_make(ipbuf, net_addr_ip(ex->local, ipbuf, sizeof(ipbuf)));
+    int port = net_addr_port(ex->local);
+    char *p = (port == (ex->is_tls ? 443 : 80))
+                  ? arena_printf(&ex->arena, "%s://%.*s%.*s", ex->is_tls ? "https" : "http",
+                                 (int)host.len, host.p, (int)loc.len, loc.p)
+                  : arena_printf(&ex->arena, "%s://%.*s:%d%.*s", ex->is_tls ? "https" : "http",
+                                 (int)host.len, host.p, port, (int)loc.len, loc.p);
+    return p ? slice_cstr(p) : loc;
+}
+
+static void internal_redirect(struct exchange *ex, struct slice uri);
+
+/* error_page: another URI, a named location or a redirect for this status. */
+static bool try_error_page(struct exchange *ex, int status)
+{
+    struct fwd *f = F(ex);
+    const struct loc_conf *lc = ex->lc;
+    if (!lc || !lc->nerror_pages || (f && f->error_page_status) || ex->redirected)
+        return false;
+    for (size_t i = 0; i < lc->nerror_pages; i++) {
+        const struct error_page *ep = &lc->error_pages[i];
+        for (size_t k = 0; k < ep->ncodes; k++) {
+            if (ep->codes[k] != status)
+                continue;
+            struct slice uri = tmpl_eval(ex, ep->uri, ESC_NONE);
+            if (uri.len && uri.p[0] != '/' && uri.p[0] != '@') {
+                /* a URL: redirect (302 unless =code says otherwise) */
+                int code = ep->override > 0 ? ep->override : 302;
+                if (!f) {
+                    f = arena_calloc(&ex->arena, sizeof(*f));
+                    if (!f)
+                        return false;
+                    f->ex = ex;
+                    ex->proxy = f;
+                }
+                ex->redirected = true;
+                char body[512];
+                size_t bl = proxy_error_html(code, lc->server_tokens, body, sizeof(body));
+                send_local(ex, code, SLICE_LIT("text/html"), uri,
+                           arena_slice_dup(&ex->arena, slice_make(body, bl)));
+                return true;
+            }
+            ex->error_status = ep->override > 0 ? ep->override : ep->override == 0 ? status : 0;
+            internal_redirect(ex, uri);
+            return true;
+        }
+    }
+    return false;
+}
+
+static void respond_status(struct exchange *ex, int status)
+{
+    if (status >= 400 && try_error_page(ex, status))
+        return;
+    if (status == 413 || status == 400 || status == 408 || status >= 500)
+        ex->close_conn = ex->close_conn || status != 500;
+    const struct loc_conf *lc = ex->lc ? ex->lc : ex->snap->http_lc;
+    char body[512];
+    size_t bl = 0;
+    if (status >= 300 && status != 304)
+        bl = proxy_error_html(status, lc->server_tokens, body, sizeof(body));
+    struct slice b = arena_slice_dup(&ex->arena, slice_make(body, bl));
+    send_local(ex, status, bl ? SLICE_LIT("text/html") : SLICE_NULL, SLICE_NULL, b);
+}
+
+void proxy_respond_error(struct exchange *ex, int status)
+{
+    if (!ex->lc && ex->listen) {
+        const struct listen_set *ls = ex->listen;
+        ex->srv = ls->dflt;
+        ex->lc = ex->srv->lc;
+    }
+    respond_status(ex, status);
+}
+
+static void do_return(struct exchange *ex)
+{
+    const struct loc_conf *lc = ex->lc;
+    int code = lc->return_code;
+    if (code == 444) {
+        /* nginx's "close without an answer" */
+        ex->status = 444;
+        ex->client->done(ex, true);
+        return;
+    }
+    struct slice text = lc->return_text ? tmpl_eval(ex, lc->return_text, ESC_NONE) : SLICE_NULL;
+    if (code == 301 || code == 302 || code == 303 || code == 307 || code == 308) {
+        struct slice loc = absolute_location(ex, text);
+        char body[512];
+        size_t bl = proxy_error_html(code, lc->server_tokens, body, sizeof(body));
+        send_local(ex, code, SLICE_LIT("text/html"), loc,
+                   arena_slice_dup(&ex->arena, slice_make(body, bl)));
+        return;
+    }
+    if (!lc->return_text) {
+        respond_status(ex, code);
+        return;
+    }
+    send_local(ex, code, slice_cstr(lc->default_type), SLICE_NULL, text);
+}
+
+/* ---- forwarding: the upstream request ---- */
+
+static bool uri_char_ok(unsigned char c)
+{
+    return c > 0x20 && c < 0x7f && c != '%' && c != '?' && c != '#' && c != '"' && c != '<' &&
+           c != '>' && c != '\\' && c != '^' && c != '`' && c != '{' && c != '|' && c != '}';
+}
+
+static size_t escape_uri(char *out, struct slice in)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    size_t o = 0;
+    for (size_t i = 0; i < in.len; i++) {
+        unsigned char c = (unsigned char)in.p[i];
+        if (uri_char_ok(c)) {
+            out[o++] = (char)c;
+        } else {
+            out[o++] = '%';
+            out[o++] = hex[c >> 4];
+            out[o++] = hex[c & 15];
+        }
+    }
+    return o;
+}
+
+/* nginx's rules: without a URI part the client's URI goes as sent (or, after
+ * an internal redirect, the new $uri); with one, the part of $uri matched by
+ * the location prefix is replaced by it. */
+static struct slice upstream_uri(struct exchange *ex, const struct proxy_pass *pp,
+                                 struct slice dyn_uri, bool dyn)
+{
+    if (dyn) {
+        if (dyn_uri.len)
+            return dyn_uri;
+    } else if (pp->has_uri) {
+        const struct location *loc = ex->loc;
+        size_t skip = 0;
+        if (loc && (loc->match == LOC_PREFIX || loc->match == LOC_PREFIX_NOREGEX ||
+                    loc->match == LOC_EXACT) &&
+            !ex->redirected)
+            skip = loc->pattern_len <= ex->uri.len ? loc->pattern_len : ex->uri.len;
+        struct slice rest = slice_make(ex->uri.p + skip, ex->uri.len - skip);
+        size_t cap = pp->uri.len + rest.len * 3 + ex->args.len + 2;
+        char *p = arena_alloc(&ex->arena, cap);
+        if (!p)
+            return SLICE_NULL;
+        memcpy(p, pp->uri.p, pp->uri.len);
+        size_t o = pp->uri.len + escape_uri(p + pp->uri.len, rest);
+        if (ex->has_args) {
+            p[o++] = '?';
+            memcpy(p + o, ex->args.p, ex->args.len);
+            o += ex->args.len;
+        }
+        return slice_make(p, o);
+    }
+    if (!ex->redirected && ex->request_uri.len && ex->request_uri.p[0] == '/')
+        return ex->request_uri;
+    if (!ex->redirected && ex->request_uri.len) {
+        /* absolute-form: send the origin-form part */
+        struct slice u = ex->uri;
+        size_t cap = u.len * 3 + ex->args.len + 2;
+        char *p = arena_alloc(&ex->arena, cap);
+        if (!p)
+            return SLICE_NULL;
+        size_t o = escape_uri(p, u);
+        if (ex->has_args) {
+            p[o++] = '?';
+            memcpy(p + o, ex->args.p, ex->args.len);
+            o += ex->args.len;
+        }
+        return slice_make(p, o);
+    }
+    size_t cap = ex->uri.len * 3 + ex->args.len + 2;
+    char *p = arena_alloc(&ex->arena, cap);
+    if (!p)
+        return SLICE_NULL;
+    size_t o = escape_uri(p, ex->uri);
+    if (ex->has_args) {
+        p[o++] = '?';
+        memcpy(p + o, ex->args.p, ex->args.len);
+        o += ex->args.len;
+    }
+    return slice_make(p, o);
+}
+
+static bool set_by_rule(const struct loc_conf *lc, struct slice name)
+{
+    for (size_t i = 0; i < lc->set_headers.n; i++)
+        if (slice_eq_ci(lc->set_headers.v[i].name, name))
+            return true;
+    return false;
+}
+
+static bool named_in_connection(const struct exchange *ex, struct slice name)
+{
+    for (size_t i = 0; i < ex->nreq_fields; i++)
+        if (slice_eq_lit_ci(ex->req_fields[i].name, "connection")) {
+            struct slice list = ex->req_fields[i].value, e;
+            while (slice_next_token(&list, &e))
+                if (slice_eq_ci(e, name))
+                    return true;
+        }
+    return false;
+}
+
+static int build_request_head(struct fwd *f)
+{
+    struct exchange *ex = f->ex;
+    const struct loc_conf *lc = ex->lc;
+    struct slice vals[64];
+    size_t nrules = lc->set_headers.n < 64 ? lc->set_headers.n : 64;
+    bool host_set = false, conn_set = false;
+    size_t len = ex->method.len + f->uri.len + 16;
+    for (size_t i = 0; i < nrules; i++) {
+        const struct hdr_rule *r = &lc->set_headers.v[i];
+        vals[i] = tmpl_eval(ex, r->value, ESC_NONE);
+        host_set |= slice_eq_lit_ci(r->name, "host");
+        conn_set |= slice_eq_lit_ci(r->name, "connection");
+        len += r->name.len + vals[i].len + 4;
+    }
+    if (!host_set)
+        len += 8 + f->proxy_host.len;
+    bool keepalive = f->group->keepalive > 0 && lc->http_version_minor == 1;
+    len += 24;
+    if (lc->pass_request_headers)
+        for (size_t i = 0; i < ex->nreq_fields; i++)
+            len += ex->req_fields[i].name.len + ex->req_fields[i].value.len + 4;
+    len += 48;
+
+    struct buf *b = buf_new(len);
+    if (!b)
+        return -1;
+    char *p = b->data;
+    size_t o = 0;
+#define PUT(s, n)                                                                                  \
+    do {                                                                                           \
+        memcpy(p + o, (s), (n));                                                                   \
+        o += (n);                                                                                  \
+    } while (0)
+#define PUTS(lit) PUT(lit, sizeof(lit) - 1)
+    PUT(ex->method.p, ex->method.len);
+    p[o++] = ' ';
+    PUT(f->uri.p, f->uri.len);
+    if (lc->http_version_minor == 1)
+        PUTS(" HTTP/1.1\r\n");
+    else
+        PUTS(" HTTP/1.0\r\n");
+    if (!host_set) {
+        PUTS("Host: ");
+        PUT(f->proxy_host.p, f->proxy_host.len);
+        PUTS("\r\n");
+    }
+    for (size_t i = 0; i < nrules; i++) {
+        if (!vals[i].len)
+            continue; /* an empty value removes the field */
+        const struct hdr_rule *r = &lc->set_headers.v[i];
+        PUT(r->name.p, r->name.len);
+        PUTS(": ");
+        PUT(vals[i].p, vals[i].len);
+        PUTS("\r\n");
+    }
+    if (!conn_set && !keepalive)
+        PUTS("Connection: close\r\n");
+    if (lc->pass_request_headers) {
+        for (size_t i = 0; i < ex->nreq_fields; i++) {
+            const struct http_field *fl = &ex->req_fields[i];
+            if (http_is_hop_by_hop(fl->name) || slice_eq_lit_ci(fl->name, "host") ||
+                slice_eq_lit_ci(fl->name, "content-length") ||
+                slice_eq_lit_ci(fl->name, "expect") || set_by_rule(lc, fl->name) ||
+                named_in_connection(ex, fl->name))
+                continue;
+            PUT(fl->name.p, fl->name.len);
+            PUTS(": ");
+            PUT(fl->value.p, fl->value.len);
+            PUTS("\r\n");
+        }
+    }
+    if (f->send_chunked) {
+        PUTS("Transfer-Encoding: chunked\r\n");
+    } else if (ex->req_has_body && lc->pass_request_body) {
+        o += (size_t)snprintf(p + o, len - o, "Content-Length: %zu\r\n", f->pre_bytes);
+    } else if (ex->req_content_length >= 0 && lc->pass_request_body) {
+        PUTS("Content-Length: 0\r\n");
+    }
+    PUTS("\r\n");
+#undef PUT
+#undef PUTS
+    f->req_head = b;
+    f->req_head_len = o;
+    return 0;
+}
+
+/* Pull the request body into pre[] up to client_body_buffer_size. Returns
+ * 1 when done collecting, 0 to wait for more, -1 on a client error. */
+static int collect_body(struct fwd *f)
+{
+    struct exchange *ex = f->ex;
+    const struct loc_conf *lc = ex->lc;
+    size_t limit = lc->request_buffering ? lc->client_body_buffer_size : 0;
+    ex->client->continue_100(ex);
+    while (!f->body_eof && f->npre < MAX_PRE_PIECES && (f->pre_bytes < limit || f->npre == 0)) {
+        struct body_piece piece;
+        enum body_status st = ex->client->body_read(ex, &piece);
+        if (st == BODY_AGAIN)
+            return lc->request_buffering ? 0 : 1;
+        if (st == BODY_ERROR)
+            return -1;
+        if (st == BODY_END) {
+            f->body_eof = true;
+            break;
+        }
+        buf_ref(piece.seg);
+        f->pre[f->npre++] = piece;
+        f->pre_bytes += piece.len;
+        if (!lc->request_buffering)
+            break;
+    }
+    f->body_collected = f->body_eof;
+    return 1;
+}
+
+/* ---- upstream connection handling ---- */
+
+static void fwd_io(struct io *io, uint32_t events)
+{
+    (void)events;
+    struct fwd *f = io->data;
+    fwd_run(f);
+}
+
+static void release_conn(struct fwd *f, bool reusable)
+{
+    struct ups_conn *c = f->uc;
+    if (!c)
+        return;
+    f->uc = NULL;
+    timer_cancel(&f->timer);
+    if (reusable) {
+        c->requests++;
+        ups_pool_put(f->ex->worker->pool, f->group, c);
+    } else {
+        ups_conn_close(c);
+    }
+}
+
+static void reset_try_state(struct fwd *f)
+{
+    outq_clear(&f->out);
+    if (f->rseg)
+        buf_unref(f->rseg);
+    if (f->head_seg)
+        buf_unref(f->head_seg);
+    f->rseg = f->head_seg = NULL;
+    f->rstart = f->rend = 0;
+    f->head_done = f->got_bytes = f->resp_done = false;
+    f->req_sent = false;
+}
+
+static const char *phase_text(const struct fwd *f)
+{
+    if (f->phase == P_CONNECTING)
+        return "connecting to upstream";
+    if (!f->head_done)
+        return f->req_sent ? "reading response header from upstream"
+                           : "sending request to upstream";
+    return "reading upstream";
+}
+
+static void log_upstream_error(struct fwd *f, const char *why, int err)
+{
+    struct exchange *ex = f->ex;
+    char peer[64];
+    net_addr_ip(ex->peer, peer, sizeof(peer));
+    if (err)
+        log_write(LOG_ERR,
+                  "*%llu upstream %s (%d: %s) while %s, client: %s, request: \"%.*s\", upstream: "
+                  "\"http://%s%.*s\", host: \"%.*s\"",
+                  (unsigned long long)ex->id, why, err, strerror(err), phase_text(f), peer,
+                  (int)ex->request_line.len, ex->request_line.p,
+                  f->srv ? f->srv->addr_text : "-", (int)f->uri.len, f->uri.p, (int)ex->host.len,
+                  ex->host.p);
+    else
+        log_write(LOG_ERR,
+                  "*%llu upstream %s while %s, client: %s, request: \"%.*s\", upstream: "
+                  "\"http://%s%.*s\", host: \"%.*s\"",
+                  (unsigned long long)ex->id, why, phase_text(f), peer, (int)ex->request_line.len,
+                  ex->request_line.p, f->srv ? f->srv->addr_text : "-", (int)f->uri.len, f->uri.p,
+                  (int)ex->host.len, ex->host.p);
+}
+
+static bool body_replayable(const struct fwd *f)
+{
+    return !f->ex->req_has_body || (f->body_collected && !f->body_streamed);
+}
+
+static bool may_retry(struct fwd *f, uint32_t kind)
+{
+    struct exchange *ex = f->ex;
+    const struct loc_conf *lc = ex->lc;
+    if ((lc->next_upstream & NEXT_UPS_OFF) || !(lc->next_upstream & kind))
+        return false;
+    if (ex->head_sent || !body_replayable(f))
+        return false;
+    if (!http_method_idempotent(ex->method_id) && !(lc->next_upstream & NEXT_UPS_NON_IDEMPOTENT))
+        return false;
+    int max = lc->next_upstream_tries ? lc->next_upstream_tries : (int)f->group->nservers;
+    if (f->tries >= max || f->tries >= EX_MAX_TRIES)
+        return false;
+    if (lc->next_upstream_timeout_ms &&
+        loop_now_ms(ex->loop) - f->first_try_ms >= lc->next_upstream_timeout_ms)
+        return false;
+    return ups_pick(f->group, f->tried, loop_now_ms(ex->loop)) != NULL;
+}
+
+/* This try failed before the response head reached the client. */
+static void fail_try(struct fwd *f, enum ending_code code, const char *why, int err,
+                     uint32_t kind)
+{
+    struct exchange *ex = f->ex;
+    bool stale = f->uc_reused && !f->got_bytes && kind == NEXT_UPS_ERROR && !f->stale_retry_used;
+    release_conn(f, false);
+    if (stale && body_replayable(f)) {
+        /* a kept-alive connection the server had closed: not the server's
+         * fault; try it again on a fresh connection */
+        f->stale_retry_used = true;
+        reset_try_state(f);
+        f->tried &= ~(1ull << ups_server_index(f->group, f->srv));
+        f->tries--;
+        ex->ntries--;
+        try_upstream(f);
+        return;
+    }
+    log_upstream_error(f, why, err);
+    if (f->cur_try) {
+        f->cur_try->status = ending_status(code);
+        f->cur_try->response_ms = loop_now_ms(ex->loop) - f->try_start_ms;
+        if (!f->head_done)
+            f->cur_try->header_ms = UINT64_MAX;
+    }
+    if (kind & (NEXT_UPS_ERROR | NEXT_UPS_TIMEOUT | NEXT_UPS_INVALID_HEADER))
+        ups_server_failed(f->srv, loop_now_ms(ex->loop));
+    ex->ending = (struct ending){ .code = code, .why = why, .retryable = true };
+    if (may_retry(f, kind)) {
+        reset_try_state(f);
+        try_upstream(f);
+        return;
+    }
+    f->phase = P_DONE;
+    respond_status(ex, ending_status(code));
+}
+
+static void fwd_timer(struct timer *t)
+{
+    struct fwd *f = t->data;
+    switch (f->phase) {
+    case P_CONNECTING:
+        fail_try(f, END_CONNECT_TIMEOUT, "timed out (110: Connection timed out)", 0,
+                 NEXT_UPS_TIMEOUT);
+        break;
+    case P_ACTIVE:
+        if (f->head_done) {
+            /* the head went to the client: all we can do is cut it */
+            log_upstream_error(f, "timed out (110: Connection timed out)", 0);
+            f->ex->ending = (struct ending){ .code = END_READ_TIMEOUT, .why = "read timeout" };
+            release_conn(f, false);
+            f->phase = P_DONE;
+            f->ex->client->done(f->ex, true);
+        } else if (!f->req_sent || f->out.count) {
+            fail_try(f, END_SEND_TIMEOUT, "timed out (110: Connection timed out)", 0,
+                     NEXT_UPS_TIMEOUT);
+        } else {
+            fail_try(f, END_READ_TIMEOUT, "timed out (110: Connection timed out)", 0,
+                     NEXT_UPS_TIMEOUT);
+        }
+        break;
+    default:
+        break;
+    }
+}
+
+static void try_upstream(struct fwd *f)
+{
+    struct exchange *ex = f->ex;
+    uint64_t now = loop_now_ms(ex->loop);
+    struct ups_server *s = ups_pick(f->group, f->tried, now);
+    if (!s) {
+        log_write(LOG_ERR, "*%llu no live upstreams while connecting to upstream \"%s\"",
+                  (unsigned long long)ex->id, f->group->name);
+        ex->ending = (struct ending){ .code = END_NO_SERVER, .why = "no live upstreams" };
+        f->phase = P_DONE;
+        respond_status(ex, 502);
+        return;
+    }
+    f->srv = s;
+    f->tried |= 1ull << ups_server_index(f->group, s);
+    f->tries++;
+    f->try_start_ms = now;
+    if (!f->first_try_ms)
+        f->first_try_ms = now;
+    if (ex->ntries < EX_MAX_TRIES) {
+        f->cur_try = &ex->tries[ex->ntries++];
+        *f->cur_try = (struct ups_try){ .addr = s->addr_text,
+                                        .connect_ms = UINT64_MAX,
+                                        .header_ms = UINT64_MAX,
+                                        .response_ms = UINT64_MAX };
+    } else {
+        f->cur_try = NULL;
+    }
+    struct ups_pool *pool = ex->worker->pool;
+    f->uc = ups_pool_get(pool, f->group, s);
+    f->uc_reused = f->uc != NULL;
+    if (!f->uc) {
+        f->uc = ups_conn_open(pool, f->group, s);
+        if (!f->uc) {
+            int e = errno;
+            f->phase = P_CONNECTING;
+            fail_try(f, END_CONNECT_REFUSED, "connect() failed", e, NEXT_UPS_ERROR);
+            return;
+        }
+    }
+    f->uc->io.cb = fwd_io;
+    f->uc->io.data = f;
+    f->phase = f->uc_reused ? P_ACTIVE : P_CONNECTING;
+    if (f->uc_reused && f->cur_try)
+        f->cur_try->connect_ms = 0;
+    timer_set(ex->loop, &f->timer,
+              f->uc_reused ? ex->lc->send_timeout_ms : ex->lc->connect_timeout_ms);
+    /* queue the request: head, then what we have of the body */
+    outq_push(&f->out, f->req_head, f->req_head->data, f->req_head_len);
+    for (size_t i = 0; i < f->npre; i++) {
+        if (f->send_chunked) {
+            char hdr[24];
+            int n = snprintf(hdr, sizeof(hdr), "%zx\r\n", f->pre[i].len);
+            outq_push_copy(&f->out, &f->scratch, &f->scratch_used, hdr, (size_t)n);
+        }
+        outq_push(&f->out, f->pre[i].seg, f->pre[i].p, f->pre[i].len);
+        if (f->send_chunked)
+            outq_push(&f->out, NULL, "\r\n", 2);
+    }
+    if (f->body_eof || !ex->req_has_body || !ex->lc->pass_request_body) {
+        if (f->send_chunked)
+            outq_push(&f->out, NULL, "0\r\n\r\n", 5);
+        f->req_sent = true;
+    }
+    if (f->uc_reused)
+        f->uc->io.writable = true;
+    fwd_run(f);
+}
+
+/* ---- sending the request ---- */
+
+static int pump_request(struct fwd *f)
+{
+    struct exchange *ex = f->ex;
+    /* refill from the client's body */
+    while (!f->req_sent && outq_room(&f->out) >= 4 && f->out.bytes < UPS_SEND_HIGH) {
+        struct body_piece piece;
+        enum body_status st = ex->client->body_read(ex, &piece);
+        if (st == BODY_AGAIN)
+            break;
+        if (st == BODY_ERROR)
+            return -1;
+        if (st == BODY_END) {
+            f->body_eof = true;
+            if (f->send_chunked)
+                outq_push(&f->out, NULL, "0\r\n\r\n", 5);
+            f->req_sent = true;
+            break;
+        }
+        f->body_streamed = true;
+        if (f->send_chunked) {
+            char hdr[24];
+            int n = snprintf(hdr, sizeof(hdr), "%zx\r\n", piece.len);
+            outq_push_copy(&f->out, &f->scratch, &f->scratch_used, hdr, (size_t)n);
+        }
+        outq_push(&f->out, piece.seg, piece.p, piece.len);
+        if (f->send_chunked)
+            outq_push(&f->out, NULL, "\r\n", 2);
+    }
+    if (f->out.count && f->uc->io.writable) {
+        ssize_t w = outq_write(&f->out, f->uc->io.fd);
+        if (w < 0 && errno != EAGAIN) {
+            fail_try(f, END_UPSTREAM_RESET, "send() failed", errno, NEXT_UPS_ERROR);
+            return 1;
+        }
+        if (f->out.count)
+            f->uc->io.writable = false;
+        if (w > 0 && !f->head_done)
+            timer_set(ex->loop, &f->timer,
+                      f->out.count || !f->req_sent ? ex->lc->send_timeout_ms
+                                                   : ex->lc->read_timeout_ms);
+    }
+    return 0;
+}
+
+/* ---- the response ---- */
+
+static bool hidden_by_default(struct slice n)
+{
+    return slice_eq_lit_ci(n, "date") || slice_eq_lit_ci(n, "server") ||
+           slice_eq_lit_ci(n, "x-pad") ||
+           (n.len > 8 && slice_eq_ci(slice_make(n.p, 8), SLICE_LIT("x-accel-")));
+}
+
+static bool in_list(const struct slice *l, size_t n, struct slice name)
+{
+    for (size_t i = 0; i < n; i++)
+        if (slice_eq_ci(l[i], name))
+            return true;
+    return false;
+}
+
+static bool resp_named_in_connection(const struct h1_response *r, struct slice name)
+{
+    for (size_t i = 0; i < r->nfields; i++)
+        if (slice_eq_lit_ci(r->fields[i].name, "connection")) {
+            struct slice list = r->fields[i].value, e;
+            while (slice_next_token(&list, &e))
+                if (slice_eq_ci(e, name))
+                    return true;
+        }
+    return false;
+}
+
+static int ensure_rseg(struct fwd *f)
+{
+    if (!f->rseg) {
+        f->rseg = buf_new(BUF_SEG_SIZE);
+        f->rstart = f->rend = 0;
+        return f->rseg ? 0 : -1;
+    }
+    if (f->rend < f->rseg->cap)
+        return 0;
+    size_t have = f->rend - f->rstart;
+    if (f->rseg->refs == 1) {
+        memmove(f->rseg->data, f->rseg->data + f->rstart, have);
+    } else {
+        struct buf *nb = buf_new(BUF_SEG_SIZE);
+        if (!nb)
+            return -1;
+        memcpy(nb->data, f->rseg->data + f->rstart, have);
+        buf_unref(f->rseg);
+        f->rseg = nb;
+    }
+    f->rstart = 0;
+    f->rend = have;
+    return 0;
+}
+
+static bool retry_status(const struct fwd *f, int status, uint32_t *kind)
+{
+    switch (status) {
+    case 500: *kind = NEXT_UPS_500; break;
+    case 502: *kind = NEXT_UPS_502; break;
+    case 503: *kind = NEXT_UPS_503; break;
+    case 504: *kind = NEXT_UPS_504; break;
+    case 429: *kind = NEXT_UPS_429; break;
+    default: return false;
+    }
+    return (f->ex->lc->next_upstream & *kind) != 0;
+}
+
+/* The head is parsed: filter it and hand it to the client. Returns 0 to go
+ * on with the body, 1 when the exchange went elsewhere (retry, error page). */
+static int deliver_head(struct fwd *f)
+{
+    struct exchange *ex = f->ex;
+    const struct loc_conf *lc = ex->lc;
+    struct h1_response *r = &f->resp;
+    if (f->cur_try) {
+        f->cur_try->status = r->status;
+        f->cur_try->header_ms = loop_now_ms(ex->loop) - f->try_start_ms;
+    }
+    ups_server_ok(f->srv);
+    uint32_t kind;
+    if (retry_status(f, r->status, &kind) && may_retry(f, kind)) {
+        release_conn(f, false);
+        reset_try_state(f);
+        try_upstream(f);
+        return 1;
+    }
+    if (lc->intercept_errors && r->status >= 300 && lc->nerror_pages) {
+        for (size_t i = 0; i < lc->nerror_pages; i++)
+            for (size_t k = 0; k < lc->error_pages[i].ncodes; k++)
+                if (lc->error_pages[i].codes[k] == r->status) {
+                    release_conn(f, false);
+                    f->phase = P_DONE;
+                    respond_status(ex, r->status);
+                    return 1;
+                }
+    }
+    size_t cap = r->nfields + lc->add_headers.n + 1;
+    struct http_field *out = arena_alloc(&ex->arena, cap * sizeof(*out));
+    if (!out)
+        return -1;
+    size_t n = 0;
+    for (size_t i = 0; i < r->nfields; i++) {
+        struct slice name = r->fields[i].name;
+        if (http_is_hop_by_hop(name) || slice_eq_lit_ci(name, "content-length") ||
+            resp_named_in_connection(r, name))
+            continue;
+        if (hidden_by_default(name) && !in_list(lc->pass_headers, lc->npass, name))
+            continue;
+        if (in_list(lc->hide_headers, lc->nhide, name))
+            continue;
+        out[n++] = r->fields[i];
+    }
+    int status = f->error_page_status ? f->error_page_status : r->status;
+    n = apply_add_headers(ex, status, out, n);
+    struct resp_head h = { .status = status, .fields = out, .nfields = n, .content_length = -1 };
+    switch (f->body_kind) {
+    case H1_BODY_NONE:
+        h.no_body = true;
+        /* HEAD and 304 keep the representation's length */
+        if (r->content_length >= 0 && (ex->method_id == HTTP_M_HEAD || r->status == 304))
+            h.content_length = r->content_length;
+        if (r->status == 204 || r->status < 200)
+            h.content_length = -1;
+        if (r->status >= 200 && r->status != 204 && r->status != 304 &&
+            ex->method_id != HTTP_M_HEAD)
+            h.content_length = 0;
+        break;
+    case H1_BODY_LENGTH:
+        h.content_length = r->content_length;
+        break;
+    default:
+        break;
+    }
+    if (ex->client->send_head(ex, &h) < 0)
+        return -1;
+    return 0;
+}
+
+/* Parse what we have of the head. 0: go on; 1: exchange moved on; -1: wait. */
+static int read_head_step(struct fwd *f)
+{
+    struct exchange *ex = f->ex;
+    struct http_field fields[UPS_MAX_FIELDS];
+    struct h1_limits lim = { .max_request_line = 8192,
+                             .max_head = ex->lc->proxy_buffer_size,
+                             .max_fields = UPS_MAX_FIELDS };
+    for (;;) {
+        enum h1_error err = H1E_NONE;
+        enum h1_result res = h1_parse_response(f->rseg->data + f->rstart, f->rend - f->rstart,
+                                               &lim, fields, UPS_MAX_FIELDS, &f->resp, &err);
+        if (res == H1_INCOMPLETE) {
+            if (f->rend - f->rstart >= lim.max_head) {
+                fail_try(f, END_UPSTREAM_BAD_HEAD, "sent too big header", 0,
+                         NEXT_UPS_INVALID_HEADER);
+                return 1;
+            }
+            return -1;
+        }
+        if (res == H1_ERROR) {
+            char why[128];
+            snprintf(why, sizeof(why), "sent invalid header (%s)", h1_error_str(err));
+            const char *w = arena_strdup(&ex->arena, why);
+            fail_try(f, END_UPSTREAM_BAD_HEAD, w ? w : "sent invalid header", 0,
+                     NEXT_UPS_INVALID_HEADER);
+            return 1;
+        }
+        struct h1_response *r = &f->resp;
+        if (r->status >= 100 && r->status < 200) {
+            if (r->status == 101) {
+                fail_try(f, END_UPSTREAM_BAD_HEAD, "sent an unexpected 101 Switching Protocols",
+                         0, NEXT_UPS_INVALID_HEADER);
+                return 1;
+            }
+            if (!(r->status == 100 && !ex->expect_continue)) {
+                size_t n = 0;
+                struct http_field *keep = arena_alloc(&ex->arena, (r->nfields + 1) * sizeof(*keep));
+                for (size_t i = 0; keep && i < r->nfields; i++)
+                    if (!http_is_hop_by_hop(r->fields[i].name))
+                        keep[n++] = (struct http_field){
+                            arena_slice_dup(&ex->arena, r->fields[i].name),
+                            arena_slice_dup(&ex->arena, r->fields[i].value) };
+                if (keep && !(r->status == 100 && ex->minor_version == 0))
+                    ex->client->send_interim(ex, r->status, keep, n);
+            }
+            f->rstart += r->head_len;
+            if (f->rstart == f->rend)
+                return -1;
+            continue;
+        }
+        f->head_done = true;
+        f->head_seg = buf_ref(f->rseg);
+        ex->ups_fields = arena_alloc(&ex->arena, (r->nfields + 1) * sizeof(*ex->ups_fields));
+        if (!ex->ups_fields) {
+            fail_try(f, END_INTERNAL, "out of memory", 0, 0);
+            return 1;
+        }
+        memcpy(ex->ups_fields, fields, r->nfields * sizeof(*fields));
+        ex->nups_fields = r->nfields;
+        r->fields = ex->ups_fields;
+        f->rstart += r->head_len;
+        f->body_kind = h1_response_body_kind(r, ex->method_id);
+        f->body_left = f->body_kind == H1_BODY_LENGTH ? (uint64_t)r->content_length : 0;
+        if (f->body_kind == H1_BODY_CHUNKED)
+            h1_chunked_init(&f->dec, 16384);
+        f->upstream_reusable = r->keep_alive && f->body_kind != H1_BODY_UNTIL_CLOSE;
+        if (deliver_head(f) != 0) {
+            if (f->phase != P_DONE && f->ex->proxy == f && !f->uc) {
+                /* retry or error page took over */
+            }
+            return 1;
+        }
+        if (f->body_kind == H1_BODY_NONE)
+            f->resp_done = true;
+        return 0;
+    }
+}
+
+static void complete_response(struct fwd *f, struct slice trailers)
+{
+    struct exchange *ex = f->ex;
+    if (f->cur_try)
+        f->cur_try->response_ms = loop_now_ms(ex->loop) - f->try_start_ms;
+    bool reusable = f->upstream_reusable && f->req_sent && f->out.count == 0 &&
+                    f->rstart == f->rend;
+    release_conn(f, reusable);
+    f->phase = P_DONE;
+    if (trailers.len)
+        trailers = arena_slice_dup(&ex->arena, trailers);
+    ex->client->send_end(ex, trailers);
+    ex->client->done(ex, false);
+}
+
+static void body_broken(struct fwd *f, enum ending_code code, const char *why, int err)
+{
+    log_upstream_error(f, why, err);
+    f->ex->ending = (struct ending){ .code = code, .why = why };
+    release_conn(f, false);
+    f->phase = P_DONE;
+    f->ex->client->done(f->ex, true);
+}
+
+/* Move response body bytes to the client while it keeps up. Returns 1 if
+ * the exchange finished. */
+static int relay_body(struct fwd *f)
+{
+    struct exchange *ex = f->ex;
+    size_t high = ex->lc->buffering ? CLIENT_HIGH_BUFFERED : 1;
+    while (!f->resp_done) {
+        if (ex->client->pending(ex) >= high)
+            return 0; /* the client session calls proxy_client_drained() */
+        if (f->rstart < f->rend) {
+            char *base = f->rseg->data + f->rstart;
+            size_t have = f->rend - f->rstart;
+            struct body_piece piece = { f->rseg, base, 0 };
+            if (f->body_kind == H1_BODY_LENGTH) {
+                piece.len = have < f->body_left ? have : (size_t)f->body_left;
+                f->body_left -= piece.len;
+                f->rstart += piece.len;
+                if (f->body_left == 0)
+                    f->resp_done = true;
+            } else if (f->body_kind == H1_BODY_CHUNKED) {
+                size_t consumed = 0;
+                struct slice data = SLICE_NULL, trailers = SLICE_NULL;
+                enum h1_error err = H1E_NONE;
+                enum h1_result r =
+                    h1_chunked_decode(&f->dec, base, have, &consumed, &data, &trailers, &err);
+                f->rstart += consumed;
+                if (r == H1_ERROR) {
+                    body_broken(f, END_UPSTREAM_BAD_BODY, "sent invalid chunked response", 0);
+                    return 1;
+                }
+                piece.p = data.p;
+                piece.len = data.len;
+                if (piece.len && ex->client->send_body(ex, &piece) < 0)
+                    return 0;
+                if (r == H1_DONE) {
+                    f->resp_done = true;
+                    complete_response(f, trailers);
+                    return 1;
+                }
+                if (consumed == 0)
+                    goto need_more;
+                continue;
+            } else {
+                piece.len = have;
+                f->rstart += have;
+            }
+            if (piece.len)
+                ex->client->send_body(ex, &piece);
+            continue;
+        }
+    need_more:
+        if (!f->uc->io.readable) {
+            timer_set(ex->loop, &f->timer, ex->lc->read_timeout_ms);
+            return 0;
+        }
+        if (ensure_rseg(f) < 0) {
+            body_broken(f, END_INTERNAL, "out of memory", 0);
+            return 1;
+        }
+        ssize_t n = read(f->uc->io.fd, f->rseg->data + f->rend, f->rseg->cap - f->rend);
+        if (n > 0) {
+            f->rend += (size_t)n;
+            continue;
+        }
+        if (n == 0) {
+            if (f->body_kind == H1_BODY_UNTIL_CLOSE) {
+                f->resp_done = true;
+                f->upstream_reusable = false;
+                break;
+            }
+            body_broken(f, END_UPSTREAM_CLOSED, "prematurely closed connection", 0);
+            return 1;
+        }
+        if (errno == EINTR)
+            continue;
+        if (errno == EAGAIN) {
+            f->uc->io.readable = false;
+            continue;
+        }
+        body_broken(f, END_UPSTREAM_RESET, "recv() failed", errno);
+        return 1;
+    }
+    complete_response(f, SLICE_NULL);
+    return 1;
+}
+
+static int read_response(struct fwd *f)
+{
+    struct exchange *ex = f->ex;
+    while (!f->head_done) {
+        if (f->rseg && f->rend > f->rstart) {
+            int r = read_head_step(f);
+            if (r == 1)
+                return 1;
+            if (r == 0)
+                break;
+        }
+        if (!f->uc->io.readable)
+            return 0;
+        if (ensure_rseg(f) < 0) {
+            fail_try(f, END_INTERNAL, "out of memory", 0, 0);
+            return 1;
+        }
+        ssize_t n = read(f->uc->io.fd, f->rseg->data + f->rend, f->rseg->cap - f->rend);
+        if (n > 0) {
+            f->rend += (size_t)n;
+            f->got_bytes = true;
+            continue;
+        }
+        if (n == 0) {
+            fail_try(f, END_UPSTREAM_CLOSED, "prematurely closed connection", 0, NEXT_UPS_ERROR);
+            return 1;
+        }
+        if (errno == EINTR)
+            continue;
+        if (errno == EAGAIN) {
+            f->uc->io.readable = false;
+            return 0;
+        }
+        fail_try(f, END_UPSTREAM_RESET, "recv() failed", errno, NEXT_UPS_ERROR);
+        return 1;
+    }
+    if (!f->req_sent) {
+        /* answered before the body was sent: the rest is not sent, and the
+         * upstream connection and the client's framing are both spent */
+        f->upstream_reusable = false;
+        ex->close_conn = true;
+        outq_clear(&f->out);
+        f->req_sent = true;
+    }
+    return relay_body(f);
+}
+
+static void fwd_run(struct fwd *f)
+{
+    struct exchange *ex = f->ex;
+    if (f->phase == P_COLLECT) {
+        int r = collect_body(f);
+        if (r < 0) {
+            f->phase = P_DONE;
+            respond_status(ex, ending_status(ex->ending.code));
+            return;
+        }
+        if (r == 0)
+            return;
+        f->send_chunked = ex->req_has_body && !f->body_collected && ex->lc->pass_request_body;
+        if (f->send_chunked && ex->lc->http_version_minor == 0) {
+            f->phase = P_DONE;
+            respond_status(ex, 411);
+            return;
+        }
+        if (build_request_head(f) < 0) {
+            f->phase = P_DONE;
+            respond_status(ex, 500);
+            return;
+        }
+        try_upstream(f);
+        return;
+    }
+    if (f->phase == P_CONNECTING) {
+        if (!f->uc->io.writable && !f->uc->io.hup)
+            return;
+        int err = net_connect_result(f->uc->io.fd);
+        if (err) {
+            fail_try(f, END_CONNECT_REFUSED, "connect() failed", err, NEXT_UPS_ERROR);
+            return;
+        }
+        f->phase = P_ACTIVE;
+        if (f->cur_try)
+            f->cur_try->connect_ms = loop_now_ms(ex->loop) - f->try_start_ms;
+        timer_set(ex->loop, &f->timer, ex->lc->send_timeout_ms);
+    }
+    if (f->phase != P_ACTIVE)
+        return;
+    if (!f->head_done) {
+        int r = pump_request(f);
+        if (r < 0) {
+            /* the client's body broke: no point waiting for the upstream */
+            release_conn(f, false);
+            f->phase = P_DONE;
+            respond_status(ex, ending_status(ex->ending.code));
+            return;
+        }
+        if (r > 0)
+            return;
+        if (f->req_sent && f->out.count == 0 && !f->uc->io.readable && !timer_armed(&f->timer))
+            timer_set(ex->loop, &f->timer, ex->lc->read_timeout_ms);
+    }
+    read_response(f);
+}
+
+/* ---- entry points ---- */
+
+static struct slice parse_dynamic(struct fwd *f, struct slice url, struct slice *uri,
+                                  const char **err)
+{
+    /* http://host[:port][/uri] */
+    if (url.len < 7 || strncasecmp(url.p, "http://", 7) != 0) {
+        *err = "invalid URL prefix";
+        return SLICE_NULL;
+    }
+    struct slice rest = slice_make(url.p + 7, url.len - 7);
+    const char *slash = memchr(rest.p, '/', rest.len);
+    struct slice host = slice_make(rest.p, slash ? (size_t)(slash - rest.p) : rest.len);
+    *uri = slash ? slice_make(slash, rest.len - host.len) : SLICE_NULL;
+    (void)f;
+    if (!host.len)
+        *err = "no host";
+    return host;
+}
+
+static void forward(struct exchange *ex)
+{
+    const struct loc_conf *lc = ex->lc;
+    const struct proxy_pass *pp = lc->pass;
+    struct fwd *f = arena_calloc(&ex->arena, sizeof(*f));
+    if (!f) {
+        respond_status(ex, 500);
+        return;
+    }
+    f->ex = ex;
+    ex->proxy = f;
+    outq_init(&f->out);
+    timer_init(&f->timer, fwd_timer, f);
+    struct slice dyn_uri = SLICE_NULL;
+    if (pp->dynamic) {
+        struct slice url = tmpl_eval(ex, pp->dynamic, ESC_NONE);
+        const char *err = NULL;
+        struct slice host = parse_dynamic(f, url, &dyn_uri, &err);
+        if (err) {
+            log_write(LOG_ERR, "*%llu invalid proxy_pass URL \"%.*s\": %s",
+                      (unsigned long long)ex->id, (int)url.len, url.p, err);
+            respond_status(ex, 500);
+            return;
+        }
+        f->proxy_host = host;
+        for (size_t i = 0; i < ex->snap->ngroups; i++)
+            if (!ex->snap->groups[i]->implicit &&
+                slice_eq(slice_cstr(ex->snap->groups[i]->name), host))
+                f->group = ex->snap->groups[i];
+        if (!f->group) {
+            struct ups_group *g = arena_calloc(&ex->arena, sizeof(*g));
+            char *hp = arena_strndup(&ex->arena, host.p, host.len);
+            const char *msg = NULL;
+            /* numeric addresses only: no blocking name lookups on a worker */
+            struct net_addr probe;
+            if (!g || !hp || net_addr_parse(hp, 80, false, &probe, &msg) < 0 ||
+                ups_group_implicit(&ex->arena, hp, g, &msg) < 0) {
+                log_write(LOG_ERR, "*%llu no upstream \"%.*s\" and it is not an address (%s)",
+                          (unsigned long long)ex->id, (int)host.len, host.p,
+                          msg ? msg : "out of memory");
+                ex->ending = (struct ending){ .code = END_NO_SERVER, .why = "no upstream" };
+                respond_status(ex, 502);
+                return;
+            }
+            g->keepalive = 0;
+            f->group = g;
+        }
+    } else {
+        f->group = pp->group;
+        f->proxy_host = slice_cstr(pp->host);
+    }
+    f->uri = upstream_uri(ex, pp, dyn_uri, pp->dynamic != NULL);
+    if (!f->uri.len) {
+        respond_status(ex, 500);
+        return;
+    }
+    f->phase = P_COLLECT;
+    if (!ex->req_has_body || !lc->pass_request_body) {
+        f->body_eof = !ex->req_has_body;
+        f->body_collected = true;
+        if (build_request_head(f) < 0) {
+            respond_status(ex, 500);
+            return;
+        }
+        try_upstream(f);
+        return;
+    }
+    fwd_run(f);
+}
+
+static void run_location(struct exchange *ex)
+{
+    const struct loc_conf *lc = ex->lc;
+    if (lc->return_code >= 0) {
+        do_return(ex);
+        return;
+    }
+    if (lc->pass) {
+        if (lc->client_max_body_size && ex->req_content_length > 0 &&
+            (uint64_t)ex->req_content_length > lc->client_max_body_size) {
+            char peer[64];
+            net_addr_ip(ex->peer, peer, sizeof(peer));
+            LOG(LOG_ERR, "*%llu client intended to send too large body: %lld bytes, client: %s",
+                (unsigned long long)ex->id, (long long)ex->req_content_length, peer);
+            ex->close_conn = true;
+            respond_status(ex, 413);
+            return;
+        }
+        forward(ex);
+        return;
+    }
+    respond_status(ex, 404);
+}
+
+static void internal_redirect(struct exchange *ex, struct slice uri)
+{
+    struct fwd *old = F(ex);
+    if (old)
+        proxy_release(ex);
+    ex->proxy = NULL;
+    ex->redirected = true;
+    if (ex->method_id != HTTP_M_HEAD) {
+        ex->method = SLICE_LIT("GET");
+        ex->method_id = HTTP_M_GET;
+    }
+    if (uri.len && uri.p[0] == '@') {
+        ex->loc = router_find_named(ex->srv->locset, slice_make(uri.p, uri.len));
+        if (!ex->loc) {
+            log_write(LOG_ERR, "*%llu named location \"%.*s\" not found",
+                      (unsigned long long)ex->id, (int)uri.len, uri.p);
+            ex->lc = ex->srv->lc;
+            respond_status(ex, 500);
+            return;
+        }
+    } else {
+        const char *q = memchr(uri.p, '?', uri.len);
+        if (q) {
+            ex->args = slice_make(q + 1, uri.len - (size_t)(q - uri.p) - 1);
+            ex->has_args = true;
+            uri.len = (size_t)(q - uri.p);
+        }
+        ex->uri = uri;
+        memset(&ex->caps, 0, sizeof(ex->caps));
+        ex->loc = router_find_location(ex->srv->locset, ex->uri, &ex->caps);
+    }
+    ex->lc = ex->loc ? ex->loc->conf : ex->srv->lc;
+    struct fwd *f = arena_calloc(&ex->arena, sizeof(*f));
+    if (f) {
+        f->ex = ex;
+        f->error_page_status = ex->error_status;
+        f->phase = P_DONE;
+        ex->proxy = f;
+    }
+    if (ex->lc->pass) {
+        /* forward() makes its own state; carry the forced status over */
+        int st = ex->error_status;
+        ex->proxy = NULL;
+        if (ex->lc->pass) {
+            forward(ex);
+            if (F(ex))
+                F(ex)->error_page_status = st;
+        }
+        return;
+    }
+    run_location(ex);
+}
+
+void proxy_start(struct exchange *ex)
+{
+    route(ex);
+    if (ex->method_id == HTTP_M_TRACE || ex->method_id == HTTP_M_CONNECT) {
+        ex->close_conn = ex->method_id == HTTP_M_CONNECT;
+        respond_status(ex, 405);
+        return;
+    }
+    run_location(ex);
+}
+
+void proxy_request_body_ready(struct exchange *ex)
+{
+    struct fwd *f = F(ex);
+    if (!f || f->phase == P_DONE)
+        return;
+    if (f->phase == P_COLLECT || (f->phase == P_ACTIVE && !f->req_sent))
+        fwd_run(f);
+}
+
+void proxy_client_drained(struct exchange *ex)
+{
+    struct fwd *f = F(ex);
+    if (!f || f->phase != P_ACTIVE || !f->head_done)
+        return;
+    relay_body(f);
+}
+
+void proxy_release(struct exchange *ex)
+{
+    struct fwd *f = F(ex);
+    if (!f)
+        return;
+    timer_cancel(&f->timer);
+    if (f->uc) {
+        ups_conn_close(f->uc);
+        f->uc = NULL;
+    }
+    outq_clear(&f->out);
+    for (size_t i = 0; i < f->npre; i++)
+        buf_unref(f->pre[i].seg);
+    f->npre = 0;
+    if (f->req_head)
+        buf_unref(f->req_head);
+    if (f->rseg)
+        buf_unref(f->rseg);
+    if (f->head_seg)
+        buf_unref(f->head_seg);
+    if (f->scratch)
+        buf_unref(f->scratch);
+    f->req_head = f->rseg = f->head_seg = f->scratch = NULL;
+    f->phase = P_DONE;
+}
+
+void proxy_abort(struct exchange *ex)
+{
+    proxy_release(ex);
+}
+
+struct slice proxy_current_host(struct exchange *ex)
+{
+    struct fwd *f = F(ex);
+    if (f && f->proxy_host.len)
+        return f->proxy_host;
+    if (ex->lc && ex->lc->pass && ex->lc->pass->host)
+        return slice_cstr(ex->lc->pass->host);
+    return SLICE_NULL;
+}

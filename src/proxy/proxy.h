@@ -1,0 +1,43 @@
+/* The corridor: what happens to an exchange once its request head has been
+ * parsed — routing, the access phase, local answers (`return`, errors,
+ * error_page), forwarding to an upstream, streaming the response back, and
+ * the log phase. Client sessions call in here; the upstream side is driven
+ * from here. */
+#ifndef PORTICO_PROXY_H
+#define PORTICO_PROXY_H
+
+#include "proxy/exchange.h"
+
+struct worker;
+
+/* Start the corridor for an exchange whose request fields are filled.
+ * The client session hears back through ex->client and proxy_done(). */
+void proxy_start(struct exchange *ex);
+
+/* The client session has more request body (or its end) for body_read. */
+void proxy_request_body_ready(struct exchange *ex);
+
+/* The client session wrote out what was pending (backpressure released). */
+void proxy_client_drained(struct exchange *ex);
+
+/* The client went away or broke: stop everything for this exchange. The
+ * corridor releases the upstream side and does not touch the client again. */
+void proxy_abort(struct exchange *ex);
+
+/* Answer locally with `status` (and the error_page rules of the location,
+ * if any) — used by client sessions for errors found after the head. */
+void proxy_respond_error(struct exchange *ex, int status);
+
+/* Release everything the corridor holds for `ex` (upstream connection,
+ * buffers, timers). Idempotent; the session calls it before freeing ex. */
+void proxy_release(struct exchange *ex);
+
+/* The built-in HTML page for an error status. Returns its length. */
+size_t proxy_error_html(int status, bool tokens, char *out, size_t cap);
+
+#define PORTICO_SERVER "portico/" PORTICO_VERSION
+
+/* $proxy_host of the current forwarding. */
+struct slice proxy_current_host(struct exchange *ex);
+
+#endif

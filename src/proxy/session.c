@@ -1,0 +1,1034 @@
+/* HTTP/1.x client sessions. Requests are read and answered one at a time,
+ * in order: a pipelined request waits in the read buffer until the one
+ * before it has been written out. */
+#include "proxy/session.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "core/buf.h"
+#include "core/log.h"
+#include "http1/h1.h"
+#include "proxy/accesslog.h"
+#include "proxy/exchange.h"
+#include "proxy/proxy.h"
+#include "proxy/vars.h"
+#include "proxy/worker.h"
+
+#define MAX_FIELDS 100
+#define LINGER_TIMEOUT_MS 5000
+#define LINGER_MAX_MS 30000
+
+enum sess_state {
+    S_HEAD,     /* waiting for (the rest of) a request head */
+    S_EXCHANGE, /* a request is being served */
+    S_LINGER,   /* response sent, write side shut, draining the client's bytes */
+    S_CLOSED,
+};
+
+enum rb_kind { RB_NONE, RB_LENGTH, RB_CHUNKED };
+
+struct h1_session {
+    struct io io;
+    struct worker *w;
+    struct net_addr peer, local;
+    struct h1_session *next, *prev;
+    struct snapshot *snap;       /* for the head being read */
+    const struct listen_set *lset;
+    enum sess_state state;
+
+    struct buf *rseg;            /* read buffer: unconsumed bytes are [rstart, rend) */
+    size_t rstart, rend;
+    size_t scanned;              /* head bytes already searched for the blank line */
+    bool checked_line_limit;
+
+    struct outq out;
+    struct buf *scratch;         /* small framing strings (chunk sizes) */
+    size_t scratch_used;
+
+    struct timer rtimer;         /* header, keep-alive, body, linger */
+    struct timer wtimer;         /* send_timeout */
+    struct posted flush_post;
+    struct posted resume_post;
+    struct posted release_post;
+    uint64_t linger_deadline;
+
+    uint64_t conn_number;
+    int requests;
+    bool close_after;            /* close once the output is written */
+    bool shutting_down;
+
+    /* the exchange in flight */
+    struct exchange exs;
+    bool active;
+    bool ex_done;
+    bool ex_broken;
+    bool waiting_drain;
+    struct buf *head_seg;        /* holds the request head the exchange points into */
+    enum rb_kind rb_kind;
+    uint64_t rb_left;
+    uint64_t rb_total;
+    bool rb_done;
+    bool rb_error;               /* the body broke or timed out: ex->ending says how */
+    struct h1_chunked rb_dec;
+    bool sent_continue;
+    bool resp_chunked;
+    bool resp_no_body;
+    bool resp_ended;
+};
+
+static const struct client_ops h1_ops;
+
+static void sess_io(struct io *io, uint32_t events);
+static void sess_close(struct h1_session *s);
+static void read_head(struct h1_session *s);
+static void sess_flush(struct h1_session *s);
+
+static uint32_t hdr_timeout(const struct h1_session *s)
+{
+    return s->lset && s->lset->dflt ? s->lset->dflt->client_header_timeout_ms : 60000;
+}
+
+static const struct loc_conf *dflt_lc(const struct h1_session *s)
+{
+    return s->lset && s->lset->dflt ? s->lset->dflt->lc : s->snap->http_lc;
+}
+
+static const struct listen_set *find_lset(const struct snapshot *snap, const struct net_addr *local)
+{
+    for (size_t i = 0; i < snap->nlistens; i++)
+        if (net_addr_equal(&snap->listens[i].addr, local))
+            return &snap->listens[i];
+    /* bound to a wildcard address: match the port */
+    for (size_t i = 0; i < snap->nlistens; i++)
+        if (net_addr_port(&snap->listens[i].addr) == net_addr_port(local))
+            return &snap->listens[i];
+    return NULL;
+}
+
+/* Take the newest snapshot for the next request on this connection. */
+static void refresh_snapshot(struct h1_session *s)
+{
+    struct snapshot *cur = worker_snapshot(s->w);
+    if (s->snap != cur) {
+        snapshot_unref(s->snap);
+        s->snap = snapshot_ref(cur);
+        s->lset = find_lset(cur, &s->local);
+    }
+}
+
+static void release_post_cb(struct posted *p)
+{
+    free(p->data);
+}
+
+static void flush_post_cb(struct posted *p)
+{
+    sess_flush(p->data);
+}
+
+static void resume_post_cb(struct posted *p)
+{
+    struct h1_session *s = p->data;
+    if (s->state == S_HEAD)
+        read_head(s);
+}
+
+static void rtimer_cb(struct timer *t);
+static void wtimer_cb(struct timer *t);
+
+void h1_session_start(struct worker *w, int fd, const struct net_addr *peer,
+                      const struct net_addr *local)
+{
+    struct h1_session *s = calloc(1, sizeof(*s));
+    if (!s) {
+        close(fd);
+        return;
+    }
+    s->io.fd = fd;
+    s->io.cb = sess_io;
+    s->io.data = s;
+    s->w = w;
+    s->peer = *peer;
+    s->local = *local;
+    s->conn_number = ++w->next_conn_number;
+    outq_init(&s->out);
+    timer_init(&s->rtimer, rtimer_cb, s);
+    timer_init(&s->wtimer, wtimer_cb, s);
+    posted_init(&s->flush_post, flush_post_cb, s);
+    posted_init(&s->resume_post, resume_post_cb, s);
+    s->snap = snapshot_ref(worker_snapshot(w));
+    s->lset = find_lset(s->snap, local);
+    if (loop_io_add(w->loop, &s->io) < 0) {
+        snapshot_unref(s->snap);
+        close(fd);
+        free(s);
+        return;
+    }
+    s->next = w->sessions;
+    if (w->sessions)
+        w->sessions->prev = s;
+    w->sessions = s;
+    w->nsessions++;
+    s->state = S_HEAD;
+    timer_set(w->loop, &s->rtimer, hdr_timeout(s));
+    /* the first bytes usually arrived with the connection */
+    s->io.readable = true;
+    read_head(s);
+}
+
+/* ---- output ---- */
+
+static void queue_flush(struct h1_session *s)
+{
+    loop_post(s->w->loop, &s->flush_post);
+}
+
+static int queue_small(struct h1_session *s, const char *p, size_t len)
+{
+    return outq_push_copy(&s->out, &s->scratch, &s->scratch_used, p, len);
+}
+
+static void finish_exchange(struct h1_session *s);
+
+static void sess_flush(struct h1_session *s)
+{
+    if (s->state == S_CLOSED)
+        return;
+    posted_cancel(s->w->loop, &s->flush_post);
+    if (s->out.count) {
+        size_t before = s->out.bytes;
+        ssize_t w = outq_write(&s->out, s->io.fd);
+        if (w < 0 && errno != EAGAIN) {
+            LOG(LOG_INFO, "client %s: write failed: %s", "connection", strerror(errno));
+            sess_close(s);
+            return;
+        }
+        if (s->active)
+            s->exs.bytes_sent += before - s->out.bytes;
+        if (s->out.count) {
+            s->io.writable = false;
+            const struct loc_conf *lc = s->active && s->exs.lc ? s->exs.lc : dflt_lc(s);
+            if (!timer_armed(&s->wtimer) || w > 0)
+                timer_set(s->w->loop, &s->wtimer, lc->send_timeout_client_ms);
+            return;
+        }
+    }
+    timer_cancel(&s->wtimer);
+    if (s->active) {
+        if (s->ex_done) {
+            finish_exchange(s);
+            return;
+        }
+        if (s->waiting_drain) {
+            s->waiting_drain = false;
+            proxy_client_drained(&s->exs);
+        }
+        return;
+    }
+    if (s->close_after && s->state != S_LINGER) {
+        /* lingering close: let the client read the answer before a reset */
+        shutdown(s->io.fd, SHUT_WR);
+        s->state = S_LINGER;
+        s->linger_deadline = loop_now_ms(s->w->loop) + LINGER_MAX_MS;
+        timer_set(s->w->loop, &s->rtimer, LINGER_TIMEOUT_MS);
+        s->io.readable = true;
+        sess_io(&s->io, 0);
+    }
+}
+
+/* ---- local error answers (before an exchange exists) ---- */
+
+/* Answer a request we could not parse: the framing is lost, so close after. */
+static void answer_bad_request(struct h1_session *s, int status, const char *why)
+{
+    char body[512], head[512];
+    const struct loc_conf *lc = dflt_lc(s);
+    size_t bl = proxy_error_html(status, lc->server_tokens, body, sizeof(body));
+    struct slice date = vars_http_date();
+    int hl = snprintf(head, sizeof(head),
+                      "HTTP/1.1 %d %s\r\nServer: %s\r\nDate: %.*s\r\nContent-Type: "
+                      "text/html\r\nContent-Length: %zu\r\nConnection: close\r\n\r\n",
+                      status, http_status_text(status),
+                      lc->server_tokens ? PORTICO_SERVER : "portico", (int)date.len, date.p, bl);
+    char peer[64];
+    net_addr_format(&s->peer, peer, sizeof(peer));
+    LOG(LOG_INFO, "client %s sent an invalid request (%d): %s", peer, status, why);
+    /* log it like nginx does, with what we know */
+    struct exchange *ex = &s->exs;
+    memset(ex, 0, sizeof(*ex));
+    arena_init(&ex->arena, 1024, 64 * 1024);
+    ex->snap = s->snap;
+    ex->loop = s->w->loop;
+    ex->peer = &s->peer;
+    ex->local = &s->local;
+    ex->srv = s->lset ? s->lset->dflt : NULL;
+    ex->lc = lc;
+    ex->status = status;
+    ex->start_ms = loop_now_ms(s->w->loop);
+    ex->conn_number = s->conn_number;
+    ex->conn_requests = s->requests + 1;
+    ex->bytes_sent = (uint64_t)hl + bl;
+    ex->body_bytes_sent = bl;
+    vars_new_request_id(ex);
+    queue_small(s, head, (size_t)hl);
+    queue_small(s, body, bl);
+    accesslog_write(ex);
+    arena_deinit(&ex->arena);
+    s->close_after = true;
+    s->rstart = s->rend; /* nothing more of this connection is parsed */
+    timer_cancel(&s->rtimer);
+    sess_flush(s);
+}
+
+/* ---- request heads ---- */
+
+static int ensure_room(struct h1_session *s, size_t max_head)
+{
+    if (!s->rseg) {
+        s->rseg = buf_new(BUF_SEG_SIZE);
+        s->rstart = s->rend = s->scanned = 0;
+        return s->rseg ? 0 : -1;
+    }
+    if (s->rend < s->rseg->cap)
+        return 0;
+    size_t have = s->rend - s->rstart;
+    if (s->rstart > 0 && s->rseg->refs == 1) {
+        memmove(s->rseg->data, s->rseg->data + s->rstart, have);
+    } else {
+        /* shared with an exchange, or a head that needs a larger buffer */
+        size_t cap = have + BUF_SEG_SIZE > BUF_SEG_SIZE ? have + 1024 : BUF_SEG_SIZE;
+        if (have >= BUF_SEG_SIZE / 2)
+            cap = max_head + 1024 > have + 1024 ? max_head + 1024 : have + 1024;
+        struct buf *nb = buf_new(cap < BUF_SEG_SIZE ? BUF_SEG_SIZE : cap);
+        if (!nb)
+            return -1;
+        memcpy(nb->data, s->rseg->data + s->rstart, have);
+        buf_unref(s->rseg);
+        s->rseg = nb;
+    }
+    s->scanned -= s->scanned > s->rstart ? s->rstart : s->scanned;
+    s->rstart = 0;
+    s->rend = have;
+    return 0;
+}
+
+static void release_idle_buffer(struct h1_session *s)
+{
+    if (s->rseg && s->rstart == s->rend) {
+        buf_unref(s->rseg);
+        s->rseg = NULL;
+        s->rstart = s->rend = s->scanned = 0;
+    }
+    if (s->scratch && s->out.count == 0) {
+        buf_unref(s->scratch);
+        s->scratch = NULL;
+    }
+}
+
+static void start_exchange(struct h1_session *s, struct h1_request *req);
+
+/* Has the blank line ending the head arrived? Searches only new bytes. */
+static bool head_complete(struct h1_session *s)
+{
+    const char *base = s->rseg->data + s->rstart;
+    size_t len = s->rend - s->rstart;
+    size_t from = s->scanned > s->rstart + 3 ? s->scanned - s->rstart - 3 : 0;
+    /* leading empty lines before a request are skipped by the parser */
+    for (size_t i = from; i + 1 < len; i++) {
+        const char *nl = memchr(base + i, '\n', len - i);
+        if (!nl)
+            break;
+        size_t at = (size_t)(nl - base);
+        if (at + 2 < len + 0 && nl[1] == '\r' && at + 2 < len && nl[2] == '\n')
+            return true;
+        if (at + 1 < len && nl[1] == '\n')
+            return true;
+        i = at;
+    }
+    s->scanned = s->rend;
+    return false;
+}
+
+static void read_head(struct h1_session *s)
+{
+    if (s->state != S_HEAD)
+        return;
+    refresh_snapshot(s);
+    if (!s->lset) {
+        /* the listener went away in a reload */
+        sess_close(s);
+        return;
+    }
+    const struct srv_conf *sc = s->lset->dflt;
+    struct h1_limits lim = {
+        .max_request_line = sc->large_header_buffers_size,
+        .max_head = sc->large_header_buffers_size * (size_t)sc->large_header_buffers_num,
+        .max_fields = MAX_FIELDS,
+    };
+    for (;;) {
+        if (s->rseg && s->rend > s->rstart) {
+            size_t have = s->rend - s->rstart;
+            bool try_parse = head_complete(s);
+            if (!try_parse && !s->checked_line_limit && have > lim.max_request_line) {
+                s->checked_line_limit = true;
+                try_parse = true;
+            }
+            if (!try_parse && have > lim.max_head) {
+                answer_bad_request(s, 431, "request head too large");
+                return;
+            }
+            if (try_parse) {
+                struct http_field fields[MAX_FIELDS];
+                struct h1_request req;
+                enum h1_error err = H1E_NONE;
+                enum h1_result r = h1_parse_request(s->rseg->data + s->rstart, have, &lim, fields,
+                                                    MAX_FIELDS, &req, &err);
+                if (r == H1_DONE) {
+                    start_exchange(s, &req);
+                    return;
+                }
+                if (r == H1_ERROR) {
+                    answer_bad_request(s, h1_error_status(err), h1_error_str(err));
+                    return;
+                }
+            }
+            if (!timer_armed(&s->rtimer) || s->requests > 0)
+                timer_set(s->w->loop, &s->rtimer, hdr_timeout(s));
+        }
+        if (!s->io.readable) {
+            if (!s->rseg || s->rend == s->rstart) {
+                release_idle_buffer(s);
+                if (s->shutting_down) {
+                    sess_close(s);
+                    return;
+                }
+            }
+            return;
+        }
+        if (ensure_room(s, lim.max_head) < 0) {
+            sess_close(s);
+            return;
+        }
+        ssize_t n = read(s->io.fd, s->rseg->data + s->rend, s->rseg->cap - s->rend);
+        if (n > 0) {
+            s->rend += (size_t)n;
+            continue;
+        }
+        if (n == 0) {
+            /* closed between requests, or in the middle of a head: no answer */
+            sess_close(s);
+            return;
+        }
+        if (errno == EINTR)
+            continue;
+        if (errno == EAGAIN) {
+            s->io.readable = false;
+            continue;
+        }
+        sess_close(s);
+        return;
+    }
+}
+
+/* Host as routing wants it: lower case, no port, no trailing dot. */
+static struct slice normalize_host(struct arena *a, struct slice h)
+{
+    if (!h.len)
+        return h;
+    size_t end = h.len;
+    if (h.p[0] == '[') {
+        const char *rb = memchr(h.p, ']', h.len);
+        end = rb ? (size_t)(rb - h.p) + 1 : h.len;
+    } else {
+        const char *colon = memchr(h.p, ':', h.len);
+        if (colon)
+            end = (size_t)(colon - h.p);
+    }
+    if (end > 0 && h.p[end - 1] == '.')
+        end--;
+    char *p = arena_alloc(a, end + 1);
+    if (!p)
+        return SLICE_NULL;
+    for (size_t i = 0; i < end; i++)
+        p[i] = ascii_lower(h.p[i]);
+    p[end] = '\0';
+    return slice_make(p, end);
+}
+
+static void start_exchange(struct h1_session *s, struct h1_request *req)
+{
+    struct exchange *ex = &s->exs;
+    timer_cancel(&s->rtimer);
+    memset(ex, 0, sizeof(*ex));
+    arena_init(&ex->arena, 4096, 0);
+    ex->snap = snapshot_ref(s->snap);
+    ex->worker = s->w;
+    ex->client = &h1_ops;
+    ex->session = s;
+    ex->loop = s->w->loop;
+    ex->id = ++s->w->next_exchange_id;
+    vars_new_request_id(ex);
+    ex->peer = &s->peer;
+    ex->local = &s->local;
+    ex->listen = s->lset;
+    ex->conn_number = s->conn_number;
+    ex->conn_requests = ++s->requests;
+    ex->start_ms = loop_now_ms(s->w->loop);
+
+    s->active = true;
+    s->ex_done = s->ex_broken = s->waiting_drain = false;
+    s->sent_continue = s->resp_chunked = s->resp_no_body = s->resp_ended = false;
+    s->checked_line_limit = false;
+    s->state = S_EXCHANGE;
+    s->w->nactive++;
+    s->head_seg = buf_ref(s->rseg);
+
+    const char *base = s->rseg->data + s->rstart;
+    ex->method = req->method;
+    ex->method_id = req->method_id;
+    ex->request_uri = req->target;
+    ex->minor_version = req->minor_version;
+    ex->request_length = req->head_len;
+    ex->req_content_length = req->content_length;
+    ex->req_chunked = req->chunked;
+    ex->expect_continue = req->expect_continue;
+    /* the request line, for $request */
+    const char *crlf = memchr(req->method.p, '\r', req->head_len - (size_t)(req->method.p - base));
+    ex->request_line = slice_make(req->method.p, crlf ? (size_t)(crlf - req->method.p) : 0);
+    ex->nreq_fields = req->nfields;
+    ex->req_fields = arena_alloc(&ex->arena, (req->nfields ? req->nfields : 1) * sizeof(*ex->req_fields));
+    if (!ex->req_fields)
+        goto oom;
+    memcpy(ex->req_fields, req->fields, req->nfields * sizeof(*ex->req_fields));
+    ex->host = normalize_host(&ex->arena, req->host);
+
+    s->rstart += req->head_len;
+    s->scanned = s->rstart;
+    if (req->chunked) {
+        s->rb_kind = RB_CHUNKED;
+        h1_chunked_init(&s->rb_dec, 16384);
+        s->rb_done = false;
+    } else if (req->content_length > 0) {
+        s->rb_kind = RB_LENGTH;
+        s->rb_left = (uint64_t)req->content_length;
+        s->rb_done = false;
+    } else {
+        s->rb_kind = RB_NONE;
+        s->rb_done = true;
+    }
+    s->rb_total = 0;
+    s->rb_error = false;
+    ex->req_has_body = !s->rb_done;
+    if (!req->keep_alive)
+        s->close_after = true;
+
+    /* path and query */
+    struct slice path = req->path;
+    const char *q = memchr(path.p, '?', path.len);
+    struct slice raw_path = path;
+    if (q) {
+        raw_path = slice_make(path.p, (size_t)(q - path.p));
+        ex->args = slice_make(q + 1, path.len - raw_path.len - 1);
+        ex->has_args = true;
+    }
+    if (req->target_form == H1_TARGET_ASTERISK || req->target_form == H1_TARGET_AUTHORITY) {
+        ex->uri = req->target;
+    } else {
+        char *norm = arena_alloc(&ex->arena, raw_path.len + 1);
+        if (!norm)
+            goto oom;
+        long nl = http_path_normalize(raw_path, norm, s->lset->dflt->merge_slashes);
+        if (nl < 0) {
+            s->close_after = true;
+            proxy_respond_error(ex, 400);
+            return;
+        }
+        norm[nl] = '\0';
+        ex->uri = slice_make(norm, (size_t)nl);
+    }
+    proxy_start(ex);
+    return;
+oom:
+    s->close_after = true;
+    proxy_respond_error(ex, 500);
+}
+
+static void finish_exchange(struct h1_session *s)
+{
+    struct exchange *ex = &s->exs;
+    accesslog_write(ex);
+    proxy_release(ex);
+    if (ex->close_conn)
+        s->close_after = true;
+    if (!s->rb_done)
+        s->close_after = true; /* the rest of the body is unread: framing lost */
+    if (s->ex_broken)
+        s->close_after = true;
+    const struct loc_conf *lc = ex->lc ? ex->lc : dflt_lc(s);
+    if (s->requests >= lc->keepalive_requests || lc->keepalive_timeout_ms == 0)
+        s->close_after = true;
+    uint32_t ka = lc->keepalive_timeout_ms;
+    arena_deinit(&ex->arena);
+    snapshot_unref(ex->snap);
+    ex->snap = NULL;
+    if (s->head_seg) {
+        buf_unref(s->head_seg);
+        s->head_seg = NULL;
+    }
+    s->active = false;
+    s->w->nactive--;
+    if (s->close_after || s->ex_broken) {
+        if (s->ex_broken) {
+            sess_close(s);
+            return;
+        }
+        s->state = S_HEAD;
+        sess_flush(s); /* nothing queued: goes on to the lingering close */
+        return;
+    }
+    s->state = S_HEAD;
+    if (s->shutting_down && s->rstart == s->rend) {
+        sess_close(s);
+        return;
+    }
+    timer_set(s->w->loop, &s->rtimer, s->rstart < s->rend ? hdr_timeout(s) : ka);
+    release_idle_buffer(s);
+    /* a pipelined request may be waiting in the buffer or the socket */
+    loop_post(s->w->loop, &s->resume_post);
+}
+
+/* ---- client_ops ---- */
+
+static struct h1_session *S(struct exchange *ex)
+{
+    return ex->session;
+}
+
+static int op_send_head(struct exchange *ex, const struct resp_head *h)
+{
+    struct h1_session *s = S(ex);
+    const struct loc_conf *lc = ex->lc ? ex->lc : dflt_lc(s);
+    bool http10 = ex->minor_version == 0;
+    bool no_body = h->no_body || ex->method_id == HTTP_M_HEAD;
+    s->resp_no_body = no_body;
+    s->resp_chunked = false;
+    if (!no_body && h->content_length < 0) {
+        if (http10)
+            s->close_after = true; /* close-delimited for HTTP/1.0 */
+        else
+            s->resp_chunked = true;
+    }
+    if (s->shutting_down || ex->close_conn || !s->rb_done)
+        s->close_after = true;
+    if (s->requests >= lc->keepalive_requests || lc->keepalive_timeout_ms == 0)
+        s->close_after = true;
+    bool close = s->close_after;
+
+    struct slice date = vars_http_date();
+    const char *server = lc->server_tokens ? PORTICO_SERVER : "portico";
+    const char *reason = http_status_text(h->status);
+    size_t len = 64 + strlen(reason) + strlen(server) + date.len + 64 + 48;
+    for (size_t i = 0; i < h->nfields; i++)
+        len += h->fields[i].name.len + h->fields[i].value.len + 4;
+    char *p = arena_alloc(&ex->arena, len);
+    if (!p)
+        return -1;
+    int n = snprintf(p, len, "HTTP/1.%d %03d %s\r\nServer: %s\r\nDate: %.*s\r\n", http10 ? 0 : 1,
+                     h->status, reason, server, (int)date.len, date.p);
+    size_t off = (size_t)n;
+    for (size_t i = 0; i < h->nfields; i++) {
+        const struct http_field *f = &h->fields[i];
+        memcpy(p + off, f->name.p, f->name.len);
+        off += f->name.len;
+        p[off++] = ':';
+        p[off++] = ' ';
+        memcpy(p + off, f->value.p, f->value.len);
+        off += f->value.len;
+        p[off++] = '\r';
+        p[off++] = '\n';
+    }
+    if (h->content_length >= 0 && h->status != 204 && h->status >= 200)
+        off += (size_t)snprintf(p + off, len - off, "Content-Length: %lld\r\n",
+                                (long long)h->content_length);
+    else if (s->resp_chunked)
+        off += (size_t)snprintf(p + off, len - off, "Transfer-Encoding: chunked\r\n");
+    if (close)
+        off += (size_t)snprintf(p + off, len - off, "Connection: close\r\n\r\n");
+    else
+        off += (size_t)snprintf(p + off, len - off, "Connection: keep-alive\r\n\r\n");
+    ex->status = h->status;
+    ex->resp_fields = h->fields;
+    ex->nresp_fields = h->nfields;
+    ex->head_sent = true;
+    if (outq_push(&s->out, NULL, p, off) < 0)
+        return -1;
+    queue_flush(s);
+    return 0;
+}
+
+static int op_send_interim(struct exchange *ex, int status, struct http_field *f, size_t nf)
+{
+    struct h1_session *s = S(ex);
+    if (ex->minor_version == 0)
+        return 0; /* HTTP/1.0 clients know no 1xx */
+    size_t len = 48;
+    for (size_t i = 0; i < nf; i++)
+        len += f[i].name.len + f[i].value.len + 4;
+    char *p = arena_alloc(&ex->arena, len);
+    if (!p)
+        return -1;
+    size_t off = (size_t)snprintf(p, len, "HTTP/1.1 %03d %s\r\n", status, http_status_text(status));
+    for (size_t i = 0; i < nf; i++)
+        off += (size_t)snprintf(p + off, len - off, "%.*s: %.*s\r\n", (int)f[i].name.len,
+                                f[i].name.p, (int)f[i].value.len, f[i].value.p);
+    p[off++] = '\r';
+    p[off++] = '\n';
+    if (status == 100)
+        s->sent_continue = true;
+    if (outq_push(&s->out, NULL, p, off) < 0)
+        return -1;
+    queue_flush(s);
+    return 0;
+}
+
+static int op_send_body(struct exchange *ex, const struct body_piece *piece)
+{
+    struct h1_session *s = S(ex);
+    if (s->resp_no_body || piece->len == 0)
+        return 0;
+    if (outq_room(&s->out) < 3)
+        return -1;
+    if (s->resp_chunked) {
+        char hdr[24];
+        int n = snprintf(hdr, sizeof(hdr), "%zx\r\n", piece->len);
+        if (queue_small(s, hdr, (size_t)n) < 0)
+            return -1;
+    }
+    outq_push(&s->out, piece->seg, piece->p, piece->len);
+    if (s->resp_chunked)
+        outq_push(&s->out, NULL, "\r\n", 2);
+    ex->body_bytes_sent += piece->len;
+    queue_flush(s);
+    return 0;
+}
+
+static int op_send_end(struct exchange *ex, struct slice trailers)
+{
+    struct h1_session *s = S(ex);
+    s->resp_ended = true;
+    if (s->resp_chunked && !s->resp_no_body) {
+        if (outq_room(&s->out) < 3)
+            return -1;
+        outq_push(&s->out, NULL, "0\r\n", 3);
+        if (trailers.len)
+            outq_push(&s->out, NULL, trailers.p, trailers.len);
+        outq_push(&s->out, NULL, "\r\n", 2);
+    }
+    queue_flush(s);
+    return 0;
+}
+
+static size_t op_pending(struct exchange *ex)
+{
+    struct h1_session *s = S(ex);
+    if (s->out.bytes || outq_room(&s->out) < 4)
+        s->waiting_drain = true;
+    return s->out.bytes + (outq_room(&s->out) < 4 ? 1 << 30 : 0);
+}
+
+static void op_continue_100(struct exchange *ex)
+{
+    struct h1_session *s = S(ex);
+    if (!ex->expect_continue || s->sent_continue || ex->minor_version == 0 || s->rb_done)
+        return;
+    s->sent_continue = true;
+    if (s->rstart < s->rend)
+        return; /* the client did not wait */
+    outq_push(&s->out, NULL, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+    queue_flush(s);
+}
+
+static enum body_status body_fail(struct h1_session *s, enum ending_code code, const char *why)
+{
+    s->exs.ending = (struct ending){ .code = code, .why = why };
+    s->exs.close_conn = true;
+    s->close_after = true;
+    s->rb_error = true;
+    return BODY_ERROR;
+}
+
+static enum body_status op_body_read(struct exchange *ex, struct body_piece *piece)
+{
+    struct h1_session *s = S(ex);
+    const struct loc_conf *lc = ex->lc ? ex->lc : dflt_lc(s);
+    if (s->rb_error)
+        return BODY_ERROR;
+    for (;;) {
+        if (s->rb_done)
+            return BODY_END;
+        if (s->rseg && s->rstart < s->rend) {
+            char *base = s->rseg->data + s->rstart;
+            size_t have = s->rend - s->rstart;
+            if (s->rb_kind == RB_LENGTH) {
+                size_t n = have < s->rb_left ? have : (size_t)s->rb_left;
+                *piece = (struct body_piece){ s->rseg, base, n };
+                s->rstart += n;
+                s->rb_left -= n;
+                s->rb_total += n;
+                ex->request_length += n;
+                if (s->rb_left == 0)
+                    s->rb_done = true;
+                timer_cancel(&s->rtimer);
+                return BODY_DATA;
+            }
+            size_t consumed = 0;
+            struct slice data = SLICE_NULL;
+            enum h1_error err = H1E_NONE;
+            enum h1_result r =
+                h1_chunked_decode(&s->rb_dec, base, have, &consumed, &data, NULL, &err);
+            s->rstart += consumed;
+            ex->request_length += consumed;
+            if (r == H1_ERROR)
+                return body_fail(s, END_CLIENT_BAD_BODY, h1_error_str(err));
+            if (r == H1_DONE)
+                s->rb_done = true;
+            if (data.len) {
+                s->rb_total += data.len;
+                if (lc->client_max_body_size && s->rb_total > lc->client_max_body_size)
+                    return body_fail(s, END_BODY_TOO_LARGE, "request body too large");
+                *piece = (struct body_piece){ s->rseg, data.p, data.len };
+                timer_cancel(&s->rtimer);
+                return BODY_DATA;
+            }
+            if (r == H1_DONE)
+                return BODY_END;
+            if (consumed > 0)
+                continue;
+            /* an incomplete framing line: read more behind it */
+        }
+        if (!s->io.readable) {
+            timer_set(s->w->loop, &s->rtimer, lc->client_body_timeout_ms);
+            return BODY_AGAIN;
+        }
+        if (ensure_room(s, BUF_SEG_SIZE) < 0)
+            return body_fail(s, END_INTERNAL, "out of memory");
+        ssize_t n = read(s->io.fd, s->rseg->data + s->rend, s->rseg->cap - s->rend);
+        if (n > 0) {
+            s->rend += (size_t)n;
+            continue;
+        }
+        if (n == 0)
+            return body_fail(s, END_CLIENT_CLOSED, "client closed the connection mid-body");
+        if (errno == EINTR)
+            continue;
+        if (errno == EAGAIN) {
+            s->io.readable = false;
+            continue;
+        }
+        return body_fail(s, END_CLIENT_CLOSED, "read error on the client connection");
+    }
+}
+
+static void op_done(struct exchange *ex, bool broken)
+{
+    struct h1_session *s = S(ex);
+    s->ex_done = true;
+    s->ex_broken = broken;
+    if (broken) {
+        /* what is queued goes out, then the connection is cut */
+        s->close_after = true;
+    }
+    sess_flush(s);
+}
+
+static const struct client_ops h1_ops = {
+    .send_head = op_send_head,
+    .send_interim = op_send_interim,
+    .send_body = op_send_body,
+    .send_end = op_send_end,
+    .pending = op_pending,
+    .body_read = op_body_read,
+    .continue_100 = op_continue_100,
+    .done = op_done,
+};
+
+/* ---- events ---- */
+
+static void linger_read(struct h1_session *s)
+{
+    char sink[4096];
+    for (;;) {
+        ssize_t n = read(s->io.fd, sink, sizeof(sink));
+        if (n > 0)
+            continue;
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && errno == EAGAIN) {
+            s->io.readable = false;
+            uint64_t now = loop_now_ms(s->w->loop);
+            if (now >= s->linger_deadline)
+                sess_close(s);
+            else
+                timer_set(s->w->loop, &s->rtimer, LINGER_TIMEOUT_MS);
+            return;
+        }
+        sess_close(s);
+        return;
+    }
+}
+
+static void sess_io(struct io *io, uint32_t events)
+{
+    (void)events;
+    struct h1_session *s = io->data;
+    if (s->state == S_CLOSED)
+        return;
+    if (io->writable && s->out.count) {
+        sess_flush(s);
+        if (s->state == S_CLOSED)
+            return;
+    }
+    if (!io->readable)
+        return;
+    switch (s->state) {
+    case S_HEAD:
+        if (!s->close_after)
+            read_head(s);
+        break;
+    case S_EXCHANGE:
+        if (!s->rb_done && !s->ex_done) {
+            proxy_request_body_ready(&s->exs);
+        } else if (io->hup && !s->ex_done) {
+            /* the client is gone: stop the upstream side too */
+            proxy_abort(&s->exs);
+            s->ex_done = true;
+            sess_close(s);
+        }
+        break;
+    case S_LINGER:
+        linger_read(s);
+        break;
+    case S_CLOSED:
+        break;
+    }
+}
+
+static void rtimer_cb(struct timer *t)
+{
+    struct h1_session *s = t->data;
+    switch (s->state) {
+    case S_HEAD:
+        if (s->rseg && s->rend > s->rstart && !s->close_after) {
+            answer_bad_request(s, 408, "client_header_timeout");
+        } else {
+            sess_close(s); /* keep-alive timeout */
+        }
+        break;
+    case S_EXCHANGE:
+        if (!s->rb_done && !s->ex_done) {
+            body_fail(s, END_CLIENT_TIMEOUT, "client_body_timeout");
+            proxy_request_body_ready(&s->exs); /* the corridor sees BODY_ERROR */
+        }
+        break;
+    case S_LINGER:
+        sess_close(s);
+        break;
+    case S_CLOSED:
+        break;
+    }
+}
+
+static void wtimer_cb(struct timer *t)
+{
+    struct h1_session *s = t->data;
+    char peer[64];
+    net_addr_format(&s->peer, peer, sizeof(peer));
+    LOG(LOG_INFO, "client %s timed out (send_timeout) while sending the response", peer);
+    if (s->active && !s->ex_done) {
+        proxy_abort(&s->exs);
+        s->ex_done = true;
+    }
+    sess_close(s);
+}
+
+/* In-body timeouts surface as BODY_ERROR from the next body_read. */
+
+static void sess_close(struct h1_session *s)
+{
+    if (s->state == S_CLOSED)
+        return;
+    s->state = S_CLOSED;
+    struct loop *l = s->w->loop;
+    loop_io_del(l, &s->io);
+    close(s->io.fd);
+    s->io.fd = -1;
+    timer_cancel(&s->rtimer);
+    timer_cancel(&s->wtimer);
+    posted_cancel(l, &s->flush_post);
+    posted_cancel(l, &s->resume_post);
+    outq_clear(&s->out);
+    if (s->active) {
+        struct exchange *ex = &s->exs;
+        if (!s->ex_done) {
+            if (!ex->ending.code)
+                ex->ending = (struct ending){ .code = END_CLIENT_CLOSED,
+                                              .why = "client closed the connection" };
+            proxy_abort(ex);
+            if (!ex->head_sent)
+                ex->status = 499;
+        }
+        accesslog_write(ex);
+        proxy_release(ex);
+        arena_deinit(&ex->arena);
+        snapshot_unref(ex->snap);
+        s->active = false;
+        s->w->nactive--;
+    }
+    if (s->head_seg)
+        buf_unref(s->head_seg);
+    if (s->rseg)
+        buf_unref(s->rseg);
+    if (s->scratch)
+        buf_unref(s->scratch);
+    s->head_seg = s->rseg = s->scratch = NULL;
+    snapshot_unref(s->snap);
+    s->snap = NULL;
+    worker_session_closed(s->w, s);
+    if (s->prev)
+        s->prev->next = s->next;
+    else
+        s->w->sessions = s->next;
+    if (s->next)
+        s->next->prev = s->prev;
+    s->w->nsessions--;
+    posted_init(&s->release_post, release_post_cb, s);
+    loop_post(l, &s->release_post);
+}
+
+void h1_session_shutdown(struct h1_session *s)
+{
+    s->shutting_down = true;
+    if (s->state == S_HEAD && !s->active && (!s->rseg || s->rstart == s->rend) &&
+        s->out.count == 0)
+        sess_close(s);
+}
+
+void h1_session_kill(struct h1_session *s)
+{
+    sess_close(s);
+}
+
+struct h1_session *h1_session_next(struct h1_session *s)
+{
+    return s->next;
+}
+
+bool h1_session_busy(const struct h1_session *s)
+{
+    return s->active || s->out.count;
+}

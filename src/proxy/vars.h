@@ -1,0 +1,43 @@
+/* Variables ($host, $http_user_agent, $upstream_status, ...) and string
+ * templates that use them. Templates are compiled at config load; unknown
+ * variables are refused there, so evaluation never fails on a name. */
+#ifndef PORTICO_PROXY_VARS_H
+#define PORTICO_PROXY_VARS_H
+
+#include "core/arena.h"
+#include "http/http.h"
+#include "proxy/conf.h"
+
+struct exchange;
+
+enum tmpl_escape {
+    ESC_NONE,    /* values as they are */
+    ESC_DEFAULT, /* access log default: ", \ and bytes < 0x20 or > 0x7e as \xHH */
+    ESC_JSON,    /* JSON string escaping */
+};
+
+/* Compile `src`. `extra_names` lists names that are regex named captures in
+ * this config (NULL-terminated, may be NULL). NULL with a message in err. */
+struct tmpl *tmpl_compile(struct arena *a, const char *src, const char *const *extra_names,
+                          char *err, size_t errlen);
+
+/* Evaluate into the exchange's arena. Never fails on a name; on memory
+ * exhaustion returns an empty slice. */
+struct slice tmpl_eval(struct exchange *ex, const struct tmpl *t, enum tmpl_escape esc);
+
+/* Value of one variable by id/argument (used by tmpl_eval and tests). */
+struct slice var_value(struct exchange *ex, int var, struct slice arg);
+
+/* Refresh this thread's cached time strings if the second changed. */
+void vars_time_update(void);
+/* Current cached Date header value (IMF-fixdate). */
+struct slice vars_http_date(void);
+
+/* Fill ex->request_id with 32 random hex characters. */
+void vars_new_request_id(struct exchange *ex);
+
+/* Does a request field list hold this name (case-insensitive)? Returns its
+ * first value or an empty slice with *found false. */
+struct slice fields_get(const struct http_field *f, size_t n, struct slice name, bool *found);
+
+#endif
