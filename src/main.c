@@ -208,6 +208,11 @@ int main(int argc, char **argv)
         }
     }
 
+    if (workers_probe_listens(NULL, 0, snap, err, sizeof(err)) < 0) {
+        fprintf(stderr, "portico: [emerg] %s\n", err);
+        snapshot_unref(snap);
+        return 1;
+    }
     apply_error_log(snap);
     int nworkers = worker_count(snap);
     struct worker *workers = NULL;

@@ -85,6 +85,8 @@ static double now_ns(void)
     return (double)ts.tv_sec * 1e9 + (double)ts.tv_nsec;
 }
 
+#define ROUNDS 7
+
 static volatile size_t sink;
 
 static void bench_req(const char *name, const char *s, size_t n, long iters)
@@ -96,12 +98,16 @@ static void bench_req(const char *name, const char *s, size_t n, long iters)
         fprintf(stderr, "%s: %s\n", name, h1_error_str(e));
         exit(1);
     }
-    double t0 = now_ns();
-    for (long i = 0; i < iters; i++) {
-        h1_parse_request(s, n, NULL, f, 64, &r, &e);
-        sink += r.head_len;
+    double ns = 1e30; /* best of ROUNDS: other load on the machine only adds */
+    for (int round = 0; round < ROUNDS; round++) {
+        double t0 = now_ns();
+        for (long i = 0; i < iters; i++) {
+            h1_parse_request(s, n, NULL, f, 64, &r, &e);
+            sink += r.head_len;
+        }
+        double t = (now_ns() - t0) / (double)iters;
+        ns = t < ns ? t : ns;
     }
-    double ns = (now_ns() - t0) / (double)iters;
     printf("request  %-8s %4zu B %2zu fields %7.1f ns/req %6.2f GB/s\n", name, n, r.nfields, ns,
            (double)n / ns);
 }
@@ -115,19 +121,23 @@ static void bench_resp(const char *name, const char *s, size_t n, long iters)
         fprintf(stderr, "%s: %s\n", name, h1_error_str(e));
         exit(1);
     }
-    double t0 = now_ns();
-    for (long i = 0; i < iters; i++) {
-        h1_parse_response(s, n, NULL, f, 64, &r, &e);
-        sink += r.head_len;
+    double ns = 1e30; /* best of ROUNDS: other load on the machine only adds */
+    for (int round = 0; round < ROUNDS; round++) {
+        double t0 = now_ns();
+        for (long i = 0; i < iters; i++) {
+            h1_parse_response(s, n, NULL, f, 64, &r, &e);
+            sink += r.head_len;
+        }
+        double t = (now_ns() - t0) / (double)iters;
+        ns = t < ns ? t : ns;
     }
-    double ns = (now_ns() - t0) / (double)iters;
     printf("response %-8s %4zu B %2zu fields %7.1f ns/req %6.2f GB/s\n", name, n, r.nfields, ns,
            (double)n / ns);
 }
 
 int main(int argc, char **argv)
 {
-    long iters = argc > 1 ? atol(argv[1]) : 2000000;
+    long iters = argc > 1 ? atol(argv[1]) : 300000;
     bench_req("curl", curl_req, sizeof(curl_req) - 1, iters);
     bench_req("chrome", chrome_req, sizeof(chrome_req) - 1, iters);
     bench_req("api", api_req, sizeof(api_req) - 1, iters);

@@ -768,6 +768,14 @@ static int apply_location(struct cf_ctx *cx, const struct cf_node *n, struct loc
             return cf_error(cx, n, "location \"%s\" is outside location \"%s\"", pat,
                             parent->pattern);
     }
+    for (size_t i = 0; i < *cnt; i++) {
+        const struct location *o = (*arr)[i];
+        bool o_prefix = o->match == LOC_PREFIX || o->match == LOC_PREFIX_NOREGEX;
+        bool n_prefix = loc->match == LOC_PREFIX || loc->match == LOC_PREFIX_NOREGEX;
+        if (strcmp(o->pattern, pat) == 0 &&
+            ((o_prefix && n_prefix) || (o->match == loc->match && loc->match == LOC_EXACT)))
+            return cf_error(cx, n, "duplicate location \"%s\"", pat);
+    }
     loc->pattern = pat;
     loc->pattern_len = strlen(pat);
     loc->parent = parent;

@@ -488,7 +488,8 @@ static int build_request_head(struct fwd *f)
     if (f->send_chunked) {
         PUTS("Transfer-Encoding: chunked\r\n");
     } else if (ex->req_has_body && lc->pass_request_body) {
-        o += (size_t)snprintf(p + o, len - o, "Content-Length: %zu\r\n", f->pre_bytes);
+        uint64_t cl = ex->req_content_length >= 0 ? (uint64_t)ex->req_content_length : f->pre_bytes;
+        o += (size_t)snprintf(p + o, len - o, "Content-Length: %llu\r\n", (unsigned long long)cl);
     } else if (ex->req_content_length >= 0 && lc->pass_request_body) {
         PUTS("Content-Length: 0\r\n");
     }
@@ -762,45 +763,53 @@ static void try_upstream(struct fwd *f)
 static int pump_request(struct fwd *f)
 {
     struct exchange *ex = f->ex;
-    /* refill from the client's body */
-    while (!f->req_sent && outq_room(&f->out) >= 4 && f->out.bytes < UPS_SEND_HIGH) {
-        struct body_piece piece;
-        enum body_status st = ex->client->body_read(ex, &piece);
-        if (st == BODY_AGAIN)
-            break;
-        if (st == BODY_ERROR)
-            return -1;
-        if (st == BODY_END) {
-            f->body_eof = true;
+    for (;;) {
+        /* refill from the client's body */
+        bool client_dry = false;
+        while (!f->req_sent && outq_room(&f->out) >= 4 && f->out.bytes < UPS_SEND_HIGH) {
+            struct body_piece piece;
+            enum body_status st = ex->client->body_read(ex, &piece);
+            if (st == BODY_AGAIN) {
+                client_dry = true;
+                break;
+            }
+            if (st == BODY_ERROR)
+                return -1;
+            if (st == BODY_END) {
+                f->body_eof = true;
+                if (f->send_chunked)
+                    outq_push(&f->out, NULL, "0\r\n\r\n", 5);
+                f->req_sent = true;
+                break;
+            }
+            f->body_streamed = true;
+            if (f->send_chunked) {
+                char hdr[24];
+                int n = snprintf(hdr, sizeof(hdr), "%zx\r\n", piece.len);
+                outq_push_copy(&f->out, &f->scratch, &f->scratch_used, hdr, (size_t)n);
+            }
+            outq_push(&f->out, piece.seg, piece.p, piece.len);
             if (f->send_chunked)
-                outq_push(&f->out, NULL, "0\r\n\r\n", 5);
-            f->req_sent = true;
-            break;
+                outq_push(&f->out, NULL, "\r\n", 2);
         }
-        f->body_streamed = true;
-        if (f->send_chunked) {
-            char hdr[24];
-            int n = snprintf(hdr, sizeof(hdr), "%zx\r\n", piece.len);
-            outq_push_copy(&f->out, &f->scratch, &f->scratch_used, hdr, (size_t)n);
-        }
-        outq_push(&f->out, piece.seg, piece.p, piece.len);
-        if (f->send_chunked)
-            outq_push(&f->out, NULL, "\r\n", 2);
-    }
-    if (f->out.count && f->uc->io.writable) {
+        if (!f->out.count || !f->uc->io.writable)
+            return 0;
         ssize_t w = outq_write(&f->out, f->uc->io.fd);
         if (w < 0 && errno != EAGAIN) {
             fail_try(f, END_UPSTREAM_RESET, "send() failed", errno, NEXT_UPS_ERROR);
             return 1;
         }
-        if (f->out.count)
-            f->uc->io.writable = false;
         if (w > 0 && !f->head_done)
             timer_set(ex->loop, &f->timer,
                       f->out.count || !f->req_sent ? ex->lc->send_timeout_ms
                                                    : ex->lc->read_timeout_ms);
+        if (f->out.count) {
+            f->uc->io.writable = false;
+            return 0;
+        }
+        if (f->req_sent || client_dry)
+            return 0;
     }
-    return 0;
 }
 
 /* ---- the response ---- */
@@ -1189,7 +1198,8 @@ static void fwd_run(struct fwd *f)
         }
         if (r == 0)
             return;
-        f->send_chunked = ex->req_has_body && !f->body_collected && ex->lc->pass_request_body;
+        f->send_chunked = ex->req_has_body && !f->body_collected && ex->req_content_length < 0 &&
+                          ex->lc->pass_request_body;
         if (f->send_chunked && ex->lc->http_version_minor == 0) {
             f->phase = P_DONE;
             respond_status(ex, 411);

@@ -632,15 +632,23 @@ static int op_send_head(struct exchange *ex, const struct resp_head *h)
     struct slice date = vars_http_date();
     const char *server = lc->server_tokens ? PORTICO_SERVER : "portico";
     const char *reason = http_status_text(h->status);
+    bool has_server = false, has_date = false;
+    for (size_t i = 0; i < h->nfields; i++) {
+        has_server |= slice_eq_lit_ci(h->fields[i].name, "server");
+        has_date |= slice_eq_lit_ci(h->fields[i].name, "date");
+    }
     size_t len = 64 + strlen(reason) + strlen(server) + date.len + 64 + 48;
     for (size_t i = 0; i < h->nfields; i++)
         len += h->fields[i].name.len + h->fields[i].value.len + 4;
     char *p = arena_alloc(&ex->arena, len);
     if (!p)
         return -1;
-    int n = snprintf(p, len, "HTTP/1.%d %03d %s\r\nServer: %s\r\nDate: %.*s\r\n", http10 ? 0 : 1,
-                     h->status, reason, server, (int)date.len, date.p);
+    int n = snprintf(p, len, "HTTP/1.%d %03d %s\r\n", http10 ? 0 : 1, h->status, reason);
     size_t off = (size_t)n;
+    if (!has_server)
+        off += (size_t)snprintf(p + off, len - off, "Server: %s\r\n", server);
+    if (!has_date)
+        off += (size_t)snprintf(p + off, len - off, "Date: %.*s\r\n", (int)date.len, date.p);
     for (size_t i = 0; i < h->nfields; i++) {
         const struct http_field *f = &h->fields[i];
         memcpy(p + off, f->name.p, f->name.len);

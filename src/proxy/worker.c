@@ -323,7 +323,9 @@ int workers_probe_listens(struct worker *ws, int n, struct snapshot *s, char *er
             have |= net_addr_equal(&cur->listens[k].addr, &s->listens[j].addr);
         if (have)
             continue;
-        int fd = net_listen(&s->listens[j].addr, 1, true);
+        /* without SO_REUSEPORT, so a port another process holds is refused
+         * instead of silently shared */
+        int fd = net_listen(&s->listens[j].addr, 1, false);
         if (fd < 0) {
             snprintf(err, errlen, "bind() to %s failed (%d: %s)", s->listens[j].text, errno,
                      strerror(errno));

@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "core/log.h"
@@ -329,13 +330,30 @@ struct ups_conn *ups_conn_open(struct ups_pool *p, const struct ups_group *g,
     return c;
 }
 
+/* An idle connection must have nothing to read: a stale readiness flag is
+ * checked with a peek (the last response may have ended without EAGAIN). */
+static bool conn_alive(struct ups_conn *c)
+{
+    if (c->io.hup)
+        return false;
+    if (!c->io.readable)
+        return true;
+    char b;
+    ssize_t n = recv(c->io.fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+        c->io.readable = false;
+        return true;
+    }
+    return false;
+}
+
 struct ups_conn *ups_pool_get(struct ups_pool *p, const struct ups_group *g,
                               const struct ups_server *s)
 {
     for (struct ups_conn *c = p->head.next; c != &p->head; c = c->next) {
         if (c->group_key == g && net_addr_equal(&c->addr, &s->addr)) {
             idle_unlink(p, c);
-            if (c->io.hup || c->io.readable) {
+            if (!conn_alive(c)) {
                 /* the server closed it (or sent junk) while idle */
                 ups_conn_close(c);
                 return ups_pool_get(p, g, s);
