@@ -286,6 +286,12 @@ static void run_posted(struct loop *l)
     }
 }
 
+void loop_drain_posted(struct loop *l)
+{
+    for (int i = 0; i < 100 && l->posted_head; i++)
+        run_posted(l);
+}
+
 void loop_run(struct loop *l)
 {
     struct epoll_event evs[MAX_EVENTS];

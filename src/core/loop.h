@@ -73,6 +73,9 @@ static inline bool timer_armed(const struct timer *t)
 }
 
 void posted_init(struct posted *p, posted_cb *cb, void *data);
+/* Run what is posted until nothing is (after loop_run returned, so deferred
+ * frees still happen). */
+void loop_drain_posted(struct loop *l);
 void loop_post(struct loop *l, struct posted *p);
 void posted_cancel(struct loop *l, struct posted *p);
 

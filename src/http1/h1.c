@@ -164,12 +164,14 @@ static inline const char *skip_target(const char *p, const char *end)
  * most `maxf` fields when `fields` is not NULL. On H1_INCOMPLETE, *pp is where
  * the bytes ran out (end). */
 static enum h1_result parse_fields(const char **pp, const char *end, struct http_field *fields,
-                                   size_t maxf, size_t *nf, enum h1_error *err)
+                                   size_t maxf, size_t max_line, size_t *nf, enum h1_error *err)
 {
     const char *p = *pp;
+    const char *line = p;
     size_t n = 0;
 
     for (;;) {
+        line = p;
         if (p >= end)
             goto more;
         if (*p == '\r') {
@@ -210,6 +212,11 @@ static enum h1_result parse_fields(const char **pp, const char *end, struct http
             goto more;
         if (p[1] != '\n')
             goto bad;
+        if (max_line && (size_t)(p - line) > max_line) {
+            /* one field line must fit in one large header buffer (nginx) */
+            *err = H1E_HEAD_TOO_LARGE;
+            return H1_ERROR;
+        }
         const char *ve = p;
         while (ve > val && (ve[-1] == ' ' || ve[-1] == '\t'))
             ve--;
@@ -221,6 +228,10 @@ static enum h1_result parse_fields(const char **pp, const char *end, struct http
         p += 2;
     }
 more:
+    if (max_line && (size_t)(end - line) > max_line) {
+        *err = H1E_HEAD_TOO_LARGE;
+        return H1_ERROR;
+    }
     *pp = p;
     *nf = n;
     return H1_INCOMPLETE;
@@ -258,33 +269,26 @@ struct framing {
     struct slice host;
 };
 
-/* 1*DIGIT, comma lists of equal values allowed (RFC 9110 8.6). */
+/* Exactly one Content-Length of 1*DIGIT. RFC 9110 8.6 lets a recipient
+ * accept repeated equal values; like HAProxy's strict mode we refuse any
+ * repetition (two fields or a list): a peer that sends it is already
+ * suspect, and one meaning per message leaves nothing to smuggle. */
 static bool content_length_add(struct framing *f, struct slice v)
 {
     const char *p = v.p, *end = v.p + v.len;
-
-    for (;;) {
-        if (p >= end || !CLS(*p, C_DIGIT))
+    if (f->content_length >= 0 || p >= end)
+        return false;
+    int64_t n = 0;
+    while (p < end) {
+        if (!CLS(*p, C_DIGIT))
             return false;
-        int64_t n = 0;
-        while (p < end && CLS(*p, C_DIGIT)) {
-            int d = *p++ - '0';
-            if (n > (INT64_MAX - d) / 10)
-                return false;
-            n = n * 10 + d;
-        }
-        if (f->content_length >= 0 && f->content_length != n)
+        int d = *p++ - '0';
+        if (n > (INT64_MAX - d) / 10)
             return false;
-        f->content_length = n;
-        while (p < end && (*p == ' ' || *p == '\t'))
-            p++;
-        if (p == end)
-            return true;
-        if (*p++ != ',')
-            return false;
-        while (p < end && (*p == ' ' || *p == '\t'))
-            p++;
+        n = n * 10 + d;
     }
+    f->content_length = n;
+    return true;
 }
 
 static bool te_known(struct slice c)
@@ -688,7 +692,7 @@ enum h1_result h1_parse_request(const char *buf, size_t len, const struct h1_lim
     out->minor_version = minor;
     out->method_id = http_method_id(out->method);
 
-    rc = parse_fields(&p, hend, fields, maxf, &out->nfields, err);
+    rc = parse_fields(&p, hend, fields, maxf, max_line, &out->nfields, err);
     if (rc == H1_ERROR)
         return rc;
     if (rc == H1_INCOMPLETE) {
@@ -773,7 +777,7 @@ enum h1_result h1_parse_response(const char *buf, size_t len, const struct h1_li
     out->minor_version = minor;
     p += 2;
 
-    rc = parse_fields(&p, hend, fields, maxf, &out->nfields, err);
+    rc = parse_fields(&p, hend, fields, maxf, 0, &out->nfields, err);
     if (rc == H1_ERROR)
         return rc;
     if (rc == H1_INCOMPLETE)
@@ -979,7 +983,7 @@ enum h1_result h1_chunked_decode(struct h1_chunked *d, const char *buf, size_t l
             if (cap < d->max_trailer)
                 cap = SIZE_MAX;
             enum h1_result rc =
-                parse_fields(&q, avail > cap ? p + cap : end, NULL, SIZE_MAX, &nf, &e);
+                parse_fields(&q, avail > cap ? p + cap : end, NULL, SIZE_MAX, 0, &nf, &e);
             if (rc == H1_ERROR)
                 goto fail;
             if (rc == H1_INCOMPLETE) {

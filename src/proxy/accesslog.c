@@ -64,16 +64,14 @@ static int file_acquire(const char *path)
 static void file_release(const char *path)
 {
     pthread_mutex_lock(&files_lock);
-    for (struct log_file **pp = &files; *pp; pp = &(*pp)->next) {
-        struct log_file *f = *pp;
+    for (struct log_file *f = files; f; f = f->next) {
         if (strcmp(f->path, path) != 0)
             continue;
-        if (--f->refs == 0) {
-            *pp = f->next;
-            close(f->fd);
-            free(f->path);
-            free(f);
-        }
+        /* A file no snapshot uses stays open: a worker may still hold
+         * buffered lines for it, and a closed descriptor number could be
+         * reused by a socket. Reopen (SIGUSR1) still rotates it. */
+        if (f->refs > 0)
+            f->refs--;
         break;
     }
     pthread_mutex_unlock(&files_lock);
@@ -147,6 +145,17 @@ void accesslog_flush_thread(void)
 {
     for (struct log_buf *b = bufs; b; b = b->next)
         buf_flush(b);
+}
+
+void accesslog_thread_deinit(void)
+{
+    while (bufs) {
+        struct log_buf *b = bufs;
+        buf_flush(b);
+        bufs = b->next;
+        free(b->data);
+        free(b);
+    }
 }
 
 static void write_buffered(const struct access_log *al, int fd, struct slice line)

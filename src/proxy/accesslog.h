@@ -32,5 +32,7 @@ void accesslog_reopen_all(struct snapshot *s);
 void accesslog_write(struct exchange *ex);
 /* Flush this thread's buffered lines (timer, reload, exit). */
 void accesslog_flush_thread(void);
+/* Flush and free this thread's buffers (worker exit). */
+void accesslog_thread_deinit(void);
 
 #endif

@@ -261,8 +261,9 @@ static void respond_status(struct exchange *ex, int status)
 {
     if (status >= 400 && try_error_page(ex, status))
         return;
-    if (status == 413 || status == 400 || status == 408 || status >= 500)
-        ex->close_conn = ex->close_conn || status != 500;
+    /* after these the rest of the request cannot be told from the next one */
+    if (status == 413 || status == 400 || status == 408 || status == 411)
+        ex->close_conn = true;
     const struct loc_conf *lc = ex->lc ? ex->lc : ex->snap->http_lc;
     char body[512];
     size_t bl = 0;
@@ -1269,12 +1270,14 @@ static void forward(struct exchange *ex)
 {
     const struct loc_conf *lc = ex->lc;
     const struct proxy_pass *pp = lc->pass;
+    int forced = F(ex) ? F(ex)->error_page_status : 0;
     struct fwd *f = arena_calloc(&ex->arena, sizeof(*f));
     if (!f) {
         respond_status(ex, 500);
         return;
     }
     f->ex = ex;
+    f->error_page_status = forced;
     ex->proxy = f;
     outq_init(&f->out);
     timer_init(&f->timer, fwd_timer, f);
@@ -1361,17 +1364,18 @@ static void run_location(struct exchange *ex)
 
 static void internal_redirect(struct exchange *ex, struct slice uri)
 {
-    struct fwd *old = F(ex);
-    if (old)
-        proxy_release(ex);
+    proxy_release(ex);
     ex->proxy = NULL;
     ex->redirected = true;
     if (ex->method_id != HTTP_M_HEAD) {
         ex->method = SLICE_LIT("GET");
         ex->method_id = HTTP_M_GET;
     }
+    /* the original request body is not sent to the error page */
+    ex->req_has_body = false;
+    ex->req_content_length = -1;
     if (uri.len && uri.p[0] == '@') {
-        ex->loc = router_find_named(ex->srv->locset, slice_make(uri.p, uri.len));
+        ex->loc = router_find_named(ex->srv->locset, uri);
         if (!ex->loc) {
             log_write(LOG_ERR, "*%llu named location \"%.*s\" not found",
                       (unsigned long long)ex->id, (int)uri.len, uri.p);
@@ -1391,24 +1395,16 @@ static void internal_redirect(struct exchange *ex, struct slice uri)
         ex->loc = router_find_location(ex->srv->locset, ex->uri, &ex->caps);
     }
     ex->lc = ex->loc ? ex->loc->conf : ex->srv->lc;
+    /* the status error_page imposes travels in a state of its own */
     struct fwd *f = arena_calloc(&ex->arena, sizeof(*f));
-    if (f) {
-        f->ex = ex;
-        f->error_page_status = ex->error_status;
-        f->phase = P_DONE;
-        ex->proxy = f;
-    }
-    if (ex->lc->pass) {
-        /* forward() makes its own state; carry the forced status over */
-        int st = ex->error_status;
-        ex->proxy = NULL;
-        if (ex->lc->pass) {
-            forward(ex);
-            if (F(ex))
-                F(ex)->error_page_status = st;
-        }
+    if (!f) {
+        respond_status(ex, 500);
         return;
     }
+    f->ex = ex;
+    f->phase = P_DONE;
+    f->error_page_status = ex->error_status;
+    ex->proxy = f;
     run_location(ex);
 }
 

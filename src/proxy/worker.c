@@ -244,7 +244,11 @@ static void *worker_main(void *arg)
         h1_session_kill(w->sessions);
     while (w->nlisteners)
         close_listener(w, 0);
-    accesslog_flush_thread();
+    ups_pool_clear(w->pool);
+    loop_drain_posted(w->loop);
+    accesslog_thread_deinit();
+    router_thread_deinit();
+    buf_trim_cache();
     return NULL;
 }
 

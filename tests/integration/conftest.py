@@ -676,6 +676,11 @@ class Proxy:
     def port(self):
         return self.fields["port"]
 
+    @property
+    def ports(self):
+        """{"port": N, "port2": M, ...}: every allocated listen port field."""
+        return {k: v for k, v in self.fields.items() if re.fullmatch(r"port\d*", k)}
+
     def listen_ports(self):
         return [int(p) for p in sorted(set(int(p) for p in re.findall(r"\blisten\s+127\.0\.0\.1:(\d+)", self.conf_text)))]
 

@@ -1,13 +1,14 @@
 """20 reloads under load: zero failed requests."""
 import re
 import shutil
+import signal
 import subprocess
 import threading
 import time
 
 import pytest
 
-from conftest import IS_NGINX, Conn, build_request, get
+from conftest import IS_NGINX, Conn, build_request, get, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -36,16 +37,17 @@ def test_reloads_under_wrk_zero_failures(res, path):
     o = res.origin()
     p = res.proxy(CONF % 0, origin=o.addr)
     assert get(p.port, path).status == 200
-    wrk = subprocess.Popen(["wrk", "-t2", "-c16", "-d12s", f"http://127.0.0.1:{p.port}{path}"],
+    # wrk runs until we stop it with SIGINT (it then prints its summary)
+    wrk = subprocess.Popen(["wrk", "-t2", "-c16", "-d60s", f"http://127.0.0.1:{p.port}{path}"],
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    served = (lambda: len(o.requests)) if path.startswith("/p") else (lambda: len(p.access_lines()))
     try:
-        # let wrk get going: wait until the proxy has served some requests
-        deadline = time.monotonic() + 5
-        while len(o.requests if path.startswith("/p") else p.access_lines()) < 50:
-            assert time.monotonic() < deadline, "wrk produced no traffic"
-            time.sleep(0.02)
+        wait_for(lambda: served() >= 50, 5, what="wrk traffic")
         do_reloads(p, lambda i: CONF % i)
-        assert wrk.poll() is None, "wrk finished before the 20 reloads did; raise -d"
+        after = served()
+        wait_for(lambda: served() >= after + 200, 10, what="traffic after the last reload")
+        assert wrk.poll() is None, "wrk finished before the 20 reloads did"
+        wrk.send_signal(signal.SIGINT)
         out = wrk.communicate(timeout=30)[0].decode()
     finally:
         if wrk.poll() is None:

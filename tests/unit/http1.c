@@ -214,10 +214,6 @@ Test(h1_request, content_length_forms)
     cr_assert_eq(r.content_length, 0);
     ok_req("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 007\r\n\r\n", &r);
     cr_assert_eq(r.content_length, 7);
-    ok_req("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5,5\r\n\r\n", &r);
-    cr_assert_eq(r.content_length, 5);
-    ok_req("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\ncontent-length: 5\r\n\r\n", &r);
-    cr_assert_eq(r.content_length, 5);
     ok_req("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 9223372036854775807\r\n\r\n", &r);
     cr_assert_eq(r.content_length, INT64_MAX);
 }
@@ -359,10 +355,40 @@ Test(h1_reject, value_nul_via_len)
     cr_assert_eq(e, H1E_BAD_FIELD);
 }
 
+/* One field line longer than a large header buffer is 431, like nginx's
+ * large_client_header_buffers, even when the whole head is within limits. */
+Test(h1_reject, field_line_too_large)
+{
+    char buf[4096];
+    struct h1_limits l = {.max_request_line = 100, .max_head = 4000, .max_fields = 100};
+    strcpy(buf, "GET / HTTP/1.1\r\nHost: a\r\nX: ");
+    size_t n = strlen(buf);
+    memset(buf + n, 'v', 200);
+    struct h1_request r;
+    enum h1_error e;
+    /* refused before the line ends */
+    cr_assert_eq(h1_parse_request(buf, n + 200, &l, fields, 128, &r, &e), H1_ERROR);
+    cr_assert_eq(e, H1E_HEAD_TOO_LARGE);
+    strcpy(buf + n + 50, "\r\n\r\n");
+    cr_assert_eq(reql(buf, strlen(buf), &l, &r, &e), H1_DONE);
+}
+
+Test(h1_reject, repeated_content_length)
+{
+    struct h1_request r;
+    enum h1_error e;
+    static const char a[] = "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n";
+    static const char b[] = "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\n\r\n";
+    cr_assert_eq(reql(a, sizeof(a) - 1, &lim, &r, &e), H1_ERROR);
+    cr_assert_eq(e, H1E_BAD_CONTENT_LENGTH);
+    cr_assert_eq(reql(b, sizeof(b) - 1, &lim, &r, &e), H1_ERROR);
+    cr_assert_eq(e, H1E_BAD_CONTENT_LENGTH);
+}
+
 Test(h1_reject, head_too_large)
 {
     char buf[70000];
-    struct h1_limits l = {.max_request_line = 100, .max_head = 1000, .max_fields = 100};
+    struct h1_limits l = {.max_request_line = 4000, .max_head = 1000, .max_fields = 100};
     strcpy(buf, "GET / HTTP/1.1\r\nHost: a\r\nX: ");
     size_t n = strlen(buf);
     memset(buf + n, 'v', 2000);
