@@ -46,7 +46,7 @@ struct h1_session {
     size_t scanned;              /* head bytes already searched for the blank line */
     bool checked_line_limit;
 
-    struct outq out;
+    struct h1_busy *b;           /* exchange and output queue; NULL while idle */
     struct buf *scratch;         /* small framing strings (chunk sizes) */
     size_t scratch_used;
 
@@ -63,7 +63,6 @@ struct h1_session {
     bool shutting_down;
 
     /* the exchange in flight */
-    struct exchange exs;
     bool active;
     bool ex_done;
     bool ex_broken;
@@ -81,7 +80,39 @@ struct h1_session {
     bool resp_ended;
 };
 
+/* What a connection needs only while it has a request or output in flight:
+ * an idle keep-alive connection holds none of it (nor any buffer). */
+struct h1_busy {
+    struct exchange ex;
+    struct outq out;
+};
+
 static const struct client_ops h1_ops;
+
+static int busy_get(struct h1_session *s)
+{
+    if (s->b)
+        return 0;
+    s->b = malloc(sizeof(*s->b));
+    if (!s->b)
+        return -1;
+    memset(&s->b->ex, 0, sizeof(s->b->ex));
+    outq_init(&s->b->out);
+    return 0;
+}
+
+static size_t out_count(const struct h1_session *s)
+{
+    return s->b ? s->b->out.count : 0;
+}
+
+static void busy_put(struct h1_session *s)
+{
+    if (s->b && !s->active && s->b->out.count == 0) {
+        free(s->b);
+        s->b = NULL;
+    }
+}
 
 static void sess_io(struct io *io, uint32_t events);
 static void sess_close(struct h1_session *s);
@@ -156,7 +187,6 @@ void h1_session_start(struct worker *w, int fd, const struct net_addr *peer,
     s->peer = *peer;
     s->local = *local;
     s->conn_number = ++w->next_conn_number;
-    outq_init(&s->out);
     timer_init(&s->rtimer, rtimer_cb, s);
     timer_init(&s->wtimer, wtimer_cb, s);
     posted_init(&s->flush_post, flush_post_cb, s);
@@ -190,7 +220,7 @@ static void queue_flush(struct h1_session *s)
 
 static int queue_small(struct h1_session *s, const char *p, size_t len)
 {
-    return outq_push_copy(&s->out, &s->scratch, &s->scratch_used, p, len);
+    return outq_push_copy(&s->b->out, &s->scratch, &s->scratch_used, p, len);
 }
 
 static void finish_exchange(struct h1_session *s);
@@ -200,19 +230,19 @@ static void sess_flush(struct h1_session *s)
     if (s->state == S_CLOSED)
         return;
     posted_cancel(s->w->loop, &s->flush_post);
-    if (s->out.count) {
-        size_t before = s->out.bytes;
-        ssize_t w = outq_write(&s->out, s->io.fd);
+    if (out_count(s)) {
+        size_t before = s->b->out.bytes;
+        ssize_t w = outq_write(&s->b->out, s->io.fd);
         if (w < 0 && errno != EAGAIN) {
             LOG(LOG_INFO, "client %s: write failed: %s", "connection", strerror(errno));
             sess_close(s);
             return;
         }
         if (s->active)
-            s->exs.bytes_sent += before - s->out.bytes;
-        if (s->out.count) {
+            s->b->ex.bytes_sent += before - s->b->out.bytes;
+        if (s->b->out.count) {
             s->io.writable = false;
-            const struct loc_conf *lc = s->active && s->exs.lc ? s->exs.lc : dflt_lc(s);
+            const struct loc_conf *lc = s->active && s->b->ex.lc ? s->b->ex.lc : dflt_lc(s);
             if (!timer_armed(&s->wtimer) || w > 0)
                 timer_set(s->w->loop, &s->wtimer, lc->send_timeout_client_ms);
             return;
@@ -226,7 +256,7 @@ static void sess_flush(struct h1_session *s)
         }
         if (s->waiting_drain) {
             s->waiting_drain = false;
-            proxy_client_drained(&s->exs);
+            proxy_client_drained(&s->b->ex);
         }
         return;
     }
@@ -259,7 +289,11 @@ static void answer_bad_request(struct h1_session *s, int status, const char *why
     net_addr_format(&s->peer, peer, sizeof(peer));
     LOG(LOG_INFO, "client %s sent an invalid request (%d): %s", peer, status, why);
     /* log it like nginx does, with what we know */
-    struct exchange *ex = &s->exs;
+    if (busy_get(s) < 0) {
+        sess_close(s);
+        return;
+    }
+    struct exchange *ex = &s->b->ex;
     memset(ex, 0, sizeof(*ex));
     arena_init(&ex->arena, 1024, 64 * 1024);
     ex->snap = s->snap;
@@ -324,10 +358,11 @@ static void release_idle_buffer(struct h1_session *s)
         s->rseg = NULL;
         s->rstart = s->rend = s->scanned = 0;
     }
-    if (s->scratch && s->out.count == 0) {
+    if (s->scratch && out_count(s) == 0) {
         buf_unref(s->scratch);
         s->scratch = NULL;
     }
+    busy_put(s);
 }
 
 static void start_exchange(struct h1_session *s, struct h1_request *req);
@@ -462,7 +497,11 @@ static struct slice normalize_host(struct arena *a, struct slice h)
 
 static void start_exchange(struct h1_session *s, struct h1_request *req)
 {
-    struct exchange *ex = &s->exs;
+    if (busy_get(s) < 0) {
+        sess_close(s);
+        return;
+    }
+    struct exchange *ex = &s->b->ex;
     timer_cancel(&s->rtimer);
     memset(ex, 0, sizeof(*ex));
     arena_init(&ex->arena, 4096, 0);
@@ -560,7 +599,7 @@ oom:
 
 static void finish_exchange(struct h1_session *s)
 {
-    struct exchange *ex = &s->exs;
+    struct exchange *ex = &s->b->ex;
     accesslog_write(ex);
     proxy_release(ex);
     if (ex->close_conn)
@@ -673,7 +712,7 @@ static int op_send_head(struct exchange *ex, const struct resp_head *h)
     ex->resp_fields = h->fields;
     ex->nresp_fields = h->nfields;
     ex->head_sent = true;
-    if (outq_push(&s->out, NULL, p, off) < 0)
+    if (outq_push(&s->b->out, NULL, p, off) < 0)
         return -1;
     queue_flush(s);
     return 0;
@@ -698,7 +737,7 @@ static int op_send_interim(struct exchange *ex, int status, struct http_field *f
     p[off++] = '\n';
     if (status == 100)
         s->sent_continue = true;
-    if (outq_push(&s->out, NULL, p, off) < 0)
+    if (outq_push(&s->b->out, NULL, p, off) < 0)
         return -1;
     queue_flush(s);
     return 0;
@@ -709,7 +748,7 @@ static int op_send_body(struct exchange *ex, const struct body_piece *piece)
     struct h1_session *s = S(ex);
     if (s->resp_no_body || piece->len == 0)
         return 0;
-    if (outq_room(&s->out) < 3)
+    if (outq_room(&s->b->out) < 3)
         return -1;
     if (s->resp_chunked) {
         char hdr[24];
@@ -717,9 +756,9 @@ static int op_send_body(struct exchange *ex, const struct body_piece *piece)
         if (queue_small(s, hdr, (size_t)n) < 0)
             return -1;
     }
-    outq_push(&s->out, piece->seg, piece->p, piece->len);
+    outq_push(&s->b->out, piece->seg, piece->p, piece->len);
     if (s->resp_chunked)
-        outq_push(&s->out, NULL, "\r\n", 2);
+        outq_push(&s->b->out, NULL, "\r\n", 2);
     ex->body_bytes_sent += piece->len;
     queue_flush(s);
     return 0;
@@ -730,12 +769,12 @@ static int op_send_end(struct exchange *ex, struct slice trailers)
     struct h1_session *s = S(ex);
     s->resp_ended = true;
     if (s->resp_chunked && !s->resp_no_body) {
-        if (outq_room(&s->out) < 3)
+        if (outq_room(&s->b->out) < 3)
             return -1;
-        outq_push(&s->out, NULL, "0\r\n", 3);
+        outq_push(&s->b->out, NULL, "0\r\n", 3);
         if (trailers.len)
-            outq_push(&s->out, NULL, trailers.p, trailers.len);
-        outq_push(&s->out, NULL, "\r\n", 2);
+            outq_push(&s->b->out, NULL, trailers.p, trailers.len);
+        outq_push(&s->b->out, NULL, "\r\n", 2);
     }
     queue_flush(s);
     return 0;
@@ -744,9 +783,9 @@ static int op_send_end(struct exchange *ex, struct slice trailers)
 static size_t op_pending(struct exchange *ex)
 {
     struct h1_session *s = S(ex);
-    if (s->out.bytes || outq_room(&s->out) < 4)
+    if (s->b->out.bytes || outq_room(&s->b->out) < 4)
         s->waiting_drain = true;
-    return s->out.bytes + (outq_room(&s->out) < 4 ? 1 << 30 : 0);
+    return s->b->out.bytes + (outq_room(&s->b->out) < 4 ? 1 << 30 : 0);
 }
 
 static void op_continue_100(struct exchange *ex)
@@ -757,14 +796,14 @@ static void op_continue_100(struct exchange *ex)
     s->sent_continue = true;
     if (s->rstart < s->rend)
         return; /* the client did not wait */
-    outq_push(&s->out, NULL, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+    outq_push(&s->b->out, NULL, "HTTP/1.1 100 Continue\r\n\r\n", 25);
     queue_flush(s);
 }
 
 static enum body_status body_fail(struct h1_session *s, enum ending_code code, const char *why)
 {
-    s->exs.ending = (struct ending){ .code = code, .why = why };
-    s->exs.close_conn = true;
+    s->b->ex.ending = (struct ending){ .code = code, .why = why };
+    s->b->ex.close_conn = true;
     s->close_after = true;
     s->rb_error = true;
     return BODY_ERROR;
@@ -896,7 +935,7 @@ static void sess_io(struct io *io, uint32_t events)
     struct h1_session *s = io->data;
     if (s->state == S_CLOSED)
         return;
-    if (io->writable && s->out.count) {
+    if (io->writable && out_count(s)) {
         sess_flush(s);
         if (s->state == S_CLOSED)
             return;
@@ -910,10 +949,10 @@ static void sess_io(struct io *io, uint32_t events)
         break;
     case S_EXCHANGE:
         if (!s->rb_done && !s->ex_done) {
-            proxy_request_body_ready(&s->exs);
+            proxy_request_body_ready(&s->b->ex);
         } else if (io->hup && !s->ex_done) {
             /* the client is gone: stop the upstream side too */
-            proxy_abort(&s->exs);
+            proxy_abort(&s->b->ex);
             s->ex_done = true;
             sess_close(s);
         }
@@ -940,7 +979,7 @@ static void rtimer_cb(struct timer *t)
     case S_EXCHANGE:
         if (!s->rb_done && !s->ex_done) {
             body_fail(s, END_CLIENT_TIMEOUT, "client_body_timeout");
-            proxy_request_body_ready(&s->exs); /* the corridor sees BODY_ERROR */
+            proxy_request_body_ready(&s->b->ex); /* the corridor sees BODY_ERROR */
         }
         break;
     case S_LINGER:
@@ -958,7 +997,7 @@ static void wtimer_cb(struct timer *t)
     net_addr_format(&s->peer, peer, sizeof(peer));
     LOG(LOG_INFO, "client %s timed out (send_timeout) while sending the response", peer);
     if (s->active && !s->ex_done) {
-        proxy_abort(&s->exs);
+        proxy_abort(&s->b->ex);
         s->ex_done = true;
     }
     sess_close(s);
@@ -979,9 +1018,10 @@ static void sess_close(struct h1_session *s)
     timer_cancel(&s->wtimer);
     posted_cancel(l, &s->flush_post);
     posted_cancel(l, &s->resume_post);
-    outq_clear(&s->out);
+    if (s->b)
+        outq_clear(&s->b->out);
     if (s->active) {
-        struct exchange *ex = &s->exs;
+        struct exchange *ex = &s->b->ex;
         if (!s->ex_done) {
             if (!ex->ending.code)
                 ex->ending = (struct ending){ .code = END_CLIENT_CLOSED,
@@ -1006,6 +1046,8 @@ static void sess_close(struct h1_session *s)
     s->head_seg = s->rseg = s->scratch = NULL;
     snapshot_unref(s->snap);
     s->snap = NULL;
+    free(s->b);
+    s->b = NULL;
     worker_session_closed(s->w, s);
     if (s->prev)
         s->prev->next = s->next;
@@ -1022,7 +1064,7 @@ void h1_session_shutdown(struct h1_session *s)
 {
     s->shutting_down = true;
     if (s->state == S_HEAD && !s->active && (!s->rseg || s->rstart == s->rend) &&
-        s->out.count == 0)
+        out_count(s) == 0)
         sess_close(s);
 }
 
@@ -1038,5 +1080,5 @@ struct h1_session *h1_session_next(struct h1_session *s)
 
 bool h1_session_busy(const struct h1_session *s)
 {
-    return s->active || s->out.count;
+    return s->active || out_count(s);
 }

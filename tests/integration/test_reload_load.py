@@ -25,8 +25,11 @@ server {
 """
 
 
-def do_reloads(p, conf_fn):
+def do_reloads(p, conf_fn, served):
+    """20 reloads, each one only after traffic has flowed since the last."""
     for i in range(1, RELOADS + 1):
+        before = served()
+        wait_for(lambda: served() >= before + 20, 10, what="traffic between reloads")
         p.reload(conf_fn(i), timeout=15)
 
 
@@ -43,7 +46,7 @@ def test_reloads_under_wrk_zero_failures(res, path):
     served = (lambda: len(o.requests)) if path.startswith("/p") else (lambda: len(p.access_lines()))
     try:
         wait_for(lambda: served() >= 50, 5, what="wrk traffic")
-        do_reloads(p, lambda i: CONF % i)
+        do_reloads(p, lambda i: CONF % i, served)
         after = served()
         wait_for(lambda: served() >= after + 200, 10, what="traffic after the last reload")
         assert wrk.poll() is None, "wrk finished before the 20 reloads did"
@@ -110,7 +113,7 @@ def test_reloads_under_python_clients_zero_failures(res):
     for t in threads:
         t.start()
     try:
-        do_reloads(p, lambda i: CONF % i)
+        do_reloads(p, lambda i: CONF % i, lambda: counts[0])
     finally:
         stop.set()
         for t in threads:
