@@ -77,8 +77,8 @@ int net_addr_parse(const char *text, int default_port, bool allow_resolve, struc
         return -1;
     }
 
-    struct sockaddr_in *sin = (struct sockaddr_in *)&out->sa;
-    struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&out->sa;
+    struct sockaddr_in *sin = &out->in4;
+    struct sockaddr_in6 *sin6 = &out->in6;
     if (strcmp(host, "*") == 0 || host[0] == '\0') {
         sin->sin_family = AF_INET;
         sin->sin_addr.s_addr = htonl(INADDR_ANY);
@@ -108,7 +108,12 @@ int net_addr_parse(const char *text, int default_port, bool allow_resolve, struc
         *errmsg = "host not found";
         return -1;
     }
-    memcpy(&out->sa, res->ai_addr, res->ai_addrlen);
+    if (res->ai_addrlen > sizeof(out->in6)) {
+        freeaddrinfo(res);
+        *errmsg = "unsupported address family";
+        return -1;
+    }
+    memcpy(&out->in6, res->ai_addr, res->ai_addrlen);
     out->len = (socklen_t)res->ai_addrlen;
     if (out->sa.ss_family == AF_INET)
         sin->sin_port = htons((uint16_t)port);
@@ -122,9 +127,9 @@ size_t net_addr_ip(const struct net_addr *a, char *buf, size_t len)
 {
     const void *src;
     if (a->sa.ss_family == AF_INET)
-        src = &((const struct sockaddr_in *)&a->sa)->sin_addr;
+        src = &a->in4.sin_addr;
     else if (a->sa.ss_family == AF_INET6)
-        src = &((const struct sockaddr_in6 *)&a->sa)->sin6_addr;
+        src = &a->in6.sin6_addr;
     else {
         snprintf(buf, len, "unix:");
         return strlen(buf);
@@ -137,9 +142,9 @@ size_t net_addr_ip(const struct net_addr *a, char *buf, size_t len)
 int net_addr_port(const struct net_addr *a)
 {
     if (a->sa.ss_family == AF_INET)
-        return ntohs(((const struct sockaddr_in *)&a->sa)->sin_port);
+        return ntohs(a->in4.sin_port);
     if (a->sa.ss_family == AF_INET6)
-        return ntohs(((const struct sockaddr_in6 *)&a->sa)->sin6_port);
+        return ntohs(a->in6.sin6_port);
     return 0;
 }
 
@@ -168,7 +173,7 @@ int net_listen(const struct net_addr *a, int backlog, bool reuseport)
         goto fail;
     if (a->sa.ss_family == AF_INET6)
         setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
-    if (bind(fd, (const struct sockaddr *)&a->sa, a->len) < 0)
+    if (bind(fd, (const struct sockaddr *)&a->in6, a->len) < 0)
         goto fail;
     if (listen(fd, backlog) < 0)
         goto fail;
@@ -182,8 +187,8 @@ fail:;
 
 int net_accept(int lfd, struct net_addr *peer)
 {
-    peer->len = sizeof(peer->sa);
-    int fd = accept4(lfd, (struct sockaddr *)&peer->sa, &peer->len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    peer->len = sizeof(peer->in6);
+    int fd = accept4(lfd, (struct sockaddr *)&peer->in6, &peer->len, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0)
         return -1;
     int one = 1;
@@ -198,7 +203,7 @@ int net_connect(const struct net_addr *a)
         return -1;
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    if (connect(fd, (const struct sockaddr *)&a->sa, a->len) < 0 && errno != EINPROGRESS) {
+    if (connect(fd, (const struct sockaddr *)&a->in6, a->len) < 0 && errno != EINPROGRESS) {
         int e = errno;
         close(fd);
         errno = e;

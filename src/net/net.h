@@ -8,8 +8,15 @@
 #include <stddef.h>
 #include <sys/socket.h>
 
+/* An IPv4 or IPv6 address and port, compact (every connection keeps two). */
 struct net_addr {
-    struct sockaddr_storage sa;
+    union {
+        struct sockaddr_in6 in6;
+        struct sockaddr_in in4;
+        struct {
+            sa_family_t ss_family;
+        } sa;
+    };
     socklen_t len;
 };
 

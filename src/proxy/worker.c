@@ -63,8 +63,8 @@ static void accept_cb(struct io *io, uint32_t events)
             continue;
         }
         struct net_addr local;
-        local.len = sizeof(local.sa);
-        if (getsockname(fd, (struct sockaddr *)&local.sa, &local.len) < 0)
+        local.len = sizeof(local.in6);
+        if (getsockname(fd, (struct sockaddr *)&local.in6, &local.len) < 0)
             local = l->addr;
         h1_session_start(w, fd, &peer, &local);
     }
