@@ -45,7 +45,7 @@ struct outq_item {
     size_t len;
 };
 
-#define OUTQ_MAX 64
+#define OUTQ_MAX 32
 
 struct outq {
     struct outq_item items[OUTQ_MAX];

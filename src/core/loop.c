@@ -33,6 +33,8 @@ struct loop {
     uint64_t swept_tick; /* ticks below this one have been swept */
     size_t ntimers;
     struct posted *posted_head, **posted_tail;
+    /* one bit per non-empty slot: finding the next timer is a few ctz */
+    uint64_t used[WHEEL_SLOTS / 64];
     struct wheel_slot slots[WHEEL_SLOTS];
 };
 
@@ -119,7 +121,7 @@ int loop_io_add(struct loop *l, struct io *io)
         .events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET,
         .data.ptr = io,
     };
-    io->readable = io->writable = io->hup = false;
+    io->readable = io->writable = io->hup = io->rdhup = false;
     return epoll_ctl(l->epfd, EPOLL_CTL_ADD, io->fd, &ev);
 }
 
@@ -157,30 +159,39 @@ void timer_init(struct timer *t, timer_cb *cb, void *data)
     t->data = data;
 }
 
-static void timer_unlink(struct timer *t)
+/* Unlink from a slot; when that empties a wheel slot (the neighbours are
+ * the slot's sentinel), clear its bit. */
+static void timer_unlink_l(struct loop *l, struct timer *t)
 {
     t->prev->next = t->next;
     t->next->prev = t->prev;
+    if (l && t->next == t->prev && t->next == &l->slots[t->slot].head)
+        l->used[t->slot / 64] &= ~(1ull << (t->slot % 64));
     t->next = t->prev = NULL;
+}
+
+static void timer_unlink(struct timer *t)
+{
+    timer_unlink_l(NULL, t);
 }
 
 void timer_cancel(struct timer *t)
 {
-    if (t->prev) {
-        timer_unlink(t);
-        /* the loop's count is fixed up lazily: see loop_timers_sweep */
-    }
+    if (t->prev)
+        timer_unlink_l(current_loop, t);
 }
 
 void timer_set(struct loop *l, struct timer *t, uint64_t ms)
 {
     if (t->prev)
-        timer_unlink(t);
+        timer_unlink_l(l, t);
     t->expire_ms = l->now_ms + ms;
     uint64_t tick = (t->expire_ms + WHEEL_TICK_MS - 1) / WHEEL_TICK_MS;
     if (tick < l->swept_tick)
         tick = l->swept_tick;
-    struct timer *head = &l->slots[tick & (WHEEL_SLOTS - 1)].head;
+    t->slot = (uint32_t)(tick & (WHEEL_SLOTS - 1));
+    l->used[t->slot / 64] |= 1ull << (t->slot % 64);
+    struct timer *head = &l->slots[t->slot].head;
     t->prev = head->prev;
     t->next = head;
     head->prev->next = t;
@@ -192,6 +203,8 @@ static void timers_sweep(struct loop *l)
 {
     uint64_t now_tick = l->now_ms / WHEEL_TICK_MS;
     uint64_t from = l->swept_tick;
+    if (from > now_tick)
+        return; /* this tick was swept already */
     if (now_tick - from >= WHEEL_SLOTS)
         from = now_tick - WHEEL_SLOTS + 1; /* a whole turn covers every slot */
     for (uint64_t tick = from; tick <= now_tick; tick++) {
@@ -208,6 +221,8 @@ static void timers_sweep(struct loop *l)
                 due.prev = t;
             }
         }
+        if (head->next == head)
+            l->used[(tick & (WHEEL_SLOTS - 1)) / 64] &= ~(1ull << (tick % 64));
         while (due.next != &due) {
             struct timer *t = due.next;
             timer_unlink(t);
@@ -217,20 +232,28 @@ static void timers_sweep(struct loop *l)
     l->swept_tick = now_tick + 1;
 }
 
-/* How long epoll may sleep: until the first slot holding a timer is due
- * (a timer of a later turn costs one early wake-up per turn at most). */
+/* How long epoll may sleep: until the next slot holding a timer is due (a
+ * timer of a later turn costs one early wake-up per turn at most). */
 static int next_timeout(struct loop *l)
 {
     if (l->posted_head)
         return 0;
     uint64_t now_tick = l->now_ms / WHEEL_TICK_MS;
-    for (uint64_t i = 1; i <= WHEEL_SLOTS; i++) {
-        uint64_t tick = now_tick + i;
-        struct timer *head = &l->slots[tick & (WHEEL_SLOTS - 1)].head;
-        if (head->next == head)
+    uint32_t start = (uint32_t)((now_tick + 1) & (WHEEL_SLOTS - 1));
+    for (uint32_t i = 0; i <= WHEEL_SLOTS / 64; i++) {
+        uint32_t w = (start / 64 + i) % (WHEEL_SLOTS / 64);
+        uint64_t bits = l->used[w];
+        if (i == 0)
+            bits &= ~0ull << (start % 64);
+        else if (i == WHEEL_SLOTS / 64)
+            bits &= (start % 64) ? ~(~0ull << (start % 64)) : 0;
+        if (!bits)
             continue;
-        uint64_t at = tick * WHEEL_TICK_MS;
-        return at <= l->now_ms ? 0 : (int)(at - l->now_ms);
+        uint32_t slot = w * 64 + (uint32_t)__builtin_ctzll(bits);
+        uint64_t dist = (slot - start) & (WHEEL_SLOTS - 1);
+        uint64_t at = (now_tick + 1 + dist) * WHEEL_TICK_MS;
+        uint64_t wait = at > l->now_ms ? at - l->now_ms : 0;
+        return wait > 60000 ? 60000 : (int)wait;
     }
     return 60000;
 }
@@ -314,6 +337,8 @@ void loop_run(struct loop *l)
                 io->writable = true;
             if (e & (EPOLLHUP | EPOLLERR))
                 io->hup = true;
+            if (e & EPOLLRDHUP)
+                io->rdhup = true;
             io->cb(io, e);
         }
         run_posted(l);

@@ -20,6 +20,7 @@ struct io {
     bool readable;
     bool writable;
     bool hup;          /* peer closed or error reported */
+    bool rdhup;        /* the peer shut its writing side: EOF follows the data */
     io_cb *cb;
     void *data;
 };
@@ -31,6 +32,7 @@ typedef void timer_cb(struct timer *t);
 struct timer {
     struct timer *next, *prev; /* in a wheel slot; prev == NULL when unarmed */
     uint64_t expire_ms;
+    uint32_t slot;             /* wheel slot it is linked in */
     timer_cb *cb;
     void *data;
 };

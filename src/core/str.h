@@ -68,6 +68,19 @@ static inline struct slice slice_trim_ows(struct slice s)
     return s;
 }
 
+/* Decimal and lowercase hex digits of v into out (20 / 16 bytes at most, no
+ * NUL). Return the number of digits. */
+size_t u64_to_dec(uint64_t v, char *out);
+size_t u64_to_hex(uint64_t v, char *out);
+
+/* Copy n bytes to d and return the end (for building heads by hand). */
+static inline char *mem_put(char *d, const void *src, size_t n)
+{
+    memcpy(d, src, n);
+    return d + n;
+}
+#define MEM_PUT_LIT(d, lit) mem_put((d), (lit), sizeof(lit) - 1)
+
 /* Split the next comma-separated element off `*list` (trimmed, may be empty).
  * Returns false when the list is exhausted. */
 bool slice_next_token(struct slice *list, struct slice *elem);

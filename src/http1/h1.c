@@ -236,7 +236,8 @@ more:
     *nf = n;
     return H1_INCOMPLETE;
 bad:
-    *err = H1E_BAD_FIELD;
+    /* a prefix ending past the limit already said 431: say it here too */
+    *err = max_line && (size_t)(p - line) > max_line ? H1E_HEAD_TOO_LARGE : H1E_BAD_FIELD;
     return H1_ERROR;
 }
 

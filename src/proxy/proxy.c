@@ -14,7 +14,7 @@
 #include "proxy/worker.h"
 
 #define UPS_MAX_FIELDS 100
-#define MAX_PRE_PIECES 64
+#define MAX_PRE_PIECES 16
 #define UPS_SEND_HIGH (64 * 1024)
 #define CLIENT_HIGH_BUFFERED (64 * 1024)
 
@@ -490,7 +490,9 @@ static int build_request_head(struct fwd *f)
         PUTS("Transfer-Encoding: chunked\r\n");
     } else if (ex->req_has_body && lc->pass_request_body) {
         uint64_t cl = ex->req_content_length >= 0 ? (uint64_t)ex->req_content_length : f->pre_bytes;
-        o += (size_t)snprintf(p + o, len - o, "Content-Length: %llu\r\n", (unsigned long long)cl);
+        PUTS("Content-Length: ");
+        o += u64_to_dec(cl, p + o);
+        PUTS("\r\n");
     } else if (ex->req_content_length >= 0 && lc->pass_request_body) {
         PUTS("Content-Length: 0\r\n");
     }
@@ -1113,9 +1115,14 @@ static int relay_body(struct fwd *f)
             body_broken(f, END_INTERNAL, "out of memory", 0);
             return 1;
         }
-        ssize_t n = read(f->uc->io.fd, f->rseg->data + f->rend, f->rseg->cap - f->rend);
+        size_t want = f->rseg->cap - f->rend;
+        ssize_t n = read(f->uc->io.fd, f->rseg->data + f->rend, want);
         if (n > 0) {
             f->rend += (size_t)n;
+            /* edge-triggered: a short read emptied the socket, a new edge
+             * will come with new bytes (saves the read that says EAGAIN) */
+            if ((size_t)n < want && !f->uc->io.rdhup)
+                f->uc->io.readable = false;
             continue;
         }
         if (n == 0) {
@@ -1157,9 +1164,14 @@ static int read_response(struct fwd *f)
             fail_try(f, END_INTERNAL, "out of memory", 0, 0);
             return 1;
         }
-        ssize_t n = read(f->uc->io.fd, f->rseg->data + f->rend, f->rseg->cap - f->rend);
+        size_t want = f->rseg->cap - f->rend;
+        ssize_t n = read(f->uc->io.fd, f->rseg->data + f->rend, want);
         if (n > 0) {
             f->rend += (size_t)n;
+            /* edge-triggered: a short read emptied the socket, a new edge
+             * will come with new bytes (saves the read that says EAGAIN) */
+            if ((size_t)n < want && !f->uc->io.rdhup)
+                f->uc->io.readable = false;
             f->got_bytes = true;
             continue;
         }

@@ -308,7 +308,6 @@ static void answer_bad_request(struct h1_session *s, int status, const char *why
     ex->conn_requests = s->requests + 1;
     ex->bytes_sent = (uint64_t)hl + bl;
     ex->body_bytes_sent = bl;
-    vars_new_request_id(ex);
     queue_small(s, head, (size_t)hl);
     queue_small(s, body, bl);
     accesslog_write(ex);
@@ -449,9 +448,14 @@ static void read_head(struct h1_session *s)
             sess_close(s);
             return;
         }
-        ssize_t n = read(s->io.fd, s->rseg->data + s->rend, s->rseg->cap - s->rend);
+        size_t want = s->rseg->cap - s->rend;
+        ssize_t n = read(s->io.fd, s->rseg->data + s->rend, want);
         if (n > 0) {
             s->rend += (size_t)n;
+            /* edge-triggered: a short read emptied the socket, a new edge
+             * will come with new bytes (saves the read that says EAGAIN) */
+            if ((size_t)n < want && !s->io.rdhup)
+                s->io.readable = false;
             continue;
         }
         if (n == 0) {
@@ -511,7 +515,6 @@ static void start_exchange(struct h1_session *s, struct h1_request *req)
     ex->session = s;
     ex->loop = s->w->loop;
     ex->id = ++s->w->next_exchange_id;
-    vars_new_request_id(ex);
     ex->peer = &s->peer;
     ex->local = &s->local;
     ex->listen = s->lset;
@@ -682,32 +685,41 @@ static int op_send_head(struct exchange *ex, const struct resp_head *h)
     char *p = arena_alloc(&ex->arena, len);
     if (!p)
         return -1;
-    int n = snprintf(p, len, "HTTP/1.%d %03d %s\r\n", http10 ? 0 : 1, h->status, reason);
-    size_t off = (size_t)n;
-    if (!has_server)
-        off += (size_t)snprintf(p + off, len - off, "Server: %s\r\n", server);
-    if (!has_date)
-        off += (size_t)snprintf(p + off, len - off, "Date: %.*s\r\n", (int)date.len, date.p);
+    char *d = p;
+    d = http10 ? MEM_PUT_LIT(d, "HTTP/1.0 ") : MEM_PUT_LIT(d, "HTTP/1.1 ");
+    d[0] = (char)('0' + h->status / 100 % 10);
+    d[1] = (char)('0' + h->status / 10 % 10);
+    d[2] = (char)('0' + h->status % 10);
+    d[3] = ' ';
+    d = mem_put(d + 4, reason, strlen(reason));
+    d = MEM_PUT_LIT(d, "\r\n");
+    if (!has_server) {
+        d = MEM_PUT_LIT(d, "Server: ");
+        d = mem_put(d, server, strlen(server));
+        d = MEM_PUT_LIT(d, "\r\n");
+    }
+    if (!has_date) {
+        d = MEM_PUT_LIT(d, "Date: ");
+        d = mem_put(d, date.p, date.len);
+        d = MEM_PUT_LIT(d, "\r\n");
+    }
     for (size_t i = 0; i < h->nfields; i++) {
         const struct http_field *f = &h->fields[i];
-        memcpy(p + off, f->name.p, f->name.len);
-        off += f->name.len;
-        p[off++] = ':';
-        p[off++] = ' ';
-        memcpy(p + off, f->value.p, f->value.len);
-        off += f->value.len;
-        p[off++] = '\r';
-        p[off++] = '\n';
+        d = mem_put(d, f->name.p, f->name.len);
+        d = MEM_PUT_LIT(d, ": ");
+        d = mem_put(d, f->value.p, f->value.len);
+        d = MEM_PUT_LIT(d, "\r\n");
     }
-    if (h->content_length >= 0 && h->status != 204 && h->status >= 200)
-        off += (size_t)snprintf(p + off, len - off, "Content-Length: %lld\r\n",
-                                (long long)h->content_length);
-    else if (s->resp_chunked)
-        off += (size_t)snprintf(p + off, len - off, "Transfer-Encoding: chunked\r\n");
-    if (close)
-        off += (size_t)snprintf(p + off, len - off, "Connection: close\r\n\r\n");
-    else
-        off += (size_t)snprintf(p + off, len - off, "Connection: keep-alive\r\n\r\n");
+    if (h->content_length >= 0 && h->status != 204 && h->status >= 200) {
+        d = MEM_PUT_LIT(d, "Content-Length: ");
+        d += u64_to_dec((uint64_t)h->content_length, d);
+        d = MEM_PUT_LIT(d, "\r\n");
+    } else if (s->resp_chunked) {
+        d = MEM_PUT_LIT(d, "Transfer-Encoding: chunked\r\n");
+    }
+    d = close ? MEM_PUT_LIT(d, "Connection: close\r\n\r\n")
+              : MEM_PUT_LIT(d, "Connection: keep-alive\r\n\r\n");
+    size_t off = (size_t)(d - p);
     ex->status = h->status;
     ex->resp_fields = h->fields;
     ex->nresp_fields = h->nfields;
@@ -752,8 +764,10 @@ static int op_send_body(struct exchange *ex, const struct body_piece *piece)
         return -1;
     if (s->resp_chunked) {
         char hdr[24];
-        int n = snprintf(hdr, sizeof(hdr), "%zx\r\n", piece->len);
-        if (queue_small(s, hdr, (size_t)n) < 0)
+        size_t n = u64_to_hex(piece->len, hdr);
+        hdr[n++] = '\r';
+        hdr[n++] = '\n';
+        if (queue_small(s, hdr, n) < 0)
             return -1;
     }
     outq_push(&s->b->out, piece->seg, piece->p, piece->len);
@@ -864,9 +878,14 @@ static enum body_status op_body_read(struct exchange *ex, struct body_piece *pie
         }
         if (ensure_room(s, BUF_SEG_SIZE) < 0)
             return body_fail(s, END_INTERNAL, "out of memory");
-        ssize_t n = read(s->io.fd, s->rseg->data + s->rend, s->rseg->cap - s->rend);
+        size_t want = s->rseg->cap - s->rend;
+        ssize_t n = read(s->io.fd, s->rseg->data + s->rend, want);
         if (n > 0) {
             s->rend += (size_t)n;
+            /* edge-triggered: a short read emptied the socket, a new edge
+             * will come with new bytes (saves the read that says EAGAIN) */
+            if ((size_t)n < want && !s->io.rdhup)
+                s->io.readable = false;
             continue;
         }
         if (n == 0)

@@ -551,6 +551,9 @@ struct slice var_value(struct exchange *ex, int var, struct slice arg)
             return proxy_current_host(ex);
         return SLICE_NULL;
     case V_REQUEST_ID:
+        /* made on first use: most requests never ask */
+        if (!ex->request_id[0])
+            vars_new_request_id(ex);
         return slice_make(ex->request_id, 32);
     case V_STATUS:
         return fmt(ex, "%03d", ex->status);

@@ -33,7 +33,8 @@ void vars_time_update(void);
 /* Current cached Date header value (IMF-fixdate). */
 struct slice vars_http_date(void);
 
-/* Fill ex->request_id with 32 random hex characters. */
+/* Fill ex->request_id with 32 random hex characters ($request_id does it
+ * on first use). */
 void vars_new_request_id(struct exchange *ex);
 
 /* Does a request field list hold this name (case-insensitive)? Returns its

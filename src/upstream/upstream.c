@@ -334,7 +334,7 @@ struct ups_conn *ups_conn_open(struct ups_pool *p, const struct ups_group *g,
  * checked with a peek (the last response may have ended without EAGAIN). */
 static bool conn_alive(struct ups_conn *c)
 {
-    if (c->io.hup)
+    if (c->io.hup || c->io.rdhup)
         return false;
     if (!c->io.readable)
         return true;

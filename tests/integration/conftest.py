@@ -922,3 +922,27 @@ def pytest_collection_modifyitems(config, items):
         if m:
             item.add_marker(pytest.mark.xfail(reason="nginx is laxer than Portico's spec "
                                               + (m.args[0] if m.args else ""), strict=False))
+
+
+class Background:
+    """Run fn() in a thread; .result(timeout) returns its value or re-raises."""
+
+    def __init__(self, fn):
+        self.value = None
+        self.exc = None
+        self.t = threading.Thread(target=self._run, args=(fn,), daemon=True)
+        self.t.start()
+
+    def _run(self, fn):
+        try:
+            self.value = fn()
+        except BaseException as e:  # noqa: BLE001
+            self.exc = e
+
+    def result(self, timeout=15):
+        self.t.join(timeout)
+        if self.t.is_alive():
+            raise AssertionError(f"background call still running after {timeout}s")
+        if self.exc:
+            raise AssertionError(f"background call failed: {self.exc!r}") from self.exc
+        return self.value

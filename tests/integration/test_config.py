@@ -5,11 +5,10 @@ import os
 import re
 import signal
 import subprocess
-import threading
 
 import pytest
 
-from conftest import IS_NGINX, REPO, Conn, build_request, get, port_open, wait_for
+from conftest import Background, IS_NGINX, REPO, Conn, build_request, get, port_open, wait_for
 
 GOOD = """
 server {
@@ -184,14 +183,11 @@ def test_reload_keeps_inflight_request(res):
     o = res.origin()
     conf = "upstream u { server {origin}; }\nserver { listen 127.0.0.1:{port}; location / { proxy_pass http://u; } }"
     p = res.proxy(conf, origin=o.addr)
-    out = {}
-    t = threading.Thread(target=lambda: out.setdefault("r", get(p.port, "/delay/1500", timeout=10)))
-    t.start()
+    bgr = Background(lambda: get(p.port, "/delay/1500", timeout=10))
     wait_for(lambda: o.requests, 5, what="request at origin")
     p.reload(conf.replace("location /", 'location = /new { return 200 "new"; }\nlocation /'),
              until=None if not IS_NGINX else (lambda: get(p.port, "/new").text == "new"))
-    t.join(10)
-    assert out["r"].status == 200
+    assert bgr.result().status == 200
     assert get(p.port, "/new").text == "new"
 
 
@@ -217,15 +213,13 @@ def test_graceful_stop_finishes_inflight(res):
     p = res.proxy("upstream u { server {origin}; }\n"
                   "server { listen 127.0.0.1:{port}; location / { proxy_pass http://u; } }",
                   origin=o.addr)
-    out = {}
-    t = threading.Thread(target=lambda: out.setdefault("r", get(p.port, "/delay/1500", timeout=10)))
-    t.start()
+    bgr = Background(lambda: get(p.port, "/delay/1500", timeout=10))
     wait_for(lambda: o.requests, 5, what="request at origin")
     p.signal(p.graceful_signal)
     wait_for(lambda: not port_open(p.port), 5, what="listener closed after SIGTERM")
-    t.join(10)
-    assert out["r"].status == 200
-    assert out["r"].json()["target"] == "/delay/1500"
+    r = bgr.result()
+    assert r.status == 200
+    assert r.json()["target"] == "/delay/1500"
     assert p.proc.wait(10) == 0
 
 

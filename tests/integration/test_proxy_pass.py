@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from conftest import Conn, build_request, get, pattern, request, wait_for
+from conftest import Conn, build_request, get, pattern, request
 
 CONF = r"""
 upstream u { server {origin}; keepalive 8; }

@@ -2,7 +2,7 @@
 framing cannot be trusted, and nothing reaches the upstream."""
 import pytest
 
-from conftest import Conn, IS_NGINX, build_request, raw_exchange, status_lines, wait_for
+from conftest import Conn, build_request, raw_exchange, status_lines, wait_for
 
 CONF = """
 large_client_header_buffers 4 1k;

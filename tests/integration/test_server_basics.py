@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from conftest import Conn, IS_NGINX, build_request, free_port, get, port_open, wait_for
+from conftest import Conn, IS_NGINX, build_request, get, port_open, wait_for
 
 
 def test_keepalive_requests_limit(res):

@@ -1,11 +1,10 @@
 """Broken and slow upstreams (502/504), client timeouts (408), retries,
 round-robin."""
-import threading
 import time
 
 import pytest
 
-from conftest import Conn, build_request, closed_port, get, raw_exchange, request, status_lines
+from conftest import Background, Conn, build_request, closed_port, get, raw_exchange, request, status_lines
 
 SIMPLE = """
 upstream u { server {up}; }
@@ -217,11 +216,8 @@ def test_concurrent_requests_while_one_hangs(res):
     """A slow exchange does not block others on the same worker."""
     o = res.origin()
     p = res.proxy(SIMPLE, up=o.addr)
-    out = {}
-    t = threading.Thread(target=lambda: out.setdefault("r", get(p.port, "/delay/1500", timeout=8)))
-    t.start()
+    bgr = Background(lambda: get(p.port, "/delay/1500", timeout=8))
     t0 = time.monotonic()
     assert get(p.port, "/fast").status == 200
     assert time.monotonic() - t0 < 1.0
-    t.join(10)
-    assert out["r"].status == 200
+    assert bgr.result().status == 200
