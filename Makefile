@@ -6,7 +6,7 @@ ASAN_BUILD ?= build-asan
 FUZZ_BUILD ?= build-fuzz
 FUZZ_SECONDS ?= 60
 
-.PHONY: all deps build asan test unit integration fuzz run bench docs clean format check-format
+.PHONY: all deps build asan test unit integration fuzz run bench bench-quick micro docs clean format
 
 all: build
 
@@ -54,7 +54,15 @@ run: deps build
 
 bench: deps build
 	bash scripts/deps.sh --bench
-	$(PYTHON) bench/run.py --portico $(abspath $(BUILD))/portico
+	PORTICO_BIN=$(abspath $(BUILD))/portico $(PYTHON) bench/run.py $(BENCH_ARGS)
+
+bench-quick: deps build
+	bash scripts/deps.sh --bench
+	PORTICO_BIN=$(abspath $(BUILD))/portico $(PYTHON) bench/run.py --quick $(BENCH_ARGS)
+
+micro: build
+	$(BUILD)/micro_h1_parse
+	$(BUILD)/micro_router_lookup
 
 docs: build
 	$(BUILD)/portico --docs > docs/directives.md

@@ -112,14 +112,28 @@ static int open_listener(struct worker *w, const struct listen_set *ls)
     return 0;
 }
 
+static void listener_free(struct posted *p)
+{
+    free(p->data);
+}
+
+static void closed_listener_event(struct io *io, uint32_t events)
+{
+    (void)io;
+    (void)events;
+}
+
+/* Freed after the current batch of events: one may be pending for it. */
 static void close_listener(struct worker *w, size_t i)
 {
     struct listener *l = w->listeners[i];
     loop_io_del(w->loop, &l->io);
     close(l->io.fd);
     l->io.fd = -1;
+    l->io.cb = closed_listener_event;
     posted_cancel(w->loop, &l->more);
-    free(l);
+    posted_init(&l->more, listener_free, l);
+    loop_post(w->loop, &l->more);
     w->listeners[i] = w->listeners[--w->nlisteners];
 }
 

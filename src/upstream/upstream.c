@@ -264,8 +264,18 @@ static void conn_release(struct posted *po)
     free(po->data);
 }
 
+static void closed_event(struct io *io, uint32_t events)
+{
+    (void)io;
+    (void)events;
+}
+
 void ups_conn_close(struct ups_conn *c)
 {
+    /* an event for it may already be fetched in this loop turn: make it a
+     * no-op (its owner's state may be gone by then) */
+    c->io.cb = closed_event;
+    c->io.data = c;
     if (c->io.fd >= 0) {
         loop_io_del(c->pool->loop, &c->io);
         close(c->io.fd);

@@ -269,10 +269,6 @@ Test(str, next_token_elements)
     cr_assert_eq(tokens("a,,b", e, 8), 3);
     cr_assert(sl_is(e[1], ""), "empty element in the middle");
 
-    cr_assert_eq(tokens("a,", e, 8), 2, "a trailing comma gives one more empty element");
-    cr_assert(sl_is(e[0], "a"));
-    cr_assert(sl_is(e[1], ""));
-
     cr_assert_eq(tokens(",a", e, 8), 2);
     cr_assert(sl_is(e[0], ""));
 
@@ -286,11 +282,23 @@ Test(str, next_token_elements)
     struct slice l = SLICE_NULL, x;
     cr_assert_not(slice_next_token(&l, &x));
     /* exhausted stays exhausted */
-    l = SLICE_LIT("a,");
+    l = SLICE_LIT("a,b");
     cr_assert(slice_next_token(&l, &x));
     cr_assert(slice_next_token(&l, &x));
+    cr_assert(sl_is(x, "b"));
     cr_assert_not(slice_next_token(&l, &x));
     cr_assert_not(slice_next_token(&l, &x));
+}
+
+/* str.c promises "one more (empty) element after a trailing comma" but the
+ * "" it leaves is taken for an exhausted list. See the report (str.c). */
+Test(str, next_token_trailing_comma, .disabled = true)
+{
+    struct slice e[8];
+    cr_assert_eq(tokens("a,", e, 8), 2, "a trailing comma gives one more empty element");
+    cr_assert(sl_is(e[0], "a"));
+    cr_assert(sl_is(e[1], ""));
+    cr_assert_eq(tokens("a, ", e, 8), 2);
 }
 
 Test(str, list_has_token)
@@ -542,20 +550,22 @@ Test(outq, ring_wraps_around)
     struct outq q;
     outq_init(&q);
     static const char digits[] = "0123456789";
-    char out[256], in[256];
+    char out[4 * OUTQ_MAX], in[4 * OUTQ_MAX];
     size_t n = 0;
-    for (int i = 0; i < 60; i++) {
+    const int first = OUTQ_MAX - 4, second = OUTQ_MAX / 2 + 3;
+    for (int i = 0; i < first; i++) {
         cr_assert_eq(outq_push(&q, NULL, digits + i % 10, 1), 0);
         out[n++] = digits[i % 10];
     }
-    cr_assert_eq(outq_write(&q, sv[0]), 60);
+    cr_assert_eq(outq_write(&q, sv[0]), first);
     cr_assert_eq(q.count, 0);
     /* the next items straddle the end of the ring */
-    for (int i = 0; i < 30; i++) {
+    for (int i = 0; i < second; i++) {
         cr_assert_eq(outq_push(&q, NULL, digits + (9 - i % 10), 1), 0);
         out[n++] = digits[9 - i % 10];
     }
-    cr_assert_eq(outq_write(&q, sv[0]), 30);
+    cr_assert_eq(outq_room(&q), (unsigned)(OUTQ_MAX - second));
+    cr_assert_eq(outq_write(&q, sv[0]), second);
     size_t got = drain(sv[1], in, sizeof(in));
     cr_assert_eq(got, n);
     cr_assert_eq(memcmp(in, out, n), 0);
@@ -891,8 +901,10 @@ Test(loop, zero_delay_rearm_on_tick_boundary, .disabled = true)
     timer_init(&zero_b, zero_b_cb, NULL);
     timer_set(l, &zero_a, 1);
     loop_run(l);
-    cr_assert_eq(zero_armed_on_boundary, 10);
-    cr_assert_eq(zero_b_fired, 10, "a 0 ms timer waited a wheel turn");
+    cr_assert_eq(zero_armed_on_boundary, 10, "%d armed, %d fired", zero_armed_on_boundary,
+                 zero_b_fired);
+    cr_assert_eq(zero_b_fired, 10, "a 0 ms timer waited a wheel turn (%d armed, %d fired)",
+                 zero_armed_on_boundary, zero_b_fired);
     timer_cancel(&zero_a);
     timer_cancel(&zero_b);
     loop_free(l);
@@ -986,9 +998,12 @@ static void stop_later_cb(struct posted *p)
     loop_stop(loop_current());
 }
 
-/* Cancelling a callback that was queued in the batch being run must keep
- * it from running (its owner may be freed right after). Fails today: see
- * the report (loop.c run_posted/posted_cancel). */
+/* Cancelling a callback queued in the batch being run must keep it from
+ * running (its owner may be freed right after) and must not disturb the
+ * others. Fails today: posted_cancel only searches the next batch, so b still
+ * runs, and it sets b->next = NULL, which cuts s (and everything after b) out
+ * of the running batch while s->queued stays true: s can never be posted
+ * again. See the report (loop.c posted_cancel/run_posted). */
 Test(loop, posted_cancel_within_the_same_batch, .disabled = true)
 {
     struct timer safety;
@@ -1003,6 +1018,8 @@ Test(loop, posted_cancel_within_the_same_batch, .disabled = true)
     loop_post(l, &b);
     loop_post(l, &s);
     loop_run(l);
+    cr_assert(timer_armed(&safety), "s, queued after b, never ran");
+    cr_assert_not(s.queued);
     cr_assert_eq(npost, 1, "b ran after being cancelled");
     loop_free(l);
 }
@@ -1162,6 +1179,8 @@ Test(loop, io_events_on_a_pipe)
 static void sock_cb(struct io *io, uint32_t events)
 {
     (void)events;
+    if (io->rdhup)
+        IOS.hup_seen++;
     if (io->writable)
         IOS.writable_seen++;
     if (io->readable) {
@@ -1212,6 +1231,9 @@ Test(loop, io_events_on_a_socketpair)
     cr_assert_eq(IOS.len, 3);
     cr_assert_eq(memcmp(IOS.data, "abc", 3), 0);
     cr_assert_eq(IOS.eof_seen, 1);
+    cr_assert_geq(IOS.hup_seen, 1, "rdhup set by the peer's shutdown");
+    cr_assert(io.rdhup);
+    cr_assert_not(io.hup, "half-closed only");
     loop_io_del(l, &io);
     close(sv[0]);
     close(sv[1]);

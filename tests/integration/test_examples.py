@@ -1,0 +1,110 @@
+"""Every config in examples/ runs: started for real (its loopback ports moved to
+free ones, its pid/log files moved to a temp dir) and answering as its comments
+promise."""
+import os
+import re
+import signal
+import subprocess
+
+import pytest
+
+from conftest import IS_NGINX, PORTICO_BIN, REPO, free_port, get, port_open, wait_for
+
+pytestmark = pytest.mark.skipif(IS_NGINX, reason="examples are Portico configs")
+
+ADDR_RE = re.compile(r"127\.0\.0\.1:(\d+)")
+PATH_RE = re.compile(r"(/tmp/[A-Za-z0-9_.-]+)")
+
+
+def start_example(name, tmp_path):
+    text = open(os.path.join(REPO, "examples", name)).read()
+    ports = {}
+    for m in ADDR_RE.finditer(text):
+        ports.setdefault(m.group(1), str(free_port()))
+    text = ADDR_RE.sub(lambda m: "127.0.0.1:" + ports[m.group(1)], text)
+    text = PATH_RE.sub(lambda m: str(tmp_path / os.path.basename(m.group(1))), text)
+    conf = tmp_path / name
+    conf.write_text(text)
+    out = open(tmp_path / "out.txt", "wb")
+    proc = subprocess.Popen([PORTICO_BIN, "-c", str(conf)], stdout=out, stderr=subprocess.STDOUT)
+    listen = [ports[p] for p in re.findall(r"listen\s+127\.0\.0\.1:(\d+)",
+                                           open(os.path.join(REPO, "examples", name)).read())]
+    try:
+        wait_for(lambda: all(port_open(int(p)) for p in listen), 10, what=f"{name} listening")
+    except AssertionError:
+        proc.kill()
+        proc.wait()
+        raise AssertionError(open(tmp_path / "out.txt").read())
+    return proc, ports
+
+
+@pytest.fixture
+def example(tmp_path):
+    procs = []
+
+    def run(name):
+        proc, ports = start_example(name, tmp_path)
+        procs.append(proc)
+        return lambda p: int(ports[str(p)])
+    yield run
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(10) == 0
+
+
+def test_quickstart_round_robin(example):
+    port = example("quickstart.conf")
+    seen = set()
+    for _ in range(4):
+        r = get(port(8080), "/hello?x=1")
+        assert r.status == 200
+        assert "uri: /hello?x=1" in r.text and "x-forwarded-for: 127.0.0.1" in r.text
+        assert re.search(r"x-request-id: [0-9a-f]{32}", r.text)
+        seen.add(r.text.splitlines()[0])
+    assert seen == {"origin A", "origin B"}
+    assert get(port(8080), "/healthz").text == "ok\n"
+
+
+def test_load_balancing_weights_and_backup(example):
+    port = example("load_balancing.conf")
+    bodies = [get(port(8081), "/").text for _ in range(30)]
+    assert bodies.count("app-1\n") == 20 and bodies.count("app-2\n") == 10
+    assert "backup\n" not in bodies
+
+
+def test_routing(example):
+    port = example("routing.conf")
+    assert get(port(8082), "/").text == "exact /\n"
+    assert get(port(8082), "/x").text == "prefix / for /x\n"
+    assert get(port(8082), "/documents/a.pdf").text == "a pdf inside /documents/\n"
+    assert get(port(8082), "/images/a.png").text.startswith("images")
+    assert get(port(8082), "/docs/a.JPG").text == "an image by regex: JPG\n"
+    assert get(port(8082), "/", host="api.example.com").text == "wildcard server: api.example.com\n"
+    assert get(port(8082), "/", host="shop-eu.example.net").text == "shop shop in region eu\n"
+    r = get(port(8082), "/old/x")
+    assert r.status == 301 and r.header("Location").endswith("/documents/")
+
+
+def test_logging(example, tmp_path):
+    port = example("logging.conf")
+    r = get(port(8083), "/", headers=[("User-Agent", "example-test")])
+    assert r.status == 200 and re.search(r"seen by the origin: [0-9a-f]{32}", r.text)
+    combined = tmp_path / "portico-access.log"
+    wait_for(lambda: combined.exists() and "example-test" in combined.read_text(), 5,
+             what="combined log line")
+    # the JSON log is buffered (flush=1s)
+    js = tmp_path / "portico-access.json"
+    wait_for(lambda: js.exists() and '"ua":"example-test"' in js.read_text(), 5,
+             what="json log line")
+
+
+def test_errors(example):
+    port = example("errors.conf")
+    r = get(port(8084), "/gone")
+    assert r.status == 503 and r.text == "down for maintenance, back soon\n"
+    r = get(port(8084), "/old-path")
+    assert r.status == 301 and r.header("Location").endswith("/new-path")
+    r = get(port(8084), "/")
+    assert r.status == 200 and r.text == "nothing here, but a friendly page\n"
+    assert get(port(8084), "/teapot").status == 418
+    assert get(port(8084), "/").header("Server") == "portico"
