@@ -32,7 +32,9 @@ struct loop {
     uint64_t now_ms;
     uint64_t swept_tick; /* ticks below this one have been swept */
     size_t ntimers;
-    struct posted *posted_head, **posted_tail;
+    /* posted callbacks: `queue` for the next batch, `running` for the batch
+     * being run (both circular with a sentinel, so cancel is O(1) in either) */
+    struct posted queue, running;
     /* one bit per non-empty slot: finding the next timer is a few ctz */
     uint64_t used[WHEEL_SLOTS / 64];
     struct wheel_slot slots[WHEEL_SLOTS];
@@ -89,7 +91,8 @@ struct loop *loop_new(void)
         l->slots[i].head.next = &l->slots[i].head;
         l->slots[i].head.prev = &l->slots[i].head;
     }
-    l->posted_tail = &l->posted_head;
+    l->queue.next = l->queue.prev = &l->queue;
+    l->running.next = l->running.prev = &l->running;
     loop_update_time(l);
     l->swept_tick = l->now_ms / WHEEL_TICK_MS;
     l->wake_io = (struct io){ .fd = l->wakefd, .cb = wake_read, .data = l };
@@ -223,6 +226,9 @@ static void timers_sweep(struct loop *l)
         }
         if (head->next == head)
             l->used[(tick & (WHEEL_SLOTS - 1)) / 64] &= ~(1ull << (tick % 64));
+        /* timers the callbacks set for "now" go to the next tick, not into
+         * this slot, which would not be looked at again for a whole turn */
+        l->swept_tick = tick + 1;
         while (due.next != &due) {
             struct timer *t = due.next;
             timer_unlink(t);
@@ -236,7 +242,7 @@ static void timers_sweep(struct loop *l)
  * timer of a later turn costs one early wake-up per turn at most). */
 static int next_timeout(struct loop *l)
 {
-    if (l->posted_head)
+    if (l->queue.next != &l->queue)
         return 0;
     uint64_t now_tick = l->now_ms / WHEEL_TICK_MS;
     uint32_t start = (uint32_t)((now_tick + 1) & (WHEEL_SLOTS - 1));
@@ -262,7 +268,7 @@ static int next_timeout(struct loop *l)
 
 void posted_init(struct posted *p, posted_cb *cb, void *data)
 {
-    p->next = NULL;
+    p->next = p->prev = NULL;
     p->queued = false;
     p->cb = cb;
     p->data = data;
@@ -273,45 +279,45 @@ void loop_post(struct loop *l, struct posted *p)
     if (p->queued)
         return;
     p->queued = true;
-    p->next = NULL;
-    *l->posted_tail = p;
-    l->posted_tail = &p->next;
+    p->prev = l->queue.prev;
+    p->next = &l->queue;
+    l->queue.prev->next = p;
+    l->queue.prev = p;
 }
 
 void posted_cancel(struct loop *l, struct posted *p)
 {
+    (void)l;
     if (!p->queued)
         return;
-    struct posted **pp = &l->posted_head;
-    while (*pp && *pp != p)
-        pp = &(*pp)->next;
-    if (*pp) {
-        *pp = p->next;
-        if (l->posted_tail == &p->next)
-            l->posted_tail = pp;
-    }
+    p->prev->next = p->next;
+    p->next->prev = p->prev;
+    p->next = p->prev = NULL;
     p->queued = false;
-    p->next = NULL;
 }
 
+/* Run what is queued now; what these callbacks post runs next round. A
+ * callback may cancel (or free, after cancelling) any other posted item. */
 static void run_posted(struct loop *l)
 {
-    /* Run what is queued now; what these callbacks post runs next round. */
-    struct posted *list = l->posted_head;
-    l->posted_head = NULL;
-    l->posted_tail = &l->posted_head;
-    while (list) {
-        struct posted *p = list;
-        list = p->next;
-        p->next = NULL;
-        p->queued = false;
+    if (l->queue.next == &l->queue)
+        return;
+    /* move the queue to `running` */
+    l->running.next = l->queue.next;
+    l->running.prev = l->queue.prev;
+    l->running.next->prev = &l->running;
+    l->running.prev->next = &l->running;
+    l->queue.next = l->queue.prev = &l->queue;
+    while (l->running.next != &l->running) {
+        struct posted *p = l->running.next;
+        posted_cancel(l, p);
         p->cb(p);
     }
 }
 
 void loop_drain_posted(struct loop *l)
 {
-    for (int i = 0; i < 100 && l->posted_head; i++)
+    for (int i = 0; i < 100 && l->queue.next != &l->queue; i++)
         run_posted(l);
 }
 
@@ -344,5 +350,6 @@ void loop_run(struct loop *l)
         run_posted(l);
         timers_sweep(l);
     }
+    l->stop = false;
     current_loop = NULL;
 }

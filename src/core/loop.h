@@ -42,7 +42,7 @@ struct posted;
 typedef void posted_cb(struct posted *p);
 
 struct posted {
-    struct posted *next;
+    struct posted *next, *prev; /* in the loop's queue while queued */
     bool queued;
     posted_cb *cb;
     void *data;

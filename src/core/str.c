@@ -1,9 +1,18 @@
 #include "core/str.h"
 
+/* Marks "one more, empty, element after a trailing comma" in a list being
+ * split: distinct from an exhausted list, which has p == NULL. */
+static const char trailing_empty[1];
+
 bool slice_next_token(struct slice *list, struct slice *elem)
 {
-    if (list->len == 0 && list->p == NULL)
+    if (list->p == NULL)
         return false;
+    if (list->p == trailing_empty) {
+        *elem = slice_make(trailing_empty, 0);
+        list->p = NULL;
+        return true;
+    }
     if (list->len == 0) {
         list->p = NULL;
         return false;
@@ -15,14 +24,13 @@ bool slice_next_token(struct slice *list, struct slice *elem)
         list->p = comma + 1;
         list->len -= n + 1;
         if (list->len == 0)
-            list->p = ""; /* one more (empty) element after a trailing comma */
+            list->p = trailing_empty;
     } else {
         list->p = NULL;
         list->len = 0;
     }
     return true;
 }
-
 bool slice_list_has_token(struct slice list, const char *token)
 {
     struct slice e, t = slice_cstr(token);

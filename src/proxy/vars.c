@@ -544,7 +544,14 @@ struct slice var_value(struct exchange *ex, int var, struct slice arg)
                                         SLICE_LIT("x-forwarded-for"));
         if (!xff.len)
             return arena_slice_dup(&ex->arena, slice_make(ip, ipl));
-        return fmt(ex, "%.*s, %.*s", (int)xff.len, xff.p, (int)ipl, ip);
+        /* never truncated: the address we append is the one hop we vouch for */
+        char *out = arena_alloc(&ex->arena, xff.len + 2 + ipl);
+        if (!out)
+            return SLICE_NULL;
+        memcpy(out, xff.p, xff.len);
+        memcpy(out + xff.len, ", ", 2);
+        memcpy(out + xff.len + 2, ip, ipl);
+        return slice_make(out, xff.len + 2 + ipl);
     }
     case V_PROXY_HOST:
         if (ex->lc && ex->lc->pass)
@@ -666,8 +673,10 @@ struct slice tmpl_eval(struct exchange *ex, const struct tmpl *t, enum tmpl_esca
 {
     if (t->is_const)
         return t->parts[0].lit;
-    struct slice vals[64];
-    size_t n = t->nparts < 64 ? t->nparts : 64, total = 0;
+    struct slice stack_vals[64], *vals = stack_vals;
+    size_t n = t->nparts, total = 0;
+    if (n > 64 && !(vals = arena_alloc(&ex->arena, n * sizeof(*vals))))
+        return SLICE_NULL;
     for (size_t i = 0; i < n; i++) {
         const struct tmpl_part *p = &t->parts[i];
         if (!p->is_var) {

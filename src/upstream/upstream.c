@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -298,8 +299,10 @@ static void idle_unlink(struct ups_pool *p, struct ups_conn *c)
 
 static void idle_event(struct io *io, uint32_t events)
 {
-    (void)events;
     struct ups_conn *c = io->data;
+    /* writable-only edges (a late connect completion) say nothing bad */
+    if (!(events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)))
+        return;
     /* An idle connection has nothing to say: data or EOF both end it. */
     idle_unlink(c->pool, c);
     ups_conn_close(c);

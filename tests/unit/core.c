@@ -290,9 +290,9 @@ Test(str, next_token_elements)
     cr_assert_not(slice_next_token(&l, &x));
 }
 
-/* str.c promises "one more (empty) element after a trailing comma" but the
- * "" it leaves is taken for an exhausted list. See the report (str.c). */
-Test(str, next_token_trailing_comma, .disabled = true)
+/* A trailing comma yields one more, empty, element (regression: the ""
+ * marking it was taken for an exhausted list). */
+Test(str, next_token_trailing_comma)
 {
     struct slice e[8];
     cr_assert_eq(tokens("a,", e, 8), 2, "a trailing comma gives one more empty element");
@@ -864,10 +864,9 @@ Test(loop, long_timer_does_not_fire_early)
     loop_free(l);
 }
 
-/* A timer armed with 0 ms from a timer callback must fire on a following
- * iteration. When the loop's clock sits on a tick boundary, timer_set puts it
- * in the slot being swept, and timers_sweep then marks that slot swept:
- * it waits a whole wheel turn (16.4 s). See the report (loop.c timers_sweep). */
+/* A timer armed with 0 ms from a timer callback fires on a following
+ * iteration, also when the loop's clock sits on a tick boundary (regression:
+ * it landed in the slot being swept and waited a whole turn, 16.4 s). */
 static struct timer zero_a, zero_b;
 static int zero_armed_on_boundary, zero_b_fired;
 
@@ -892,7 +891,7 @@ static void zero_a_cb(struct timer *t)
     }
 }
 
-Test(loop, zero_delay_rearm_on_tick_boundary, .disabled = true)
+Test(loop, zero_delay_rearm_on_tick_boundary)
 {
     struct timer safety;
     struct loop *l = new_loop(&safety, 2000);
@@ -1000,11 +999,10 @@ static void stop_later_cb(struct posted *p)
 
 /* Cancelling a callback queued in the batch being run must keep it from
  * running (its owner may be freed right after) and must not disturb the
- * others. Fails today: posted_cancel only searches the next batch, so b still
- * runs, and it sets b->next = NULL, which cuts s (and everything after b) out
- * of the running batch while s->queued stays true: s can never be posted
- * again. See the report (loop.c posted_cancel/run_posted). */
-Test(loop, posted_cancel_within_the_same_batch, .disabled = true)
+ * others. Regression: posted_cancel once searched only the next batch, so b
+ * still ran, and cutting b->next dropped s from the batch with s->queued
+ * left true, so s could never be posted again. */
+Test(loop, posted_cancel_within_the_same_batch)
 {
     struct timer safety;
     struct loop *l = new_loop(&safety, 2000);
@@ -1024,9 +1022,9 @@ Test(loop, posted_cancel_within_the_same_batch, .disabled = true)
     loop_free(l);
 }
 
-/* loop_run called again after loop_stop should run again. Fails today: the
- * stop flag is never reset (loop.c loop_run). */
-Test(loop, run_again_after_stop, .disabled = true)
+/* loop_run called again after loop_stop runs again (regression: the stop
+ * flag was never reset). */
+Test(loop, run_again_after_stop)
 {
     struct timer safety, t;
     struct loop *l = new_loop(&safety, 20);

@@ -843,10 +843,9 @@ Test(ups_pool, open_to_closed_port_fails_later)
     loop_free(E.l);
 }
 
-/* idle_event ends an idle connection on any event, but only data or EOF
- * should: a writable-only edge (the connect completing here; write space
- * freed after a large request body in real use) drops a healthy connection.
- * See the report (upstream.c idle_event). */
+/* Only data or EOF end an idle pooled connection: a writable-only edge (the
+ * connect completing here; write space freed after a large request body in
+ * real use) keeps it (regression: any event dropped it). */
 static bool steps_writable_edge(struct pool_env *e, int step)
 {
     switch (step) {
@@ -867,7 +866,7 @@ static bool steps_writable_edge(struct pool_env *e, int step)
     }
 }
 
-Test(ups_pool, writable_edge_keeps_idle_connection, .disabled = true)
+Test(ups_pool, writable_edge_keeps_idle_connection)
 {
     pool_run("keepalive 4;", steps_writable_edge, 10);
     pool_end();
