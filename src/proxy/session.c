@@ -44,6 +44,7 @@ struct h1_session {
     struct buf *rseg;            /* read buffer: unconsumed bytes are [rstart, rend) */
     size_t rstart, rend;
     size_t scanned;              /* head bytes already searched for the blank line */
+    bool head_started;           /* bytes of the next head have arrived */
     bool checked_line_limit;
 
     struct h1_busy *b;           /* exchange and output queue; NULL while idle */
@@ -206,6 +207,7 @@ void h1_session_start(struct worker *w, int fd, const struct net_addr *peer,
     w->nsessions++;
     s->state = S_HEAD;
     timer_set(w->loop, &s->rtimer, hdr_timeout(s));
+    s->head_started = true; /* the first request's wait counts as its head */
     /* the first bytes usually arrived with the connection */
     s->io.readable = true;
     read_head(s);
@@ -431,8 +433,13 @@ static void read_head(struct h1_session *s)
                     return;
                 }
             }
-            if (!timer_armed(&s->rtimer) || s->requests > 0)
+            /* client_header_timeout bounds the whole head, as in nginx: armed
+             * when its first bytes arrive (the keep-alive timer ran before),
+             * not pushed back by every trickle of bytes */
+            if (!s->head_started) {
+                s->head_started = true;
                 timer_set(s->w->loop, &s->rtimer, hdr_timeout(s));
+            }
         }
         if (!s->io.readable) {
             if (!s->rseg || s->rend == s->rstart) {
@@ -526,6 +533,7 @@ static void start_exchange(struct h1_session *s, struct h1_request *req)
     s->ex_done = s->ex_broken = s->waiting_drain = false;
     s->sent_continue = s->resp_chunked = s->resp_no_body = s->resp_ended = false;
     s->checked_line_limit = false;
+    s->head_started = false;
     s->state = S_EXCHANGE;
     s->w->nactive++;
     s->head_seg = buf_ref(s->rseg);
