@@ -95,7 +95,17 @@ int outq_push(struct outq *q, struct buf *seg, const char *p, size_t len)
     return 0;
 }
 
+static ssize_t plain_writev(void *ctx, const struct iovec *iov, int iovcnt)
+{
+    return writev(*(int *)ctx, iov, iovcnt);
+}
+
 ssize_t outq_write(struct outq *q, int fd)
+{
+    return outq_write_with(q, plain_writev, &fd);
+}
+
+ssize_t outq_write_with(struct outq *q, outq_writev_fn *wv, void *ctx)
 {
     size_t total = 0;
     while (q->count) {
@@ -107,7 +117,7 @@ ssize_t outq_write(struct outq *q, int fd)
             iov[n].iov_len = it->len;
             n++;
         }
-        ssize_t w = writev(fd, iov, (int)n);
+        ssize_t w = wv(ctx, iov, (int)n);
         if (w < 0) {
             if (errno == EINTR)
                 continue;

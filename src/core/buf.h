@@ -73,4 +73,9 @@ int outq_push_copy(struct outq *q, struct buf **scratch, size_t *used, const cha
  * with errno (EAGAIN when the socket is full). */
 ssize_t outq_write(struct outq *q, int fd);
 
+/* The same through another writer (TLS): `wv` behaves like writev(2),
+ * returning bytes taken or -1 with errno. */
+typedef ssize_t outq_writev_fn(void *ctx, const struct iovec *iov, int iovcnt);
+ssize_t outq_write_with(struct outq *q, outq_writev_fn *wv, void *ctx);
+
 #endif

@@ -853,6 +853,8 @@ static int set_upstream(struct cf_ctx *cx, const struct cf_node *n, const struct
         return cf_error(cx, n, "out of memory");
     if (ups_group_parse(cx, n, g) < 0)
         return -1;
+    if (g->hash_key && !(g->hash_tmpl = compile(cx, n, g->hash_key)))
+        return -1;
     struct ups_group **slot =
         push(cx->arena, (void **)&ls->groups, &ls->ngroups, &ls->cap_groups, sizeof(*slot));
     if (!slot)

@@ -38,6 +38,8 @@ struct fwd {
     uint64_t first_try_ms;
     uint64_t try_start_ms;
     struct ups_try *cur_try;
+    struct slice hash_key;         /* the group's evaluated `hash` key */
+    struct slice sticky;           /* the request's sticky cookie value */
     struct slice proxy_host;
     struct slice uri;              /* request target sent upstream */
     struct timer timer;
@@ -623,7 +625,8 @@ static bool may_retry(struct fwd *f, uint32_t kind)
     if (lc->next_upstream_timeout_ms &&
         loop_now_ms(ex->loop) - f->first_try_ms >= lc->next_upstream_timeout_ms)
         return false;
-    return ups_pick(f->group, f->tried, loop_now_ms(ex->loop)) != NULL;
+    return ups_has_candidate(f->group, f->tried, loop_now_ms(ex->loop)) &&
+           ups_budget_retry(f->group, loop_now_ms(ex->loop));
 }
 
 /* This try failed before the response head reached the client. */
@@ -651,8 +654,10 @@ static void fail_try(struct fwd *f, enum ending_code code, const char *why, int 
         if (!f->head_done)
             f->cur_try->header_ms = UINT64_MAX;
     }
-    if (kind & (NEXT_UPS_ERROR | NEXT_UPS_TIMEOUT | NEXT_UPS_INVALID_HEADER))
+    if (kind & (NEXT_UPS_ERROR | NEXT_UPS_TIMEOUT | NEXT_UPS_INVALID_HEADER)) {
         ups_server_failed(f->srv, loop_now_ms(ex->loop));
+        ups_outlier_report(f->group, f->srv, true, loop_now_ms(ex->loop));
+    }
     ex->ending = (struct ending){ .code = code, .why = why, .retryable = true };
     if (may_retry(f, kind)) {
         reset_try_state(f);
@@ -696,7 +701,13 @@ static void try_upstream(struct fwd *f)
 {
     struct exchange *ex = f->ex;
     uint64_t now = loop_now_ms(ex->loop);
-    struct ups_server *s = ups_pick(f->group, f->tried, now);
+    struct ups_pick_ctx pc = { .tried = f->tried, .now_ms = now, .client = ex->peer,
+                               .key = f->hash_key };
+    struct ups_server *s = f->sticky.len && !f->tries
+                               ? ups_sticky_find(f->group, f->sticky, f->tried, now)
+                               : NULL;
+    if (!s)
+        s = ups_select(f->group, &pc);
     if (!s) {
         log_write(LOG_ERR, "*%llu no live upstreams while connecting to upstream \"%s\"",
                   (unsigned long long)ex->id, f->group->name);
@@ -894,6 +905,8 @@ static int deliver_head(struct fwd *f)
         f->cur_try->header_ms = loop_now_ms(ex->loop) - f->try_start_ms;
     }
     ups_server_ok(f->srv);
+    ups_server_time(f->srv, UPS_TIME_HEADER, loop_now_ms(ex->loop) - f->try_start_ms);
+    ups_outlier_report(f->group, f->srv, r->status >= 500, loop_now_ms(ex->loop));
     uint32_t kind;
     if (retry_status(f, r->status, &kind) && may_retry(f, kind)) {
         release_conn(f, false);
@@ -911,7 +924,7 @@ static int deliver_head(struct fwd *f)
                     return 1;
                 }
     }
-    size_t cap = r->nfields + lc->add_headers.n + 1;
+    size_t cap = r->nfields + lc->add_headers.n + 2;
     struct http_field *out = arena_alloc(&ex->arena, cap * sizeof(*out));
     if (!out)
         return -1;
@@ -928,6 +941,13 @@ static int deliver_head(struct fwd *f)
         out[n++] = r->fields[i];
     }
     int status = f->error_page_status ? f->error_page_status : r->status;
+    const struct ups_sticky *st = &f->group->sticky;
+    if (st->cookie && !slice_eq(f->sticky, slice_cstr(f->srv->sticky_id))) {
+        /* no cookie, or its server could not be used: name the one that answered */
+        char *v = arena_printf(&ex->arena, "%s=%s%s", st->cookie, f->srv->sticky_id, st->attrs);
+        if (v)
+            out[n++] = (struct http_field){ SLICE_LIT("Set-Cookie"), slice_cstr(v) };
+    }
     n = apply_add_headers(ex, status, out, n);
     struct resp_head h = { .status = status, .fields = out, .nfields = n, .content_length = -1 };
     switch (f->body_kind) {
@@ -1037,6 +1057,7 @@ static void complete_response(struct fwd *f, struct slice trailers)
     struct exchange *ex = f->ex;
     if (f->cur_try)
         f->cur_try->response_ms = loop_now_ms(ex->loop) - f->try_start_ms;
+    ups_server_time(f->srv, UPS_TIME_LAST_BYTE, loop_now_ms(ex->loop) - f->try_start_ms);
     bool reusable = f->upstream_reusable && f->req_sent && f->out.count == 0 &&
                     f->rstart == f->rend;
     release_conn(f, reusable);
@@ -1331,6 +1352,11 @@ static void forward(struct exchange *ex)
         f->group = pp->group;
         f->proxy_host = slice_cstr(pp->host);
     }
+    ups_budget_request(f->group, loop_now_ms(ex->loop));
+    if (f->group->hash_tmpl)
+        f->hash_key = tmpl_eval(ex, f->group->hash_tmpl, ESC_NONE);
+    if (f->group->sticky.cookie)
+        f->sticky = vars_cookie(ex, slice_cstr(f->group->sticky.cookie));
     f->uri = upstream_uri(ex, pp, dyn_uri, pp->dynamic != NULL);
     if (!f->uri.len) {
         respond_status(ex, 500);

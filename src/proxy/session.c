@@ -18,6 +18,7 @@
 #include "proxy/proxy.h"
 #include "proxy/vars.h"
 #include "proxy/worker.h"
+#include "tls/tls.h"
 
 #define MAX_FIELDS 100
 #define LINGER_TIMEOUT_MS 5000
@@ -34,6 +35,7 @@ enum rb_kind { RB_NONE, RB_LENGTH, RB_CHUNKED };
 
 struct h1_session {
     struct io io;
+    struct tls_conn *tls;        /* NULL on plain connections */
     struct worker *w;
     struct net_addr peer, local;
     struct h1_session *next, *prev;
@@ -117,6 +119,52 @@ static void busy_put(struct h1_session *s)
 
 static void sess_io(struct io *io, uint32_t events);
 static void sess_close(struct h1_session *s);
+
+/* ---- the connection's bytes: plain or through TLS ---- */
+
+/* read(2)'s contract: > 0 bytes, 0 at EOF, -1 with errno (EAGAIN: wait). */
+static ssize_t sess_recv(struct h1_session *s, void *buf, size_t want)
+{
+    if (!s->tls) {
+        ssize_t n = read(s->io.fd, buf, want);
+        /* edge-triggered: a short read emptied the socket and new bytes bring
+         * a new edge, so skip the read that would say EAGAIN (not with TLS:
+         * OpenSSL reads whole records and may hold more) */
+        if (n > 0 && (size_t)n < want && !s->io.rdhup)
+            s->io.readable = false;
+        return n;
+    }
+    ssize_t n = tls_read(s->tls, buf, want);
+    if (n > 0)
+        return n;
+    switch (n) {
+    case TLS_WANT_READ:
+    case TLS_WANT_WRITE:
+        errno = EAGAIN;
+        return -1;
+    case TLS_CLOSED:
+        return 0;
+    default:
+        errno = ECONNRESET;
+        return -1;
+    }
+}
+
+static ssize_t tls_writev_adapter(void *ctx, const struct iovec *iov, int iovcnt)
+{
+    ssize_t n = tls_writev(ctx, iov, iovcnt);
+    if (n > 0)
+        return n;
+    errno = (n == TLS_WANT_WRITE || n == TLS_WANT_READ) ? EAGAIN : EPIPE;
+    return -1;
+}
+
+static ssize_t sess_send(struct h1_session *s)
+{
+    if (!s->tls)
+        return outq_write(&s->b->out, s->io.fd);
+    return outq_write_with(&s->b->out, tls_writev_adapter, s->tls);
+}
 static void read_head(struct h1_session *s);
 static void sess_flush(struct h1_session *s);
 
@@ -234,7 +282,7 @@ static void sess_flush(struct h1_session *s)
     posted_cancel(s->w->loop, &s->flush_post);
     if (out_count(s)) {
         size_t before = s->b->out.bytes;
-        ssize_t w = outq_write(&s->b->out, s->io.fd);
+        ssize_t w = sess_send(s);
         if (w < 0 && errno != EAGAIN) {
             LOG(LOG_INFO, "client %s: write failed: %s", "connection", strerror(errno));
             sess_close(s);
@@ -455,14 +503,9 @@ static void read_head(struct h1_session *s)
             sess_close(s);
             return;
         }
-        size_t want = s->rseg->cap - s->rend;
-        ssize_t n = read(s->io.fd, s->rseg->data + s->rend, want);
+        ssize_t n = sess_recv(s, s->rseg->data + s->rend, s->rseg->cap - s->rend);
         if (n > 0) {
             s->rend += (size_t)n;
-            /* edge-triggered: a short read emptied the socket, a new edge
-             * will come with new bytes (saves the read that says EAGAIN) */
-            if ((size_t)n < want && !s->io.rdhup)
-                s->io.readable = false;
             continue;
         }
         if (n == 0) {
@@ -886,14 +929,9 @@ static enum body_status op_body_read(struct exchange *ex, struct body_piece *pie
         }
         if (ensure_room(s, BUF_SEG_SIZE) < 0)
             return body_fail(s, END_INTERNAL, "out of memory");
-        size_t want = s->rseg->cap - s->rend;
-        ssize_t n = read(s->io.fd, s->rseg->data + s->rend, want);
+        ssize_t n = sess_recv(s, s->rseg->data + s->rend, s->rseg->cap - s->rend);
         if (n > 0) {
             s->rend += (size_t)n;
-            /* edge-triggered: a short read emptied the socket, a new edge
-             * will come with new bytes (saves the read that says EAGAIN) */
-            if ((size_t)n < want && !s->io.rdhup)
-                s->io.readable = false;
             continue;
         }
         if (n == 0)
@@ -937,7 +975,7 @@ static void linger_read(struct h1_session *s)
 {
     char sink[4096];
     for (;;) {
-        ssize_t n = read(s->io.fd, sink, sizeof(sink));
+        ssize_t n = sess_recv(s, sink, sizeof(sink));
         if (n > 0)
             continue;
         if (n < 0 && errno == EINTR)

@@ -478,6 +478,12 @@ static struct slice basic_user(struct exchange *ex)
     return colon ? slice_make(out, (size_t)(colon - out)) : SLICE_NULL;
 }
 
+struct slice vars_cookie(struct exchange *ex, struct slice name)
+{
+    struct slice cookies = field_joined(ex, ex->req_fields, ex->nreq_fields, SLICE_LIT("cookie"));
+    return pair_value(cookies, name, ';', false);
+}
+
 static char hostname_buf[256];
 
 struct slice var_value(struct exchange *ex, int var, struct slice arg)
@@ -492,11 +498,8 @@ struct slice var_value(struct exchange *ex, int var, struct slice arg)
         return SLICE_NULL;
     case V_HTTP_:
         return field_joined(ex, ex->req_fields, ex->nreq_fields, arg);
-    case V_COOKIE_: {
-        struct slice cookies = field_joined(ex, ex->req_fields, ex->nreq_fields,
-                                            SLICE_LIT("cookie"));
-        return pair_value(cookies, arg, ';', false);
-    }
+    case V_COOKIE_:
+        return vars_cookie(ex, arg);
     case V_ARG_:
         return pair_value(ex->args, arg, '&', true);
     case V_SENT_HTTP_:

@@ -37,6 +37,9 @@ struct slice vars_http_date(void);
  * on first use). */
 void vars_new_request_id(struct exchange *ex);
 
+/* The value of cookie `name` in the request (all Cookie fields), or empty. */
+struct slice vars_cookie(struct exchange *ex, struct slice name);
+
 /* Does a request field list hold this name (case-insensitive)? Returns its
  * first value or an empty slice with *found false. */
 struct slice fields_get(const struct http_field *f, size_t n, struct slice name, bool *found);

@@ -1,6 +1,7 @@
 #include "upstream/upstream.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -10,6 +11,19 @@
 #include "core/log.h"
 
 /* ---- config ---- */
+
+/* addr_text, and the sticky id: 64-bit FNV-1a of it in hex, so a cookie
+ * stays valid across reloads and server reorderings */
+static void server_names(struct ups_server *s)
+{
+    net_addr_format(&s->addr, s->addr_text, sizeof(s->addr_text));
+    uint64_t h = 14695981039346656037ull;
+    for (const char *p = s->addr_text; *p; p++) {
+        h ^= (unsigned char)*p;
+        h *= 1099511628211ull;
+    }
+    snprintf(s->sticky_id, sizeof(s->sticky_id), "%016llx", (unsigned long long)h);
+}
 
 static int set_server(struct cf_ctx *cx, const struct cf_node *n, const struct cf_directive *d,
                       void *conf)
@@ -28,7 +42,7 @@ static int set_server(struct cf_ctx *cx, const struct cf_node *n, const struct c
     if (net_addr_parse(n->args[0], 80, true, &s->addr, &msg) < 0)
         return cf_error(cx, n, "invalid server address \"%s\": %s", n->args[0], msg);
     s->name = n->args[0];
-    net_addr_format(&s->addr, s->addr_text, sizeof(s->addr_text));
+    server_names(s);
     for (size_t i = 1; i < n->nargs; i++) {
         const char *a = n->args[i];
         int v;
@@ -45,6 +59,14 @@ static int set_server(struct cf_ctx *cx, const struct cf_node *n, const struct c
             if (cf_parse_msec(a + 13, &ms) < 0)
                 return cf_error(cx, n, "invalid parameter \"%s\"", a);
             s->fail_timeout_ms = ms;
+        } else if (strncmp(a, "max_conns=", 10) == 0) {
+            if (cf_parse_int(a + 10, &v) < 0)
+                return cf_error(cx, n, "invalid parameter \"%s\"", a);
+            s->max_conns = v;
+        } else if (strncmp(a, "slow_start=", 11) == 0) {
+            if (cf_parse_msec(a + 11, &ms) < 0)
+                return cf_error(cx, n, "invalid parameter \"%s\"", a);
+            s->slow_start_ms = ms;
         } else if (strcmp(a, "backup") == 0) {
             s->backup = true;
         } else if (strcmp(a, "down") == 0) {
@@ -69,10 +91,223 @@ static int set_keepalive(struct cf_ctx *cx, const struct cf_node *n, const struc
     return 0;
 }
 
+
+static int set_method(struct cf_ctx *cx, const struct cf_node *n, struct ups_group *g,
+                      const struct ups_balancer *b)
+{
+    if (g->balancer != &ups_round_robin)
+        return cf_error(cx, n, "load balancing method redefined");
+    g->balancer = b;
+    return 0;
+}
+
+static int set_least_conn(struct cf_ctx *cx, const struct cf_node *n,
+                          const struct cf_directive *d, void *conf)
+{
+    (void)d;
+    return set_method(cx, n, conf, &ups_least_conn);
+}
+
+static int set_ip_hash(struct cf_ctx *cx, const struct cf_node *n, const struct cf_directive *d,
+                       void *conf)
+{
+    (void)d;
+    return set_method(cx, n, conf, &ups_ip_hash);
+}
+
+static int set_hash(struct cf_ctx *cx, const struct cf_node *n, const struct cf_directive *d,
+                    void *conf)
+{
+    (void)d;
+    struct ups_group *g = conf;
+    bool consistent = false;
+    if (n->nargs == 2) {
+        if (strcmp(n->args[1], "consistent") != 0)
+            return cf_error(cx, n, "invalid parameter \"%s\"", n->args[1]);
+        consistent = true;
+    }
+    if (set_method(cx, n, g, consistent ? &ups_hash_consistent : &ups_hash) < 0)
+        return -1;
+    g->hash_key = n->args[0];
+    return 0;
+}
+
+static int set_random(struct cf_ctx *cx, const struct cf_node *n, const struct cf_directive *d,
+                      void *conf)
+{
+    (void)d;
+    const struct ups_balancer *b = &ups_random;
+    if (n->nargs >= 1) {
+        if (strcmp(n->args[0], "two") != 0)
+            return cf_error(cx, n, "invalid parameter \"%s\"", n->args[0]);
+        b = &ups_random_two;
+    }
+    if (n->nargs == 2 && strcmp(n->args[1], "least_conn") != 0)
+        return cf_error(cx, n, "invalid parameter \"%s\"", n->args[1]);
+    return set_method(cx, n, conf, b);
+}
+
+static int set_least_time(struct cf_ctx *cx, const struct cf_node *n,
+                          const struct cf_directive *d, void *conf)
+{
+    (void)d;
+    struct ups_group *g = conf;
+    if (strcmp(n->args[0], "header") == 0)
+        g->least_time = UPS_TIME_HEADER;
+    else if (strcmp(n->args[0], "last_byte") == 0)
+        g->least_time = UPS_TIME_LAST_BYTE;
+    else
+        return cf_error(cx, n, "invalid parameter \"%s\"", n->args[0]);
+    return set_method(cx, n, g, &ups_least_time);
+}
+
+static int set_sticky(struct cf_ctx *cx, const struct cf_node *n, const struct cf_directive *d,
+                      void *conf)
+{
+    (void)d;
+    struct ups_group *g = conf;
+    if (g->sticky.cookie)
+        return cf_error(cx, n, "\"sticky\" directive is duplicate");
+    if (strcmp(n->args[0], "cookie") != 0)
+        return cf_error(cx, n, "invalid sticky method \"%s\" (only \"cookie\")", n->args[0]);
+    if (n->nargs < 2 || !n->args[1][0] || strpbrk(n->args[1], "=;, \t\""))
+        return cf_error(cx, n, "invalid sticky cookie name");
+    char attrs[512];
+    size_t o = 0;
+    attrs[0] = '\0';
+#define ADD(...) o += (size_t)snprintf(attrs + o, o < sizeof(attrs) ? sizeof(attrs) - o : 0, __VA_ARGS__)
+    for (size_t i = 2; i < n->nargs; i++) {
+        const char *a = n->args[i];
+        uint32_t ms;
+        if (strncmp(a, "expires=", 8) == 0) {
+            if (strcmp(a + 8, "max") == 0)
+                ADD("; Max-Age=315360000");
+            else if (cf_parse_msec(a + 8, &ms) < 0)
+                return cf_error(cx, n, "invalid parameter \"%s\"", a);
+            else
+                ADD("; Max-Age=%u", ms / 1000);
+        } else if (strncmp(a, "domain=", 7) == 0 && a[7] && !strpbrk(a + 7, ";, \t")) {
+            ADD("; Domain=%s", a + 7);
+        } else if (strncmp(a, "path=", 5) == 0 && a[5] && !strpbrk(a + 5, "; \t")) {
+            ADD("; Path=%s", a + 5);
+        } else if (strcmp(a, "httponly") == 0) {
+            ADD("; HttpOnly");
+        } else if (strcmp(a, "secure") == 0) {
+            ADD("; Secure");
+        } else if (strcmp(a, "samesite=strict") == 0) {
+            ADD("; SameSite=Strict");
+        } else if (strcmp(a, "samesite=lax") == 0) {
+            ADD("; SameSite=Lax");
+        } else if (strcmp(a, "samesite=none") == 0) {
+            ADD("; SameSite=None");
+        } else {
+            return cf_error(cx, n, "invalid parameter \"%s\"", a);
+        }
+    }
+#undef ADD
+    if (o >= sizeof(attrs))
+        return cf_error(cx, n, "sticky cookie attributes are too long");
+    if (!strstr(attrs, "; Path="))
+        strcat(attrs, "; Path=/");
+    g->sticky.cookie = n->args[1];
+    g->sticky.attrs = arena_strdup(cx->arena, attrs);
+    return g->sticky.attrs ? 0 : cf_error(cx, n, "out of memory");
+}
+
+static int set_outlier(struct cf_ctx *cx, const struct cf_node *n, const struct cf_directive *d,
+                       void *conf)
+{
+    (void)d;
+    struct ups_group *g = conf;
+    if (g->od_consecutive)
+        return cf_error(cx, n, "\"outlier_detection\" directive is duplicate");
+    for (size_t i = 0; i < n->nargs; i++) {
+        const char *a = n->args[i];
+        int v;
+        uint32_t ms;
+        if (strncmp(a, "consecutive=", 12) == 0 && cf_parse_int(a + 12, &v) == 0 && v >= 1) {
+            g->od_consecutive = v;
+        } else if (strncmp(a, "interval=", 9) == 0 && cf_parse_msec(a + 9, &ms) == 0 && ms) {
+            g->od_interval_ms = ms;
+        } else if (strncmp(a, "max_ejection=", 13) == 0 && cf_parse_msec(a + 13, &ms) == 0) {
+            g->od_max_ejection_ms = ms;
+        } else if (strncmp(a, "max_ejected_percent=", 20) == 0 &&
+                   cf_parse_int(a + 20, &v) == 0 && v <= 100) {
+            g->od_max_ejected_percent = v;
+        } else {
+            return cf_error(cx, n, "invalid parameter \"%s\"", a);
+        }
+    }
+    if (!g->od_consecutive)
+        return cf_error(cx, n, "\"outlier_detection\" needs consecutive=number");
+    if (g->od_max_ejection_ms < g->od_interval_ms)
+        g->od_max_ejection_ms = g->od_interval_ms;
+    return 0;
+}
+
+static int set_retry_budget(struct cf_ctx *cx, const struct cf_node *n,
+                            const struct cf_directive *d, void *conf)
+{
+    (void)d;
+    struct ups_group *g = conf;
+    int v;
+    const char *a = n->args[0];
+    size_t len = strlen(a);
+    char num[16];
+    if (len && a[len - 1] == '%')
+        len--;
+    if (len == 0 || len >= sizeof(num))
+        return cf_error(cx, n, "invalid value \"%s\" in \"retry_budget\" directive", a);
+    memcpy(num, a, len);
+    num[len] = '\0';
+    if (cf_parse_int(num, &v) < 0 || v < 1 || v > 100)
+        return cf_error(cx, n, "invalid value \"%s\" in \"retry_budget\" directive", a);
+    g->rb_percent = v;
+    if (n->nargs == 2) {
+        uint32_t ms;
+        if (strncmp(n->args[1], "interval=", 9) != 0 || cf_parse_msec(n->args[1] + 9, &ms) < 0 ||
+            ms == 0)
+            return cf_error(cx, n, "invalid parameter \"%s\"", n->args[1]);
+        g->rb_interval_ms = ms;
+    }
+    return 0;
+}
+
 static const struct cf_directive ups_directives[] = {
     { "server", CF_UPSTREAM, 1, CF_ARGS_ANY, false, set_server, UPS_CONF_GROUP, 0,
-      "address [weight=number] [max_fails=number] [fail_timeout=time] [backup] [down]", "-",
-      "a server of the group" },
+      "address [weight=number] [max_fails=number] [fail_timeout=time] [max_conns=number] "
+      "[slow_start=time] [backup] [down]",
+      "-",
+      "a server of the group; max_conns caps its connections in use (all workers), slow_start "
+      "ramps its weight up linearly after it recovers from failed or ejected" },
+    { "least_conn", CF_UPSTREAM, 0, 0, false, set_least_conn, UPS_CONF_GROUP, 0, "", "-",
+      "balance to the server with the fewest active connections per weight" },
+    { "ip_hash", CF_UPSTREAM, 0, 0, false, set_ip_hash, UPS_CONF_GROUP, 0, "", "-",
+      "balance by client address (first three octets of IPv4, whole IPv6)" },
+    { "hash", CF_UPSTREAM, 1, 2, false, set_hash, UPS_CONF_GROUP, 0, "key [consistent]", "-",
+      "balance by a key with variables; consistent: ketama ring, 160 points per weight" },
+    { "random", CF_UPSTREAM, 0, 2, false, set_random, UPS_CONF_GROUP, 0, "[two [least_conn]]",
+      "-", "balance at random by weight; two: of two random servers, the less loaded" },
+    { "least_time", CF_UPSTREAM, 1, 1, false, set_least_time, UPS_CONF_GROUP, 0,
+      "header | last_byte", "-",
+      "balance by moving average of response header (or whole response) time times active "
+      "connections, per weight" },
+    { "sticky", CF_UPSTREAM, 2, CF_ARGS_ANY, false, set_sticky, UPS_CONF_GROUP, 0,
+      "cookie name [expires=time|max] [domain=domain] [path=path] [httponly] [secure] "
+      "[samesite=strict|lax|none]",
+      "-",
+      "keep a client on one server with a cookie naming it; the proxy sets it when missing or "
+      "when its server is unusable" },
+    { "outlier_detection", CF_UPSTREAM, 1, 4, false, set_outlier, UPS_CONF_GROUP, 0,
+      "consecutive=number [interval=time] [max_ejection=time] [max_ejected_percent=number]",
+      "-",
+      "eject a server after that many connect failures, timeouts or 5xx in a row, for interval "
+      "(10s) times its ejection count, at most max_ejection (300s); never more than "
+      "max_ejected_percent (50) of the group, but at least one server" },
+    { "retry_budget", CF_UPSTREAM, 1, 2, false, set_retry_budget, UPS_CONF_GROUP, 0,
+      "percent [interval=time]", "-",
+      "retries allowed while retries stay under this percentage of requests over a sliding "
+      "window (10s); at least one retry per window" },
     { "keepalive", CF_UPSTREAM, 1, 1, false, set_keepalive, UPS_CONF_GROUP, 0, "connections",
       "-", "idle keep-alive connections to the servers kept by each worker" },
     { "keepalive_timeout", CF_UPSTREAM, 1, 1, false, cf_set_msec, UPS_CONF_GROUP,
@@ -86,14 +321,15 @@ static const struct cf_directive ups_directives[] = {
 
 const struct cf_module ups_cf_module = { "upstream", ups_directives };
 
-static struct ups_server *rr_pick(struct ups_group *g, uint64_t tried, uint64_t now_ms);
-static const struct ups_balancer rr_balancer = { "round_robin", rr_pick };
-
 static void group_defaults(struct ups_group *g)
 {
     g->keepalive_timeout_ms = CF_UNSET_MSEC;
     g->keepalive_requests = CF_UNSET_INT;
-    g->balancer = &rr_balancer;
+    g->balancer = &ups_round_robin;
+    g->od_interval_ms = 10000;
+    g->od_max_ejection_ms = 300000;
+    g->od_max_ejected_percent = 50;
+    g->rb_interval_ms = 10000;
 }
 
 int ups_group_parse(struct cf_ctx *cx, const struct cf_node *n, struct ups_group *g)
@@ -114,7 +350,11 @@ int ups_group_parse(struct cf_ctx *cx, const struct cf_node *n, struct ups_group
         return cf_error(cx, n, "no servers are inside upstream \"%s\"", g->name);
     ups_group_finalize(g);
     g->rr_current = arena_calloc(cx->arena, sizeof(int) * g->nservers);
-    return g->rr_current ? 0 : cf_error(cx, n, "out of memory");
+    if (!g->rr_current)
+        return cf_error(cx, n, "out of memory");
+    if (g->balancer == &ups_hash_consistent && ups_ring_build(cx->arena, g) < 0)
+        return cf_error(cx, n, "out of memory");
+    return 0;
 }
 
 int ups_group_implicit(struct arena *a, const char *hostport, struct ups_group *g,
@@ -137,7 +377,7 @@ int ups_group_implicit(struct arena *a, const char *hostport, struct ups_group *
     s->weight = 1;
     s->max_fails = 1;
     s->fail_timeout_ms = 10000;
-    net_addr_format(&s->addr, s->addr_text, sizeof(s->addr_text));
+    server_names(s);
     g->nservers = 1;
     ups_group_finalize(g);
     return 0;
@@ -149,90 +389,6 @@ void ups_group_finalize(struct ups_group *g)
         g->keepalive_timeout_ms = 60000;
     if (g->keepalive_requests == CF_UNSET_INT)
         g->keepalive_requests = 1000;
-}
-
-/* ---- balancing ---- */
-
-static bool server_usable(const struct ups_server *s, uint64_t now_ms)
-{
-    if (s->down)
-        return false;
-    uint64_t until = atomic_load_explicit(&s->failed_until_ms, memory_order_relaxed);
-    return until == 0 || now_ms >= until;
-}
-
-/* Smooth weighted round-robin (as nginx): every pick adds each candidate's
- * weight to its current value, takes the largest, and subtracts the total
- * from it. Weights 5,1,1 give a a b a c a a, not a a a a a b c. */
-static struct ups_server *rr_pick_tier(struct ups_group *g, uint64_t tried, uint64_t now_ms,
-                                       bool backup, bool ignore_fails)
-{
-    struct ups_server *best = NULL;
-    int total = 0;
-    size_t best_i = 0;
-    while (atomic_exchange_explicit(&g->rr_lock, 1, memory_order_acquire))
-        ;
-    for (size_t i = 0; i < g->nservers; i++) {
-        struct ups_server *s = &g->servers[i];
-        if (s->backup != backup || (tried & (1ull << i)) || s->down)
-            continue;
-        if (!ignore_fails && !server_usable(s, now_ms))
-            continue;
-        g->rr_current[i] += s->weight;
-        total += s->weight;
-        if (!best || g->rr_current[i] > g->rr_current[best_i]) {
-            best = s;
-            best_i = i;
-        }
-    }
-    if (best)
-        g->rr_current[best_i] -= total;
-    atomic_store_explicit(&g->rr_lock, 0, memory_order_release);
-    return best;
-}
-
-static struct ups_server *rr_pick(struct ups_group *g, uint64_t tried, uint64_t now_ms)
-{
-    struct ups_server *s = rr_pick_tier(g, tried, now_ms, false, false);
-    if (!s)
-        s = rr_pick_tier(g, tried, now_ms, true, false);
-    return s;
-}
-
-struct ups_server *ups_pick(struct ups_group *g, uint64_t tried, uint64_t now_ms)
-{
-    struct ups_server *s = g->balancer->pick(g, tried, now_ms);
-    if (s || tried)
-        return s;
-    /* Every server is marked failed: like nginx, try the primary ones anyway
-     * rather than fail every request until fail_timeout ends. */
-    return rr_pick_tier(g, tried, now_ms, false, true);
-}
-
-void ups_server_failed(struct ups_server *s, uint64_t now_ms)
-{
-    if (s->max_fails == 0)
-        return;
-    uint64_t start = atomic_load_explicit(&s->window_start_ms, memory_order_relaxed);
-    if (now_ms - start > s->fail_timeout_ms) {
-        atomic_store_explicit(&s->window_start_ms, now_ms, memory_order_relaxed);
-        atomic_store_explicit(&s->fails, 0, memory_order_relaxed);
-    }
-    int fails = atomic_fetch_add_explicit(&s->fails, 1, memory_order_relaxed) + 1;
-    if (fails >= s->max_fails) {
-        atomic_store_explicit(&s->failed_until_ms, now_ms + s->fail_timeout_ms,
-                              memory_order_relaxed);
-        LOG(LOG_WARN, "upstream server %s temporarily disabled for %ums after %d failure(s)",
-            s->addr_text, s->fail_timeout_ms, fails);
-    }
-}
-
-void ups_server_ok(struct ups_server *s)
-{
-    if (atomic_load_explicit(&s->fails, memory_order_relaxed) != 0)
-        atomic_store_explicit(&s->fails, 0, memory_order_relaxed);
-    if (atomic_load_explicit(&s->failed_until_ms, memory_order_relaxed) != 0)
-        atomic_store_explicit(&s->failed_until_ms, 0, memory_order_relaxed);
 }
 
 /* ---- connections and pool ---- */
@@ -271,8 +427,23 @@ static void closed_event(struct io *io, uint32_t events)
     (void)events;
 }
 
+static void conn_unbind(struct ups_conn *c)
+{
+    if (c->srv) {
+        atomic_fetch_sub_explicit(&c->srv->active, 1, memory_order_relaxed);
+        c->srv = NULL;
+    }
+}
+
+static void conn_bind(struct ups_conn *c, struct ups_server *s)
+{
+    c->srv = s;
+    atomic_fetch_add_explicit(&s->active, 1, memory_order_relaxed);
+}
+
 void ups_conn_close(struct ups_conn *c)
 {
+    conn_unbind(c);
     /* an event for it may already be fetched in this loop turn: make it a
      * no-op (its owner's state may be gone by then) */
     c->io.cb = closed_event;
@@ -316,7 +487,7 @@ static void idle_expire(struct timer *t)
 }
 
 struct ups_conn *ups_conn_open(struct ups_pool *p, const struct ups_group *g,
-                               const struct ups_server *s)
+                               struct ups_server *s)
 {
     struct ups_conn *c = calloc(1, sizeof(*c));
     if (!c)
@@ -340,6 +511,7 @@ struct ups_conn *ups_conn_open(struct ups_pool *p, const struct ups_group *g,
         errno = e;
         return NULL;
     }
+    conn_bind(c, s);
     return c;
 }
 
@@ -361,7 +533,7 @@ static bool conn_alive(struct ups_conn *c)
 }
 
 struct ups_conn *ups_pool_get(struct ups_pool *p, const struct ups_group *g,
-                              const struct ups_server *s)
+                              struct ups_server *s)
 {
     for (struct ups_conn *c = p->head.next; c != &p->head; c = c->next) {
         if (c->group_key == g && net_addr_equal(&c->addr, &s->addr)) {
@@ -371,6 +543,7 @@ struct ups_conn *ups_pool_get(struct ups_pool *p, const struct ups_group *g,
                 ups_conn_close(c);
                 return ups_pool_get(p, g, s);
             }
+            conn_bind(c, s);
             return c;
         }
     }
@@ -379,6 +552,7 @@ struct ups_conn *ups_pool_get(struct ups_pool *p, const struct ups_group *g,
 
 void ups_pool_put(struct ups_pool *p, const struct ups_group *g, struct ups_conn *c)
 {
+    conn_unbind(c);
     if (g->keepalive <= 0 || c->requests >= g->keepalive_requests || c->io.hup) {
         ups_conn_close(c);
         return;

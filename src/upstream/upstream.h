@@ -10,31 +10,71 @@
 
 #include "config/config.h"
 #include "core/loop.h"
+#include "core/str.h"
 #include "net/net.h"
 
 struct ups_server {
     char *name;              /* as written: "127.0.0.1:8081" */
     struct net_addr addr;
     char addr_text[64];      /* for $upstream_addr and logs */
+    char sticky_id[17];      /* stable id for `sticky cookie`: hash of addr_text, hex */
     int weight;
     int max_fails;           /* 0 = never marked failed */
     uint32_t fail_timeout_ms;
+    int max_conns;           /* 0 = no limit */
+    uint32_t slow_start_ms;  /* 0 = full weight at once after recovery */
     bool backup;
     bool down;
     /* shared by every worker */
     _Atomic int fails;               /* failures in the current window */
     _Atomic uint64_t failed_until_ms;/* unavailable until this time (0 = available) */
     _Atomic uint64_t window_start_ms;
+    _Atomic int active;              /* connections in use (all workers) */
+    _Atomic uint64_t ramp_start_ms;  /* slow start: when it became usable again */
+    _Atomic int consecutive;         /* outlier detection: failures in a row */
+    _Atomic int ejections;           /* times ejected (the ejection grows with it) */
+    _Atomic uint64_t ejected_until_ms;
+    _Atomic uint32_t ewma_header_x16;   /* least_time: EWMA of header time, ms * 16 */
+    _Atomic uint32_t ewma_last_byte_x16;/* least_time: EWMA of whole response time */
 };
 
 struct ups_group;
 
+/* What a pick may depend on besides the group's own state. */
+struct ups_pick_ctx {
+    uint64_t tried;                  /* a bit per server index: not these */
+    uint64_t now_ms;
+    const struct net_addr *client;   /* ip_hash; NULL hashes as empty */
+    struct slice key;                /* hash: the evaluated key */
+};
+
 /* One balancer: how a group picks its next server. Every algorithm has the
- * same shape so groups choose theirs from the config. */
+ * same shape so groups choose theirs from the config. `backup` selects the
+ * tier. A pick returns a server that is not tried, not down, not failed or
+ * ejected and below max_conns, or NULL. It must be safe to call from every
+ * worker at once. */
 struct ups_balancer {
     const char *name;
-    /* Pick a server not in `tried` (a bit per server index), or NULL. */
-    struct ups_server *(*pick)(struct ups_group *g, uint64_t tried, uint64_t now_ms);
+    struct ups_server *(*pick)(struct ups_group *g, const struct ups_pick_ctx *cx, bool backup);
+};
+
+extern const struct ups_balancer ups_round_robin, ups_least_conn, ups_ip_hash, ups_hash,
+    ups_hash_consistent, ups_random, ups_random_two, ups_least_time;
+
+/* One point of the consistent-hash ring. */
+struct ups_ring_point {
+    uint32_t hash;
+    uint32_t server;
+};
+
+enum ups_time_kind { UPS_TIME_HEADER, UPS_TIME_LAST_BYTE };
+
+enum ups_samesite { UPS_SAMESITE_NONE_SET, UPS_SAMESITE_STRICT, UPS_SAMESITE_LAX,
+                    UPS_SAMESITE_NONE };
+
+struct ups_sticky {
+    char *cookie;                /* NULL: no sticky sessions */
+    char *attrs;                 /* "; Max-Age=...; Path=/..." appended to the value */
 };
 
 struct ups_group {
@@ -53,6 +93,25 @@ struct ups_group {
     _Atomic int rr_lock;
     int *rr_current;
     size_t id;                   /* index among groups: per-worker pools use it */
+    /* hash KEY [consistent]: the proxy compiles hash_key into hash_tmpl */
+    char *hash_key;
+    void *hash_tmpl;
+    struct ups_ring_point *ring;
+    size_t nring;
+    enum ups_time_kind least_time;
+    _Atomic uint32_t lc_start;   /* least_conn/least_time: rotating start for ties */
+    struct ups_sticky sticky;
+    /* outlier_detection (consecutive = 0: off) */
+    int od_consecutive;
+    uint32_t od_interval_ms;
+    uint32_t od_max_ejection_ms;
+    int od_max_ejected_percent;
+    _Atomic int od_lock;
+    /* retry_budget (percent = 0: off) */
+    int rb_percent;
+    uint32_t rb_interval_ms;
+    _Atomic uint64_t rb_window_start_ms;
+    _Atomic uint32_t rb_requests[2], rb_retries[2]; /* [0] current window, [1] previous */
 };
 
 #define UPS_MAX_SERVERS 64
@@ -73,17 +132,47 @@ int ups_group_implicit(struct arena *a, const char *hostport, struct ups_group *
 void ups_group_finalize(struct ups_group *g);
 
 /* Pick the next server by the group's balancer, skipping `tried` ones and
- * failed ones (all failed: nginx resets and tries them anyway). */
+ * failed ones (all failed: nginx resets and tries them anyway), then the
+ * backup tier. */
+struct ups_server *ups_select(struct ups_group *g, const struct ups_pick_ctx *cx);
+/* ups_select with only tried and now (round-robin-like groups, tests). */
 struct ups_server *ups_pick(struct ups_group *g, uint64_t tried, uint64_t now_ms);
+/* Would ups_select find a server not in `tried`? Changes no state. */
+bool ups_has_candidate(const struct ups_group *g, uint64_t tried, uint64_t now_ms);
 /* Index of s in its group. */
 static inline size_t ups_server_index(const struct ups_group *g, const struct ups_server *s)
 {
     return (size_t)(s - g->servers);
 }
+/* Is s usable now (not down, failed, ejected or at max_conns)? */
+bool ups_server_usable(const struct ups_server *s, uint64_t now_ms);
+/* Weight now, scaled by UPS_WEIGHT_SCALE: ramps up during slow start. */
+#define UPS_WEIGHT_SCALE 16
+int ups_server_weight(const struct ups_server *s, uint64_t now_ms);
+/* The server of a sticky cookie value if it is usable and not tried, else
+ * NULL (the caller falls back to ups_select and re-issues the cookie). */
+struct ups_server *ups_sticky_find(struct ups_group *g, struct slice id, uint64_t tried,
+                                   uint64_t now_ms);
 
 /* Passive health (nginx max_fails/fail_timeout). */
 void ups_server_failed(struct ups_server *s, uint64_t now_ms);
 void ups_server_ok(struct ups_server *s);
+/* Outlier detection: one result of a try (failed: connect error, timeout,
+ * invalid header or a 5xx). Ejects after od_consecutive failures in a row,
+ * for od_interval * times ejected (capped), unless max_ejected_percent of the
+ * group is already ejected. */
+void ups_outlier_report(struct ups_group *g, struct ups_server *s, bool failed, uint64_t now_ms);
+/* least_time: one measured time (ms) of a try on s. */
+void ups_server_time(struct ups_server *s, enum ups_time_kind kind, uint64_t ms);
+/* retry_budget: count a request (first try), and ask for a retry (counted
+ * when granted). Without a budget every retry is granted. */
+void ups_budget_request(struct ups_group *g, uint64_t now_ms);
+bool ups_budget_retry(struct ups_group *g, uint64_t now_ms);
+
+/* Build the consistent-hash ring (hash ... consistent); 0 or -1 (memory). */
+int ups_ring_build(struct arena *a, struct ups_group *g);
+/* The 32-bit hash the balancers use (stable across runs and builds). */
+uint32_t ups_hash32(const void *p, size_t len);
 
 /* ---- connections and the per-worker idle pool ---- */
 
@@ -103,6 +192,7 @@ struct ups_conn {
     struct timer idle_timer;
     struct posted release;
     struct ups_pool *pool;
+    struct ups_server *srv;      /* while in use: counted in srv->active */
 };
 
 struct ups_pool;
@@ -111,12 +201,14 @@ struct ups_pool *ups_pool_new(struct loop *l);
 /* Close every idle connection and free the pool. */
 void ups_pool_free(struct ups_pool *p);
 
-/* Open a new connection to `s` (connect in progress). NULL with errno. */
+/* Open a new connection to `s` (connect in progress). NULL with errno. A
+ * connection in use (opened, or taken from the pool) counts in s->active
+ * (least_conn, max_conns) until it is put back or closed. */
 struct ups_conn *ups_conn_open(struct ups_pool *p, const struct ups_group *g,
-                               const struct ups_server *s);
+                               struct ups_server *s);
 /* Take an idle connection to `s` for group `g`, or NULL. */
 struct ups_conn *ups_pool_get(struct ups_pool *p, const struct ups_group *g,
-                              const struct ups_server *s);
+                              struct ups_server *s);
 /* Park a connection whose last response was read whole. Closes it instead if
  * the group keeps none, it served keepalive_requests, or the pool is full
  * (then the oldest idle one goes). */

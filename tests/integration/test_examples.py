@@ -70,6 +70,11 @@ def test_load_balancing_weights_and_backup(example):
     bodies = [get(port(8081), "/").text for _ in range(30)]
     assert bodies.count("app-1\n") == 20 and bodies.count("app-2\n") == 10
     assert "backup\n" not in bodies
+    r = get(port(8091), "/")
+    cookie = r.header("Set-Cookie").split(";")[0]
+    assert cookie.startswith("srv=")
+    sticky = {get(port(8091), "/", headers=[("Cookie", cookie)]).text for _ in range(6)}
+    assert sticky == {r.text}
 
 
 def test_routing(example):

@@ -145,8 +145,10 @@ Test(ups_parse, server_parameter_errors)
               "t.conf:1: invalid parameter \"max_fails=-1\"");
     group_bad("upstream u { server 127.0.0.1:1 fail_timeout=abc; }",
               "t.conf:1: invalid parameter \"fail_timeout=abc\"");
-    group_bad("upstream u { server 127.0.0.1:1 slow_start=10s; }",
-              "t.conf:1: invalid parameter \"slow_start=10s\"");
+    group_bad("upstream u { server 127.0.0.1:1 slow_start=abc; }",
+              "t.conf:1: invalid parameter \"slow_start=abc\"");
+    group_bad("upstream u { server 127.0.0.1:1 max_conns=-2; }",
+              "t.conf:1: invalid parameter \"max_conns=-2\"");
     group_bad("upstream u { server 127.0.0.1:1 Backup; }", "t.conf:1: invalid parameter \"Backup\"");
     group_bad("upstream u { server 1.2.3.4:0; }",
               "t.conf:1: invalid server address \"1.2.3.4:0\": invalid port");
@@ -870,4 +872,398 @@ Test(ups_pool, writable_edge_keeps_idle_connection)
 {
     pool_run("keepalive 4;", steps_writable_edge, 10);
     pool_end();
+}
+
+/* ---- issue 5: algorithms, server limits, outliers, sticky, retry budget ---- */
+
+TestSuite(ups_algo, .init = setup, .fini = teardown);
+
+#define PICKS 10000
+
+static struct ups_server *pick_key(struct ups_group *g, const char *key, uint64_t now)
+{
+    struct ups_pick_ctx cx = { .now_ms = now, .key = slice_cstr(key) };
+    return ups_select(g, &cx);
+}
+
+/* Each server's share of `picks` is within 2 points of weight/total. */
+static void assert_shares(const struct ups_group *g, const int *count, int picks, double tol)
+{
+    int total = 0;
+    for (size_t i = 0; i < g->nservers; i++)
+        if (!g->servers[i].backup)
+            total += g->servers[i].weight;
+    for (size_t i = 0; i < g->nservers; i++) {
+        double want = g->servers[i].backup ? 0 : (double)g->servers[i].weight / total;
+        double got = (double)count[i] / picks;
+        cr_assert(got > want - tol && got < want + tol, "server %zu: share %.4f, want %.4f", i,
+                  got, want);
+    }
+}
+
+Test(ups_algo, directives_parse)
+{
+    cr_assert_str_eq(group("upstream u { least_conn; server 127.0.0.1:1; }")->balancer->name,
+                     "least_conn");
+    cr_assert_str_eq(group("upstream u { ip_hash; server 127.0.0.1:1; }")->balancer->name,
+                     "ip_hash");
+    struct ups_group *g = group("upstream u { hash $request_uri; server 127.0.0.1:1; }");
+    cr_assert_str_eq(g->balancer->name, "hash");
+    cr_assert_str_eq(g->hash_key, "$request_uri");
+    g = group("upstream u { hash $arg_k consistent; server 127.0.0.1:1 weight=2; "
+              "server 127.0.0.1:2; }");
+    cr_assert_str_eq(g->balancer->name, "hash_consistent");
+    cr_assert_eq(g->nring, 321u + 161u); /* 160 per weight unit, plus one */
+    cr_assert_str_eq(group("upstream u { random; server 127.0.0.1:1; }")->balancer->name,
+                     "random");
+    cr_assert_str_eq(
+        group("upstream u { random two least_conn; server 127.0.0.1:1; }")->balancer->name,
+        "random_two");
+    g = group("upstream u { least_time last_byte; server 127.0.0.1:1 max_conns=3 "
+              "slow_start=30s; }");
+    cr_assert_str_eq(g->balancer->name, "least_time");
+    cr_assert_eq(g->least_time, UPS_TIME_LAST_BYTE);
+    cr_assert_eq(g->servers[0].max_conns, 3);
+    cr_assert_eq(g->servers[0].slow_start_ms, 30000);
+    g = group("upstream u { server 127.0.0.1:1; sticky cookie srv expires=1h domain=.a.com "
+              "httponly secure samesite=lax; outlier_detection consecutive=3 interval=5s "
+              "max_ejection=1m max_ejected_percent=30; retry_budget 20% interval=5s; }");
+    cr_assert_str_eq(g->sticky.cookie, "srv");
+    cr_assert_str_eq(g->sticky.attrs,
+                     "; Max-Age=3600; Domain=.a.com; HttpOnly; Secure; SameSite=Lax; Path=/");
+    cr_assert_eq(g->od_consecutive, 3);
+    cr_assert_eq(g->od_interval_ms, 5000);
+    cr_assert_eq(g->od_max_ejection_ms, 60000);
+    cr_assert_eq(g->od_max_ejected_percent, 30);
+    cr_assert_eq(g->rb_percent, 20);
+    cr_assert_eq(g->rb_interval_ms, 5000);
+}
+
+Test(ups_algo, directive_errors)
+{
+    group_bad("upstream u { least_conn; ip_hash; server 127.0.0.1:1; }",
+              "t.conf:1: load balancing method redefined");
+    group_bad("upstream u { hash $x fast; server 127.0.0.1:1; }",
+              "t.conf:1: invalid parameter \"fast\"");
+    group_bad("upstream u { random three; server 127.0.0.1:1; }",
+              "t.conf:1: invalid parameter \"three\"");
+    group_bad("upstream u { least_time first_byte; server 127.0.0.1:1; }",
+              "t.conf:1: invalid parameter \"first_byte\"");
+    group_bad("upstream u { sticky route $x; server 127.0.0.1:1; }",
+              "t.conf:1: invalid sticky method \"route\" (only \"cookie\")");
+    group_bad("upstream u { sticky cookie a=b; server 127.0.0.1:1; }",
+              "t.conf:1: invalid sticky cookie name");
+    group_bad("upstream u { sticky cookie a samesite=maybe; server 127.0.0.1:1; }",
+              "t.conf:1: invalid parameter \"samesite=maybe\"");
+    group_bad("upstream u { outlier_detection interval=1s; server 127.0.0.1:1; }",
+              "t.conf:1: \"outlier_detection\" needs consecutive=number");
+    group_bad("upstream u { outlier_detection consecutive=0; server 127.0.0.1:1; }",
+              "t.conf:1: invalid parameter \"consecutive=0\"");
+    group_bad("upstream u { retry_budget 0%; server 127.0.0.1:1; }",
+              "t.conf:1: invalid value \"0%\" in \"retry_budget\" directive");
+    group_bad("upstream u { retry_budget 101; server 127.0.0.1:1; }",
+              "t.conf:1: invalid value \"101\" in \"retry_budget\" directive");
+}
+
+Test(ups_algo, round_robin_weights_within_2_percent)
+{
+    struct ups_group *g = group("upstream u { server 127.0.0.1:1 weight=5; "
+                                "server 127.0.0.1:2 weight=3; server 127.0.0.1:3 weight=2; }");
+    int n[3] = { 0 };
+    for (int i = 0; i < PICKS; i++)
+        n[ups_server_index(g, ups_pick(g, 0, 1000))]++;
+    assert_shares(g, n, PICKS, 0.02);
+}
+
+Test(ups_algo, random_weights_within_2_percent)
+{
+    struct ups_group *g = group("upstream u { random; server 127.0.0.1:1 weight=5; "
+                                "server 127.0.0.1:2 weight=3; server 127.0.0.1:3 weight=2; }");
+    int n[3] = { 0 };
+    for (int i = 0; i < PICKS; i++)
+        n[ups_server_index(g, ups_pick(g, 0, 1000))]++;
+    assert_shares(g, n, PICKS, 0.02);
+}
+
+Test(ups_algo, hash_weights_within_2_percent_and_stable)
+{
+    struct ups_group *g = group("upstream u { hash $request_uri; server 127.0.0.1:1 weight=2; "
+                                "server 127.0.0.1:2; server 127.0.0.1:3; }");
+    int n[3] = { 0 };
+    char key[32];
+    for (int i = 0; i < PICKS; i++) {
+        snprintf(key, sizeof(key), "/item/%d", i);
+        struct ups_server *s = pick_key(g, key, 1000);
+        n[ups_server_index(g, s)]++;
+        cr_assert_eq(pick_key(g, key, 1000), s, "same key, same server");
+    }
+    assert_shares(g, n, PICKS, 0.02);
+}
+
+/* 160 points per weight unit (as nginx) leave a ring a few percent uneven:
+ * the share tolerance here is 5 points, the move bound is the exact one. */
+Test(ups_algo, consistent_hash_moves_few_keys)
+{
+    const int N = 5;
+    struct ups_group *g = group("upstream u { hash $k consistent; server 127.0.0.1:1; "
+                                "server 127.0.0.1:2; server 127.0.0.1:3; server 127.0.0.1:4; "
+                                "server 127.0.0.1:5; }");
+    struct ups_group *g4 = group("upstream u { hash $k consistent; server 127.0.0.1:1; "
+                                 "server 127.0.0.1:2; server 127.0.0.1:3; server 127.0.0.1:5; }");
+    static size_t before[PICKS];
+    int n[5] = { 0 };
+    char key[32];
+    for (int i = 0; i < PICKS; i++) {
+        snprintf(key, sizeof(key), "user-%d", i);
+        before[i] = ups_server_index(g, pick_key(g, key, 1000));
+        n[before[i]]++;
+    }
+    assert_shares(g, n, PICKS, 0.05);
+    /* server 4 leaves: marked down, and removed from the config */
+    g->servers[3].down = true;
+    int moved = 0, moved_cfg = 0;
+    for (int i = 0; i < PICKS; i++) {
+        snprintf(key, sizeof(key), "user-%d", i);
+        size_t now = ups_server_index(g, pick_key(g, key, 1000));
+        cr_assert_neq(now, 3);
+        moved += now != before[i];
+        const struct ups_server *s = pick_key(g4, key, 1000);
+        moved_cfg += strcmp(s->addr_text, g->servers[before[i]].addr_text) != 0;
+    }
+    double bound = 1.0 / N + 0.05;
+    cr_assert((double)moved / PICKS <= bound, "moved %d of %d", moved, PICKS);
+    cr_assert((double)moved_cfg / PICKS <= bound, "moved %d of %d", moved_cfg, PICKS);
+    cr_assert_eq(moved, n[3], "only the keys of the server that left move");
+}
+
+Test(ups_algo, ip_hash_stable_per_client)
+{
+    struct ups_group *g = group("upstream u { ip_hash; server 127.0.0.1:1; server 127.0.0.1:2; "
+                                "server 127.0.0.1:3; }");
+    int n[3] = { 0 };
+    const char *msg;
+    for (int i = 0; i < 3000; i++) {
+        char text[64];
+        struct net_addr a, b;
+        snprintf(text, sizeof(text), "10.%d.%d.7:1000", i / 256, i % 256);
+        cr_assert_eq(net_addr_parse(text, 80, false, &a, &msg), 0);
+        snprintf(text, sizeof(text), "10.%d.%d.200:2000", i / 256, i % 256);
+        cr_assert_eq(net_addr_parse(text, 80, false, &b, &msg), 0);
+        struct ups_pick_ctx ca = { .now_ms = 1000, .client = &a };
+        struct ups_pick_ctx cb = { .now_ms = 1000, .client = &b };
+        struct ups_server *s = ups_select(g, &ca);
+        n[ups_server_index(g, s)]++;
+        for (int k = 0; k < 3; k++)
+            cr_assert_eq(ups_select(g, &ca), s, "same client, same server");
+        cr_assert_eq(ups_select(g, &cb), s, "same /24, same server");
+    }
+    assert_shares(g, n, 3000, 0.04);
+    struct net_addr v6;
+    cr_assert_eq(net_addr_parse("[2001:db8::1]:80", 80, false, &v6, &msg), 0);
+    struct ups_pick_ctx c6 = { .now_ms = 1000, .client = &v6 };
+    struct ups_server *s6 = ups_select(g, &c6);
+    cr_assert_eq(ups_select(g, &c6), s6);
+    /* its server down: another one, and back when it returns */
+    g->servers[ups_server_index(g, s6)].down = true;
+    cr_assert_neq(ups_select(g, &c6), s6);
+    g->servers[ups_server_index(g, s6)].down = false;
+    cr_assert_eq(ups_select(g, &c6), s6);
+}
+
+Test(ups_algo, least_conn_follows_least_loaded)
+{
+    struct ups_group *g = group("upstream u { least_conn; server 127.0.0.1:1; "
+                                "server 127.0.0.1:2; server 127.0.0.1:3 weight=2; }");
+    atomic_store(&g->servers[0].active, 5);
+    atomic_store(&g->servers[1].active, 2);
+    atomic_store(&g->servers[2].active, 6); /* 3 per weight unit */
+    for (int i = 0; i < 10; i++)
+        cr_assert_eq(name_of(g, ups_pick(g, 0, 1000)), 'b');
+    cr_assert_eq(name_of(g, ups_pick(g, 1u << 1, 1000)), 'c');
+    /* equal load: all share */
+    for (size_t i = 0; i < 3; i++)
+        atomic_store(&g->servers[i].active, 0);
+    int n[3] = { 0 };
+    for (int i = 0; i < 3000; i++)
+        n[ups_server_index(g, ups_pick(g, 0, 1000))]++;
+    cr_assert(n[0] > 900 && n[1] > 900 && n[2] > 900);
+    /* simulated holding: each pick holds a connection, the oldest ends */
+    struct ups_server *held[64];
+    int h = 0;
+    memset(n, 0, sizeof(n));
+    for (int i = 0; i < PICKS; i++) {
+        struct ups_server *s = ups_pick(g, 0, 1000);
+        n[ups_server_index(g, s)]++;
+        atomic_fetch_add(&s->active, 1);
+        held[h++] = s;
+        if (h == 64) {
+            for (int k = 0; k < 64; k++)
+                atomic_fetch_sub(&held[k]->active, 1);
+            h = 0;
+        }
+    }
+    assert_shares(g, n, PICKS, 0.02);
+}
+
+Test(ups_algo, least_time_prefers_fast_server)
+{
+    struct ups_group *g = group("upstream u { least_time header; server 127.0.0.1:1; "
+                                "server 127.0.0.1:2; }");
+    for (int i = 0; i < 20; i++) {
+        ups_server_time(&g->servers[0], UPS_TIME_HEADER, 100);
+        ups_server_time(&g->servers[1], UPS_TIME_HEADER, 5);
+    }
+    for (int i = 0; i < 10; i++)
+        cr_assert_eq(name_of(g, ups_pick(g, 0, 1000)), 'b');
+    /* many connections on the fast one tip it over */
+    atomic_store(&g->servers[1].active, 40);
+    cr_assert_eq(name_of(g, ups_pick(g, 0, 1000)), 'a');
+    /* last_byte times are kept apart */
+    cr_assert_eq(atomic_load(&g->servers[0].ewma_last_byte_x16), 0);
+}
+
+Test(ups_algo, random_two_prefers_less_loaded)
+{
+    struct ups_group *g = group("upstream u { random two least_conn; server 127.0.0.1:1; "
+                                "server 127.0.0.1:2; server 127.0.0.1:3; }");
+    atomic_store(&g->servers[0].active, 10);
+    int n[3] = { 0 };
+    for (int i = 0; i < PICKS; i++)
+        n[ups_server_index(g, ups_pick(g, 0, 1000))]++;
+    /* a wins only when both draws are a: 1/9 */
+    cr_assert(n[0] < PICKS * 0.15, "loaded server got %d", n[0]);
+    cr_assert(n[1] > PICKS * 0.35 && n[2] > PICKS * 0.35);
+}
+
+Test(ups_algo, slow_start_ramps_weight)
+{
+    struct ups_group *g = group("upstream u { server 127.0.0.1:1 slow_start=10s; "
+                                "server 127.0.0.1:2; }");
+    struct ups_server *a = &g->servers[0];
+    cr_assert_eq(ups_server_weight(a, 1000), UPS_WEIGHT_SCALE, "full weight before a failure");
+    ups_server_failed(a, 100000); /* unavailable until 110000 */
+    cr_assert_eq(ups_server_weight(a, 110000), 1);
+    int w1 = ups_server_weight(a, 112500), w2 = ups_server_weight(a, 115000);
+    cr_assert(w1 > 1 && w1 < w2 && w2 < UPS_WEIGHT_SCALE, "%d %d", w1, w2);
+    cr_assert_eq(ups_server_weight(a, 120000), UPS_WEIGHT_SCALE);
+    /* its share follows: about 1/3 at half ramp (8 of 24), 1/2 after */
+    int n = 0;
+    for (int i = 0; i < 2400; i++)
+        n += ups_pick(g, 0, 115000) == a;
+    cr_assert(n > 700 && n < 900, "half way: %d of 2400", n);
+    n = 0;
+    for (int i = 0; i < 2400; i++)
+        n += ups_pick(g, 0, 120000) == a;
+    cr_assert_eq(n, 1200);
+}
+
+Test(ups_algo, max_conns_skips_full_servers)
+{
+    struct ups_group *g = group("upstream u { server 127.0.0.1:1 max_conns=2; "
+                                "server 127.0.0.1:2 max_conns=1; }");
+    atomic_store(&g->servers[0].active, 2);
+    for (int i = 0; i < 5; i++)
+        cr_assert_eq(name_of(g, ups_pick(g, 0, 1000)), 'b');
+    atomic_store(&g->servers[1].active, 1);
+    cr_assert_null(ups_pick(g, 0, 1000), "every server at max_conns");
+    cr_assert(!ups_has_candidate(g, 0, 1000));
+    atomic_store(&g->servers[0].active, 1);
+    cr_assert_eq(name_of(g, ups_pick(g, 0, 1000)), 'a');
+    /* least_conn too */
+    struct ups_group *l = group("upstream u { least_conn; server 127.0.0.1:1 max_conns=1; "
+                                "server 127.0.0.1:2; }");
+    atomic_store(&l->servers[0].active, 1);
+    atomic_store(&l->servers[1].active, 50);
+    cr_assert_eq(name_of(l, ups_pick(l, 0, 1000)), 'b');
+}
+
+Test(ups_algo, outlier_ejection_grows_and_is_capped)
+{
+    struct ups_group *g = group("upstream u { outlier_detection consecutive=3 interval=1s "
+                                "max_ejection=2500ms max_ejected_percent=50; "
+                                "server 127.0.0.1:1 max_fails=0; server 127.0.0.1:2 max_fails=0; "
+                                "server 127.0.0.1:3 max_fails=0; server 127.0.0.1:4 max_fails=0; }");
+    struct ups_server *a = &g->servers[0];
+    ups_outlier_report(g, a, true, 1000);
+    ups_outlier_report(g, a, true, 1000);
+    ups_outlier_report(g, a, false, 1000); /* not in a row */
+    ups_outlier_report(g, a, true, 1000);
+    ups_outlier_report(g, a, true, 1000);
+    cr_assert(ups_server_usable(a, 1000));
+    ups_outlier_report(g, a, true, 1000);
+    cr_assert(!ups_server_usable(a, 1000), "ejected after 3 in a row");
+    for (int i = 0; i < 30; i++)
+        cr_assert_neq(ups_pick(g, 0, 1500), a);
+    cr_assert(ups_server_usable(a, 2000), "first ejection: 1s");
+    for (int i = 0; i < 3; i++)
+        ups_outlier_report(g, a, true, 2000);
+    cr_assert(!ups_server_usable(a, 3999) && ups_server_usable(a, 4000), "second: 2s");
+    for (int i = 0; i < 3; i++)
+        ups_outlier_report(g, a, true, 4000);
+    cr_assert(!ups_server_usable(a, 6499) && ups_server_usable(a, 6500), "third: capped 2.5s");
+
+    /* max_ejected_percent=50 of 4: two at once, the third stays in */
+    struct ups_server *b = &g->servers[1], *c = &g->servers[2];
+    for (int i = 0; i < 3; i++) {
+        ups_outlier_report(g, a, true, 10000);
+        ups_outlier_report(g, b, true, 10000);
+        ups_outlier_report(g, c, true, 10000);
+    }
+    cr_assert(!ups_server_usable(a, 10000) && !ups_server_usable(b, 10000));
+    cr_assert(ups_server_usable(c, 10000), "over max_ejected_percent");
+    /* once one returns, c can go */
+    ups_outlier_report(g, c, true, 13000);
+    cr_assert(!ups_server_usable(c, 13000));
+}
+
+Test(ups_algo, outlier_needs_one_slot_at_least)
+{
+    struct ups_group *g = group("upstream u { outlier_detection consecutive=1 "
+                                "max_ejected_percent=0; server 127.0.0.1:1; "
+                                "server 127.0.0.1:2; }");
+    ups_outlier_report(g, &g->servers[0], true, 1000);
+    ups_outlier_report(g, &g->servers[1], true, 1000);
+    cr_assert(!ups_server_usable(&g->servers[0], 1000));
+    cr_assert(ups_server_usable(&g->servers[1], 1000));
+}
+
+Test(ups_algo, sticky_id_stable)
+{
+    struct ups_group *g = group("upstream u { sticky cookie s; server 127.0.0.1:1; "
+                                "server 127.0.0.1:2; }");
+    struct ups_group *h = group("upstream v { server 127.0.0.1:2; server 127.0.0.1:1; }");
+    cr_assert_eq(strlen(g->servers[0].sticky_id), 16);
+    cr_assert_str_neq(g->servers[0].sticky_id, g->servers[1].sticky_id);
+    cr_assert_str_eq(g->servers[0].sticky_id, h->servers[1].sticky_id, "same address, same id");
+    struct slice id = slice_cstr(g->servers[1].sticky_id);
+    cr_assert_eq(ups_sticky_find(g, id, 0, 1000), &g->servers[1]);
+    cr_assert_null(ups_sticky_find(g, id, 2, 1000), "tried");
+    cr_assert_null(ups_sticky_find(g, SLICE_LIT("0123"), 0, 1000));
+    g->servers[1].down = true;
+    cr_assert_null(ups_sticky_find(g, id, 0, 1000), "down: the balancer decides");
+}
+
+Test(ups_algo, retry_budget_caps_retries)
+{
+    struct ups_group *g = group("upstream u { retry_budget 20%; server 127.0.0.1:1; }");
+    cr_assert(ups_budget_retry(g, 100000), "one retry per window even without requests");
+    cr_assert(!ups_budget_retry(g, 100000));
+    struct ups_group *h = group("upstream u { retry_budget 20%; server 127.0.0.1:1; }");
+    for (int i = 0; i < 100; i++)
+        ups_budget_request(h, 200000);
+    int granted = 0;
+    for (int i = 0; i < 100; i++)
+        granted += ups_budget_retry(h, 200000);
+    cr_assert_eq(granted, 20);
+    /* the next window: the previous one still counts, fading out */
+    for (int i = 0; i < 100; i++)
+        ups_budget_request(h, 215000);
+    granted = 0;
+    for (int i = 0; i < 100; i++)
+        granted += ups_budget_retry(h, 215000);
+    cr_assert(granted >= 15 && granted <= 25, "%d", granted);
+    /* no budget: always */
+    struct ups_group *n = group("upstream u { server 127.0.0.1:1; }");
+    for (int i = 0; i < 10; i++)
+        cr_assert(ups_budget_retry(n, 1000));
 }
