@@ -639,7 +639,9 @@ static int set_listen(struct cf_ctx *cx, const struct cf_node *n, const struct c
         } else if (strncmp(a, "backlog=", 8) == 0) {
             if (cf_parse_int(a + 8, &l->backlog) < 0 || l->backlog < 1)
                 return cf_error(cx, n, "invalid backlog \"%s\"", a + 8);
-        } else if (strcmp(a, "ssl") == 0 || strcmp(a, "http2") == 0) {
+        } else if (strcmp(a, "ssl") == 0) {
+            l->ssl = true;
+        } else if (strcmp(a, "http2") == 0) {
             return cf_error(cx, n, "\"%s\" listen parameter is not supported yet", a);
         } else {
             return cf_error(cx, n, "invalid parameter \"%s\"", a);
@@ -822,6 +824,7 @@ static int set_server(struct cf_ctx *cx, const struct cf_node *n, const struct c
     sc->large_header_buffers_num = 0;
     sc->merge_slashes = CF_UNSET_FLAG;
     sc->underscores_in_headers = CF_UNSET_FLAG;
+    ssl_srv_conf_init(&sc->ssl);
     ls->cur_srv = sc;
     ls->cur_loc = NULL;
     struct cf_ctx sub = *cx;
@@ -1022,6 +1025,7 @@ void conf_register_all(void)
     static const struct cf_module *const mods[] = {
         &core_cf_module,
         &http_cf_module,
+        &ssl_cf_module,
         &ups_cf_module,
     };
     cf_register(mods, sizeof(mods) / sizeof(mods[0]));
@@ -1168,6 +1172,12 @@ static int build_listens(struct snapshot *s, struct load_state *ls, char *err, s
             if (l->backlog != 511 || !set->backlog)
                 set->backlog = l->backlog;
             set->reuseport |= l->reuseport;
+            if (set->nservers && set->ssl != l->ssl) {
+                snprintf(err, errlen, "%s:%d: %s is both \"ssl\" and not \"ssl\" in listen",
+                         l->file, l->line, l->text);
+                return -1;
+            }
+            set->ssl = l->ssl;
             if (l->default_server) {
                 if (set->dflt) {
                     snprintf(err, errlen, "%s:%d: a duplicate default server for %s", l->file,
@@ -1254,6 +1264,8 @@ static int finalize(struct snapshot *s, struct load_state *ls, char *err, size_t
     s->nall_logs = ls->nlogs;
     if (build_listens(s, ls, err, errlen) < 0)
         return -1;
+    if (conf_tls_build(s, err, errlen) < 0)
+        return -1;
     s->groups = ls->groups;
     s->ngroups = ls->ngroups;
     return 0;
@@ -1297,6 +1309,7 @@ struct snapshot *conf_load(const char *path, const struct snapshot *reuse, char 
     s->http_srv_defaults.client_header_timeout_ms = CF_UNSET_MSEC;
     s->http_srv_defaults.client_header_buffer_size = CF_UNSET_SIZE;
     s->http_srv_defaults.merge_slashes = CF_UNSET_FLAG;
+    ssl_srv_conf_init(&s->http_srv_defaults.ssl);
 
     /* the predefined "combined" format */
     {
@@ -1340,6 +1353,7 @@ struct snapshot *conf_load(const char *path, const struct snapshot *reuse, char 
 oom:
     snprintf(err, errlen, "%s: out of memory", path);
 fail:
+    conf_tls_free(s);
     if (ls.cur_srv)
         release_regexes(ls.cur_srv->locs, ls.cur_srv->nlocs);
     for (size_t i = 0; i < ls.nservers; i++)
@@ -1356,6 +1370,7 @@ void snapshot_unref(struct snapshot *s)
     if (!s || atomic_fetch_sub_explicit(&s->refs, 1, memory_order_acq_rel) != 1)
         return;
     accesslog_close_all(s, NULL);
+    conf_tls_free(s);
     for (size_t i = 0; i < s->nservers; i++)
         release_regexes(s->servers[i]->locs, s->servers[i]->nlocs);
     for (size_t j = 0; j < s->nlistens; j++)

@@ -13,6 +13,7 @@
 #include "core/arena.h"
 #include "net/net.h"
 #include "router/router.h"
+#include "tls/tls.h"
 #include "upstream/upstream.h"
 
 /* Slots of cf_ctx.confs while loading. */
@@ -129,10 +130,23 @@ struct loc_conf {
 struct listen_conf {
     struct net_addr addr;
     char text[80];
+    bool ssl;
     bool default_server;
     bool reuseport;
     int backlog;
     const char *file;
+    int line;
+};
+
+/* ssl_* settings of a server (or of the http level) as written; merged and
+ * turned into a TLS context by conf_tls_build(). Ints: -1 unset. */
+struct ssl_srv_conf {
+    struct tls_server_conf tc;
+    size_t nkeys;
+    int prefer, tickets, stapling, stapling_verify, verify_client;
+    int cache_set;
+    uint32_t handshake_timeout_ms;
+    const char *file; /* the first ssl_certificate, for errors */
     int line;
 };
 
@@ -152,6 +166,9 @@ struct srv_conf {
     size_t large_header_buffers_size;
     int merge_slashes;
     int underscores_in_headers;
+    struct ssl_srv_conf ssl;
+    struct tls_ctx *tls_ctx;      /* NULL when the server has no certificate */
+    bool http2;
     const char *file;
     int line;
 };
@@ -162,6 +179,7 @@ struct listen_set {
     char text[80];
     int backlog;
     bool reuseport;
+    bool ssl;
     struct srv_conf **servers;
     size_t nservers;
     struct vhost_table *vhosts;
@@ -221,6 +239,13 @@ static inline struct snapshot *snapshot_ref(struct snapshot *s)
     return s;
 }
 void snapshot_unref(struct snapshot *s);
+
+/* TLS (conf_tls.c): the ssl_* directives and the snapshot's contexts. */
+extern const struct cf_module ssl_cf_module;
+void ssl_srv_conf_init(struct ssl_srv_conf *sc);
+void ssl_srv_conf_merge(struct ssl_srv_conf *c, const struct ssl_srv_conf *p);
+int conf_tls_build(struct snapshot *s, char *err, size_t errlen);
+void conf_tls_free(struct snapshot *s);
 
 /* Print the Markdown directive reference of every module. */
 void conf_docs(FILE *out);

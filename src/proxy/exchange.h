@@ -150,6 +150,8 @@ struct exchange {
     bool head_sent;
     bool close_conn;                /* the client connection cannot be reused */
     bool redirected;                /* went through error_page already */
+    const char *error_detail;       /* a line for the built-in error page, or NULL */
+    struct tls_conn *tls;           /* the client's TLS connection, or NULL */
     int error_status;               /* status error_page imposes (0: the target's) */
     uint64_t body_bytes_sent;
     uint64_t bytes_sent;

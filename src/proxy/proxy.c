@@ -78,13 +78,15 @@ static void fwd_run(struct fwd *f);
 static void try_upstream(struct fwd *f);
 static void respond_status(struct exchange *ex, int status);
 
-size_t proxy_error_html(int status, bool tokens, char *out, size_t cap)
+size_t proxy_error_html(int status, const char *detail, bool tokens, char *out, size_t cap)
 {
     const char *text = http_status_text(status);
     int n = snprintf(out, cap,
                      "<html>\r\n<head><title>%d %s</title></head>\r\n<body>\r\n<center><h1>%d "
-                     "%s</h1></center>\r\n<hr><center>%s</center>\r\n</body>\r\n</html>\r\n",
-                     status, text, status, text, tokens ? PORTICO_SERVER : "portico");
+                     "%s</h1></center>\r\n%s%s%s<hr><center>%s</center>\r\n</body>\r\n</html>\r\n",
+                     status, detail ? detail : text, status, text, detail ? "<center>" : "",
+                     detail ? detail : "", detail ? "</center>\r\n" : "",
+                     tokens ? PORTICO_SERVER : "portico");
     return n < 0 ? 0 : ((size_t)n < cap ? (size_t)n : cap - 1);
 }
 
@@ -246,7 +248,7 @@ static bool try_error_page(struct exchange *ex, int status)
                 }
                 ex->redirected = true;
                 char body[512];
-                size_t bl = proxy_error_html(code, lc->server_tokens, body, sizeof(body));
+                size_t bl = proxy_error_html(code, NULL, lc->server_tokens, body, sizeof(body));
                 send_local(ex, code, SLICE_LIT("text/html"), uri,
                            arena_slice_dup(&ex->arena, slice_make(body, bl)));
                 return true;
@@ -270,7 +272,7 @@ static void respond_status(struct exchange *ex, int status)
     char body[512];
     size_t bl = 0;
     if (status >= 300 && status != 304)
-        bl = proxy_error_html(status, lc->server_tokens, body, sizeof(body));
+        bl = proxy_error_html(status, ex->error_detail, lc->server_tokens, body, sizeof(body));
     struct slice b = arena_slice_dup(&ex->arena, slice_make(body, bl));
     send_local(ex, status, bl ? SLICE_LIT("text/html") : SLICE_NULL, SLICE_NULL, b);
 }
@@ -299,7 +301,7 @@ static void do_return(struct exchange *ex)
     if (code == 301 || code == 302 || code == 303 || code == 307 || code == 308) {
         struct slice loc = absolute_location(ex, text);
         char body[512];
-        size_t bl = proxy_error_html(code, lc->server_tokens, body, sizeof(body));
+        size_t bl = proxy_error_html(code, NULL, lc->server_tokens, body, sizeof(body));
         send_local(ex, code, SLICE_LIT("text/html"), loc,
                    arena_slice_dup(&ex->arena, slice_make(body, bl)));
         return;

@@ -32,8 +32,10 @@ void proxy_respond_error(struct exchange *ex, int status);
  * buffers, timers). Idempotent; the session calls it before freeing ex. */
 void proxy_release(struct exchange *ex);
 
-/* The built-in HTML page for an error status. Returns its length. */
-size_t proxy_error_html(int status, bool tokens, char *out, size_t cap);
+/* The built-in HTML page for an error status (with an optional line of
+ * detail, as nginx's "The plain HTTP request was sent to HTTPS port").
+ * Returns its length. */
+size_t proxy_error_html(int status, const char *detail, bool tokens, char *out, size_t cap);
 
 #define PORTICO_SERVER "portico/" PORTICO_VERSION
 

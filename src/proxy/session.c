@@ -25,6 +25,7 @@
 #define LINGER_MAX_MS 30000
 
 enum sess_state {
+    S_HANDSHAKE, /* TLS handshake in progress */
     S_HEAD,     /* waiting for (the rest of) a request head */
     S_EXCHANGE, /* a request is being served */
     S_LINGER,   /* response sent, write side shut, draining the client's bytes */
@@ -220,6 +221,9 @@ static void resume_post_cb(struct posted *p)
 
 static void rtimer_cb(struct timer *t);
 static void wtimer_cb(struct timer *t);
+static void do_handshake(struct h1_session *s);
+static void answer_bad_request(struct h1_session *s, int status, const char *why,
+                               const char *detail);
 
 void h1_session_start(struct worker *w, int fd, const struct net_addr *peer,
                       const struct net_addr *local)
@@ -253,11 +257,55 @@ void h1_session_start(struct worker *w, int fd, const struct net_addr *peer,
         w->sessions->prev = s;
     w->sessions = s;
     w->nsessions++;
+    /* the first bytes usually arrived with the connection */
+    s->io.readable = true;
+    if (s->lset && s->lset->ssl) {
+        s->tls = tls_conn_server(s->lset->dflt->tls_ctx, fd);
+        if (!s->tls) {
+            sess_close(s);
+            return;
+        }
+        s->state = S_HANDSHAKE;
+        timer_set(w->loop, &s->rtimer, s->lset->dflt->ssl.handshake_timeout_ms);
+        do_handshake(s);
+        return;
+    }
     s->state = S_HEAD;
     timer_set(w->loop, &s->rtimer, hdr_timeout(s));
     s->head_started = true; /* the first request's wait counts as its head */
-    /* the first bytes usually arrived with the connection */
-    s->io.readable = true;
+    read_head(s);
+}
+
+static void do_handshake(struct h1_session *s)
+{
+    int r = tls_handshake(s->tls);
+    if (r == TLS_WANT_READ || r == TLS_WANT_WRITE) {
+        if (r == TLS_WANT_READ)
+            s->io.readable = false;
+        else
+            s->io.writable = false;
+        return;
+    }
+    char peer[64];
+    net_addr_format(&s->peer, peer, sizeof(peer));
+    if (r == TLS_PLAINTEXT) {
+        /* nginx's answer; the bytes are read and answered in the clear */
+        tls_conn_free(s->tls);
+        s->tls = NULL;
+        LOG(LOG_INFO, "client %s sent plain HTTP to a TLS port", peer);
+        answer_bad_request(s, 400, "plain HTTP request sent to HTTPS port",
+                           "The plain HTTP request was sent to HTTPS port");
+        return;
+    }
+    if (r != TLS_OK) {
+        LOG(LOG_INFO, "SSL handshake with client %s failed: %s", peer, tls_conn_error(s->tls));
+        sess_close(s);
+        return;
+    }
+    s->state = S_HEAD;
+    timer_set(s->w->loop, &s->rtimer, hdr_timeout(s));
+    s->head_started = true;
+    s->io.readable = true; /* the request may have come with the last flight */
     read_head(s);
 }
 
@@ -324,11 +372,12 @@ static void sess_flush(struct h1_session *s)
 /* ---- local error answers (before an exchange exists) ---- */
 
 /* Answer a request we could not parse: the framing is lost, so close after. */
-static void answer_bad_request(struct h1_session *s, int status, const char *why)
+static void answer_bad_request(struct h1_session *s, int status, const char *why,
+                               const char *detail)
 {
-    char body[512], head[512];
+    char body[640], head[512];
     const struct loc_conf *lc = dflt_lc(s);
-    size_t bl = proxy_error_html(status, lc->server_tokens, body, sizeof(body));
+    size_t bl = proxy_error_html(status, detail, lc->server_tokens, body, sizeof(body));
     struct slice date = vars_http_date();
     int hl = snprintf(head, sizeof(head),
                       "HTTP/1.1 %d %s\r\nServer: %s\r\nDate: %.*s\r\nContent-Type: "
@@ -463,7 +512,7 @@ static void read_head(struct h1_session *s)
                 try_parse = true;
             }
             if (!try_parse && have > lim.max_head) {
-                answer_bad_request(s, 431, "request head too large");
+                answer_bad_request(s, 431, "request head too large", NULL);
                 return;
             }
             if (try_parse) {
@@ -477,7 +526,7 @@ static void read_head(struct h1_session *s)
                     return;
                 }
                 if (r == H1_ERROR) {
-                    answer_bad_request(s, h1_error_status(err), h1_error_str(err));
+                    answer_bad_request(s, h1_error_status(err), h1_error_str(err), NULL);
                     return;
                 }
             }
@@ -568,6 +617,8 @@ static void start_exchange(struct h1_session *s, struct h1_request *req)
     ex->peer = &s->peer;
     ex->local = &s->local;
     ex->listen = s->lset;
+    ex->tls = s->tls;
+    ex->is_tls = s->tls != NULL;
     ex->conn_number = s->conn_number;
     ex->conn_requests = ++s->requests;
     ex->start_ms = loop_now_ms(s->w->loop);
@@ -643,6 +694,12 @@ static void start_exchange(struct h1_session *s, struct h1_request *req)
         }
         norm[nl] = '\0';
         ex->uri = slice_make(norm, (size_t)nl);
+    }
+    if (s->tls && (ex->error_detail = tls_conn_verify_refusal(s->tls))) {
+        /* ssl_verify_client on: nginx answers 400 with the reason */
+        ex->close_conn = true;
+        proxy_respond_error(ex, 400);
+        return;
     }
     proxy_start(ex);
     return;
@@ -1000,6 +1057,10 @@ static void sess_io(struct io *io, uint32_t events)
     struct h1_session *s = io->data;
     if (s->state == S_CLOSED)
         return;
+    if (s->state == S_HANDSHAKE) {
+        do_handshake(s);
+        return;
+    }
     if (io->writable && out_count(s)) {
         sess_flush(s);
         if (s->state == S_CLOSED)
@@ -1008,6 +1069,9 @@ static void sess_io(struct io *io, uint32_t events)
     if (!io->readable)
         return;
     switch (s->state) {
+    case S_HANDSHAKE:
+        do_handshake(s);
+        break;
     case S_HEAD:
         if (!s->close_after)
             read_head(s);
@@ -1034,9 +1098,16 @@ static void rtimer_cb(struct timer *t)
 {
     struct h1_session *s = t->data;
     switch (s->state) {
+    case S_HANDSHAKE: {
+        char peer[64];
+        net_addr_format(&s->peer, peer, sizeof(peer));
+        LOG(LOG_INFO, "SSL handshake with client %s timed out", peer);
+        sess_close(s);
+        break;
+    }
     case S_HEAD:
         if (s->rseg && s->rend > s->rstart && !s->close_after) {
-            answer_bad_request(s, 408, "client_header_timeout");
+            answer_bad_request(s, 408, "client_header_timeout", NULL);
         } else {
             sess_close(s); /* keep-alive timeout */
         }
@@ -1077,6 +1148,11 @@ static void sess_close(struct h1_session *s)
     s->state = S_CLOSED;
     struct loop *l = s->w->loop;
     loop_io_del(l, &s->io);
+    if (s->tls) {
+        tls_shutdown(s->tls);
+        tls_conn_free(s->tls);
+        s->tls = NULL;
+    }
     close(s->io.fd);
     s->io.fd = -1;
     timer_cancel(&s->rtimer);

@@ -10,6 +10,7 @@
 
 #include "proxy/exchange.h"
 #include "proxy/proxy.h"
+#include "tls/tls.h"
 
 enum var_id {
     V_HOST,
@@ -55,6 +56,15 @@ enum var_id {
     V_CONTENT_TYPE,
     V_HTTP2,
     V_REMOTE_USER,
+    V_HTTPS,
+    V_SSL_PROTOCOL,
+    V_SSL_CIPHER,
+    V_SSL_SESSION_REUSED,
+    V_SSL_SERVER_NAME,
+    V_SSL_CLIENT_VERIFY,
+    V_SSL_CLIENT_S_DN,
+    V_SSL_CLIENT_FINGERPRINT,
+    V_SSL_ALPN_PROTOCOL,
     V_CAPTURE,       /* $1..$9 (arg: the digit) */
     V_NAMED_CAPTURE, /* (?<name>...) */
 };
@@ -112,6 +122,15 @@ static const struct var_def var_defs[] = {
     { "content_type", V_CONTENT_TYPE, false },
     { "http2", V_HTTP2, false },
     { "remote_user", V_REMOTE_USER, false },
+    { "https", V_HTTPS, false },
+    { "ssl_protocol", V_SSL_PROTOCOL, false },
+    { "ssl_cipher", V_SSL_CIPHER, false },
+    { "ssl_session_reused", V_SSL_SESSION_REUSED, false },
+    { "ssl_server_name", V_SSL_SERVER_NAME, false },
+    { "ssl_client_verify", V_SSL_CLIENT_VERIFY, false },
+    { "ssl_client_s_dn", V_SSL_CLIENT_S_DN, false },
+    { "ssl_client_fingerprint", V_SSL_CLIENT_FINGERPRINT, false },
+    { "ssl_alpn_protocol", V_SSL_ALPN_PROTOCOL, false },
 };
 
 static bool var_char(char c)
@@ -615,6 +634,30 @@ struct slice var_value(struct exchange *ex, int var, struct slice arg)
                                       : SLICE_NULL;
     case V_REMOTE_USER:
         return basic_user(ex);
+    case V_HTTPS:
+        return ex->tls ? SLICE_LIT("on") : SLICE_NULL;
+    case V_SSL_PROTOCOL:
+        return ex->tls ? slice_cstr(tls_conn_protocol(ex->tls)) : SLICE_NULL;
+    case V_SSL_CIPHER:
+        return ex->tls ? slice_cstr(tls_conn_cipher(ex->tls)) : SLICE_NULL;
+    case V_SSL_SESSION_REUSED:
+        return !ex->tls ? SLICE_NULL : tls_conn_reused(ex->tls) ? SLICE_LIT("r") : SLICE_LIT(".");
+    case V_SSL_SERVER_NAME:
+        return ex->tls ? slice_cstr(tls_conn_server_name(ex->tls)) : SLICE_NULL;
+    case V_SSL_CLIENT_VERIFY:
+        return ex->tls ? slice_cstr(tls_conn_client_verify(ex->tls)) : SLICE_NULL;
+    case V_SSL_ALPN_PROTOCOL:
+        return ex->tls ? tls_conn_alpn(ex->tls) : SLICE_NULL;
+    case V_SSL_CLIENT_S_DN:
+    case V_SSL_CLIENT_FINGERPRINT: {
+        if (!ex->tls)
+            return SLICE_NULL;
+        char buf[1024];
+        size_t n = var == V_SSL_CLIENT_S_DN
+                       ? tls_conn_client_s_dn(ex->tls, buf, sizeof(buf))
+                       : tls_conn_client_fingerprint(ex->tls, buf, sizeof(buf));
+        return arena_slice_dup(&ex->arena, slice_make(buf, n < sizeof(buf) ? n : 0));
+    }
     case V_CAPTURE: {
         int idx = arg.p[0] - '0';
         if (ex->caps.n)

@@ -11,6 +11,7 @@
 #include "proxy/accesslog.h"
 #include "proxy/session.h"
 #include "router/router.h"
+#include "tls/tls.h"
 
 _Atomic(struct snapshot *) current_snapshot;
 
@@ -262,6 +263,7 @@ static void *worker_main(void *arg)
     loop_drain_posted(w->loop);
     accesslog_thread_deinit();
     router_thread_deinit();
+    tls_thread_deinit();
     buf_trim_cache();
     return NULL;
 }

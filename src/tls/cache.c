@@ -9,12 +9,12 @@
 
 #include "tls/tls_int.h"
 
-#define NSHARDS 16
+#define NSHARDS         16
 #define MAX_SESSION_DER 4096 /* as NGX_SSL_MAX_SESSION_SIZE */
 
 struct entry {
-    struct entry *hnext;        /* hash chain */
-    struct entry *prev, *next;  /* LRU, head = most recent */
+    struct entry *hnext;       /* hash chain */
+    struct entry *prev, *next; /* LRU, head = most recent */
     time_t expire;
     unsigned char id_len;
     unsigned char id[SSL_MAX_SSL_SESSION_ID_LENGTH];
@@ -25,15 +25,15 @@ struct entry {
 struct shard {
     pthread_mutex_t lock;
     struct entry **buckets;
-    size_t nbuckets;            /* power of two */
+    size_t nbuckets; /* power of two */
     struct entry *head, *tail;
     size_t used, budget;
 };
 
 struct tls_cache {
-    struct tls_cache *next;     /* registry */
+    struct tls_cache *next; /* registry */
     char *name;
-    int refs;                   /* under registry_lock */
+    int refs; /* under registry_lock */
     struct shard shards[NSHARDS];
 };
 

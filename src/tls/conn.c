@@ -15,16 +15,16 @@
 
 struct tls_conn {
     SSL *ssl;
-    struct tls_ctx *ctx;       /* the listener's (or upstream's) context */
+    struct tls_ctx *ctx; /* the listener's (or upstream's) context */
     int fd;
     bool is_server;
-    bool peeked;               /* first byte checked for plain HTTP */
-    bool done;                 /* handshake complete */
-    bool fatal;                /* no close_notify after a fatal error */
-    size_t pend_len;           /* an SSL_write to retry with this many bytes */
+    bool peeked;     /* first byte checked for plain HTTP */
+    bool done;       /* handshake complete */
+    bool fatal;      /* no close_notify after a fatal error */
+    size_t pend_len; /* an SSL_write to retry with this many bytes */
     const char *err;
     char errbuf[160];
-    char verify[96];           /* $ssl_client_verify */
+    char verify[96]; /* $ssl_client_verify */
 };
 
 /* Coalescing buffer: a record is encrypted by OpenSSL as soon as SSL_write
@@ -378,8 +378,8 @@ const char *tls_conn_client_verify(const struct tls_conn *t)
 /* nginx's ngx_ssl_verify_error_optional(): the errors optional_no_ca lets by. */
 static bool no_ca_error(long r)
 {
-    return r == X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT || r == X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN ||
-           r == X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT ||
+    return r == X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT ||
+           r == X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN || r == X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT ||
            r == X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY ||
            r == X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE;
 }

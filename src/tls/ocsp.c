@@ -17,8 +17,8 @@
 
 #include "tls/tls_int.h"
 
-#define MAX_ITEMS 4
-#define MAX_RESPONSE (1 << 20)
+#define MAX_ITEMS       4
+#define MAX_RESPONSE    (1 << 20)
 #define FETCH_TIMEOUT_S 10
 
 struct staple_item {
@@ -32,14 +32,14 @@ struct staple_item {
 
 struct tls_staple {
     pthread_mutex_t lock;
-    int refs;                  /* the context, and the fetcher while it works */
-    bool dead;                 /* context gone: the fetcher drops it */
+    int refs;  /* the context, and the fetcher while it works */
+    bool dead; /* context gone: the fetcher drops it */
     bool verify;
-    STACK_OF(X509) *chain;
-    X509_STORE *store;         /* referenced from the SSL_CTX */
+    STACK_OF(X509) * chain;
+    X509_STORE *store; /* referenced from the SSL_CTX */
     size_t n;
     struct staple_item items[MAX_ITEMS];
-    struct tls_staple *next;   /* fetcher's list */
+    struct tls_staple *next; /* fetcher's list */
 };
 
 static pthread_mutex_t fetch_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -129,8 +129,8 @@ static OCSP_RESPONSE *fetch(const struct staple_item *it)
     if (!req)
         goto out;
     body = OSSL_HTTP_transfer(NULL, host, port, path, 0, NULL, NULL, NULL, NULL, NULL, NULL, 0,
-                              NULL, "application/ocsp-request", req, "application/ocsp-response",
-                              1, MAX_RESPONSE, FETCH_TIMEOUT_S, 0);
+                              NULL, "application/ocsp-request", req, "application/ocsp-response", 1,
+                              MAX_RESPONSE, FETCH_TIMEOUT_S, 0);
     if (body)
         rsp = d2i_OCSP_RESPONSE_bio(body, NULL);
 out:
@@ -154,8 +154,8 @@ static time_t check(struct tls_staple *s, const struct staple_item *it, OCSP_RES
         goto out;
     if (!(basic = OCSP_response_get1_basic(rsp)))
         goto out;
-    if (OCSP_basic_verify(basic, s->chain, s->store,
-                          s->verify ? OCSP_TRUSTOTHER : OCSP_NOVERIFY) != 1)
+    if (OCSP_basic_verify(basic, s->chain, s->store, s->verify ? OCSP_TRUSTOTHER : OCSP_NOVERIFY) !=
+        1)
         goto out;
     if (OCSP_resp_find_status(basic, it->id, &status, &reason, NULL, &thisupd, &nextupd) != 1 ||
         status != V_OCSP_CERTSTATUS_GOOD)
@@ -232,7 +232,7 @@ static void *fetcher(void *arg)
             pthread_mutex_lock(&fetch_lock);
             continue;
         }
-        struct timespec ts = { .tv_sec = wake };
+        struct timespec ts = {.tv_sec = wake};
         pthread_cond_timedwait(&fetch_cond, &fetch_lock, &ts);
     }
     return NULL;
@@ -266,7 +266,7 @@ static bool fetcher_add(struct tls_staple *s)
 
 /* ---- setup ---- */
 
-static X509 *find_issuer(X509 *cert, STACK_OF(X509) *chain, X509_STORE *store)
+static X509 *find_issuer(X509 *cert, STACK_OF(X509) * chain, X509_STORE *store)
 {
     for (int i = 0; i < sk_X509_num(chain); i++) {
         X509 *c = sk_X509_value(chain, i);
@@ -293,7 +293,8 @@ static bool read_file(const char *path, unsigned char **out, size_t *len)
     size_t n = 0, cap = 0;
     for (;;) {
         if (n == cap) {
-            unsigned char *nb = cap >= MAX_RESPONSE ? NULL : OPENSSL_realloc(buf, cap = cap ? cap * 2 : 4096);
+            unsigned char *nb =
+                cap >= MAX_RESPONSE ? NULL : OPENSSL_realloc(buf, cap = cap ? cap * 2 : 4096);
             if (!nb) {
                 OPENSSL_free(buf);
                 fclose(f);

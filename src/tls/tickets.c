@@ -15,7 +15,7 @@
 
 #include "tls/tls_int.h"
 
-#define MAX_KEYS 4
+#define MAX_KEYS      4
 #define ROTATING_KEYS 3
 
 struct ticket_key {
@@ -139,7 +139,6 @@ static int ticket_cb(SSL *ssl, unsigned char name[16], unsigned char *iv, EVP_CI
         ret = i == t->n ? 0 : i == 0 ? 1 : 2; /* 2: decrypted with an old key, renew */
     }
     pthread_rwlock_unlock(&t->lock);
-    if (getenv("TLS_DEBUG")) fprintf(stderr, "ticket_cb enc=%d ret=%d n=%zu\n", enc, ret, t->n);
     if (ret == 0)
         return 0; /* unknown key: full handshake */
     if (enc)

@@ -11,13 +11,12 @@
 #include "tls/tls_int.h"
 
 #define DEFAULT_CIPHERS "ECDHE+AESGCM:ECDHE+CHACHA20"
-#define DEFAULT_CURVES "X25519:prime256v1:secp384r1"
+#define DEFAULT_CURVES  "X25519:prime256v1:secp384r1"
 
 static int ctx_index = -1;
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
 
-static void ctx_ex_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl,
-                        void *argp)
+static void ctx_ex_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl, void *argp)
 {
     struct tls_ctx *c = ptr;
     if (!c)
@@ -97,10 +96,9 @@ void tls_ctx_free(struct tls_ctx *c)
         SSL_CTX_free(c->ssl); /* c goes with the last reference (ctx_ex_free) */
 }
 
-static const int proto_versions[] = { TLS1_VERSION, TLS1_1_VERSION, TLS1_2_VERSION,
-                                      TLS1_3_VERSION };
-static const uint64_t proto_no_ops[] = { SSL_OP_NO_TLSv1, SSL_OP_NO_TLSv1_1, SSL_OP_NO_TLSv1_2,
-                                         SSL_OP_NO_TLSv1_3 };
+static const int proto_versions[] = {TLS1_VERSION, TLS1_1_VERSION, TLS1_2_VERSION, TLS1_3_VERSION};
+static const uint64_t proto_no_ops[] = {SSL_OP_NO_TLSv1, SSL_OP_NO_TLSv1_1, SSL_OP_NO_TLSv1_2,
+                                        SSL_OP_NO_TLSv1_3};
 
 /* min/max from the lowest and highest bit; holes in between become
  * SSL_OP_NO_* (what nginx does with ssl_protocols TLSv1 TLSv1.2). */
@@ -503,7 +501,8 @@ struct tls_ctx *tls_client_ctx_new(const struct tls_client_conf *conf, char *err
     }
     if (conf->cert || conf->key) {
         if (!conf->cert || !conf->key) {
-            snprintf(err, errlen, "proxy_ssl_certificate and proxy_ssl_certificate_key go together");
+            snprintf(err, errlen,
+                     "proxy_ssl_certificate and proxy_ssl_certificate_key go together");
             goto fail;
         }
         if (!load_pair(c->ssl, conf->cert, conf->key, err, errlen))
@@ -515,9 +514,9 @@ struct tls_ctx *tls_client_ctx_new(const struct tls_client_conf *conf, char *err
         tls_errf(err, errlen, "SSL_CTX_set_alpn_protos()", NULL);
         goto fail;
     }
-    SSL_CTX_set_session_cache_mode(c->ssl, conf->session_reuse ? SSL_SESS_CACHE_CLIENT |
-                                                                     SSL_SESS_CACHE_NO_INTERNAL
-                                                               : SSL_SESS_CACHE_OFF);
+    SSL_CTX_set_session_cache_mode(c->ssl, conf->session_reuse
+                                               ? SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL
+                                               : SSL_SESS_CACHE_OFF);
     if (!conf->session_reuse)
         SSL_CTX_set_options(c->ssl, SSL_OP_NO_TICKET);
     return c;

@@ -17,16 +17,16 @@
  * Strings are NUL-terminated; arrays may be empty. Filled by the config
  * loader, then handed to tls_server_ctx_new() once. */
 struct tls_server_conf {
-    const char *certs[4];        /* ssl_certificate (PEM chains), e.g. an ECDSA and an RSA one */
-    const char *keys[4];         /* ssl_certificate_key, same order */
+    const char *certs[4]; /* ssl_certificate (PEM chains), e.g. an ECDSA and an RSA one */
+    const char *keys[4];  /* ssl_certificate_key, same order */
     size_t ncerts;
-    unsigned protocols;          /* TLS_PROTO_* bits; 0 = TLSv1.2 | TLSv1.3. OpenSSL 3 refuses
-                                  * TLSv1/1.1 handshakes at security level >= 1: they also
-                                  * need "@SECLEVEL=0" in ciphers */
-    const char *ciphers;         /* ssl_ciphers (TLS 1.2 list), NULL = ECDHE+AESGCM:ECDHE+CHACHA20;
-                                  * TLS 1.3 suites stay OpenSSL's (ssl_conf_command Ciphersuites) */
-    const char *ecdh_curve;      /* ssl_ecdh_curve, NULL = X25519:prime256v1:secp384r1 */
-    const char *dhparam;         /* ssl_dhparam file, NULL = none */
+    unsigned protocols;     /* TLS_PROTO_* bits; 0 = TLSv1.2 | TLSv1.3. OpenSSL 3 refuses
+                             * TLSv1/1.1 handshakes at security level >= 1: they also
+                             * need "@SECLEVEL=0" in ciphers */
+    const char *ciphers;    /* ssl_ciphers (TLS 1.2 list), NULL = ECDHE+AESGCM:ECDHE+CHACHA20;
+                             * TLS 1.3 suites stay OpenSSL's (ssl_conf_command Ciphersuites) */
+    const char *ecdh_curve; /* ssl_ecdh_curve, NULL = X25519:prime256v1:secp384r1 */
+    const char *dhparam;    /* ssl_dhparam file, NULL = none */
     bool prefer_server_ciphers;
     const char *conf_commands[8][2]; /* ssl_conf_command name value */
     size_t nconf_commands;
@@ -34,36 +34,36 @@ struct tls_server_conf {
     /* Session cache and tickets are those of the listener's default context:
      * OpenSSL resumes before the SNI callback runs (see tls_ctx_set_sni). */
     const char *session_cache_name; /* ssl_session_cache shared:NAME:SIZE, NULL = off; one
-                                  * cache per NAME in the process, shared by all contexts
-                                  * and threads naming it and kept across reloads */
+                                     * cache per NAME in the process, shared by all contexts
+                                     * and threads naming it and kept across reloads */
     size_t session_cache_size;
-    uint32_t session_timeout_s;  /* ssl_session_timeout, default 300 */
-    bool session_tickets;        /* default on */
-    const char *ticket_keys[4];  /* ssl_session_ticket_key files (80 or 48 bytes), the first
-                                  * encrypts; none = random keys rotated every
-                                  * session_timeout, the 2 previous still decrypt */
+    uint32_t session_timeout_s; /* ssl_session_timeout, default 300 */
+    bool session_tickets;       /* default on */
+    const char *ticket_keys[4]; /* ssl_session_ticket_key files (80 or 48 bytes), the first
+                                 * encrypts; none = random keys rotated every
+                                 * session_timeout, the 2 previous still decrypt */
     size_t nticket_keys;
     /* OCSP */
     bool stapling;
     bool stapling_verify;
-    const char *stapling_file;   /* DER response to staple as is; else with `stapling`
-                                  * responses are fetched from the AIA responder on a
-                                  * background thread (system resolver) */
+    const char *stapling_file;       /* DER response to staple as is; else with `stapling`
+                                      * responses are fetched from the AIA responder on a
+                                      * background thread (system resolver) */
     const char *trusted_certificate; /* issuers/responders for stapling; added to the
-                                  * verify store, as nginx */
+                                      * verify store, as nginx */
     /* client certificates */
     const char *client_certificate; /* CA file */
-    int verify_client;           /* TLS_VERIFY_OFF/ON/OPTIONAL/OPTIONAL_NO_CA; as nginx, a
-                                  * missing or bad client certificate does not fail the
-                                  * handshake: see tls_conn_verify_refusal() */
-    int verify_depth;            /* default 1 */
+    int verify_client;              /* TLS_VERIFY_OFF/ON/OPTIONAL/OPTIONAL_NO_CA; as nginx, a
+                                     * missing or bad client certificate does not fail the
+                                     * handshake: see tls_conn_verify_refusal() */
+    int verify_depth;               /* default 1 */
     const char *crl;
     /* ALPN protocols offered, in preference order, e.g. "h2", "http/1.1" */
     const char *alpn[4];
     size_t nalpn;
 };
 
-#define TLS_PROTO_TLSv1 (1u << 0)
+#define TLS_PROTO_TLSv1   (1u << 0)
 #define TLS_PROTO_TLSv1_1 (1u << 1)
 #define TLS_PROTO_TLSv1_2 (1u << 2)
 #define TLS_PROTO_TLSv1_3 (1u << 3)
@@ -96,14 +96,14 @@ bool tls_ctx_stapling_ready(const struct tls_ctx *c);
 
 /* A client context for upstream TLS (proxy_ssl_*). */
 struct tls_client_conf {
-    bool verify;                 /* proxy_ssl_verify */
+    bool verify; /* proxy_ssl_verify */
     const char *trusted_certificate;
     int verify_depth;
     unsigned protocols;
     const char *ciphers;
-    const char *cert, *key;      /* proxy_ssl_certificate / _key (mTLS) */
-    bool session_reuse;          /* default on; see tls_conn_session_get() */
-    const char *alpn[4];         /* offered to the upstream, e.g. "http/1.1" */
+    const char *cert, *key; /* proxy_ssl_certificate / _key (mTLS) */
+    bool session_reuse;     /* default on; see tls_conn_session_get() */
+    const char *alpn[4];    /* offered to the upstream, e.g. "http/1.1" */
     size_t nalpn;
 };
 struct tls_ctx *tls_client_ctx_new(const struct tls_client_conf *c, char *err, size_t errlen);
@@ -144,7 +144,9 @@ void tls_conn_free(struct tls_conn *t);
 /* Drive the handshake: TLS_OK when done; TLS_PLAINTEXT (server); errors are
  * for the info log with tls_conn_error(). Call until TLS_OK before reading. */
 int tls_handshake(struct tls_conn *t);
-/* Read up to len bytes: > 0 bytes, or a negative enum tls_io. */
+/* Read up to len bytes: > 0 bytes, or a negative enum tls_io. With an
+ * edge-triggered loop, read until TLS_WANT_READ: decrypted bytes (and, with
+ * read-ahead, whole records) can wait inside OpenSSL with the socket empty. */
 ssize_t tls_read(struct tls_conn *t, void *buf, size_t len);
 /* Write as much of iov as possible: > 0 bytes written, or a negative enum
  * tls_io. Coalesces small pieces into TLS records of up to 16 KiB. After

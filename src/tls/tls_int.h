@@ -18,16 +18,16 @@ struct tls_staple;
 struct tls_ctx {
     SSL_CTX *ssl;
     bool is_client;
-    int verify_client;            /* TLS_VERIFY_* (server) */
-    bool verify_peer;             /* client: proxy_ssl_verify */
-    bool session_reuse;           /* client */
-    unsigned char alpn[64];       /* wire format, server preference order */
+    int verify_client;      /* TLS_VERIFY_* (server) */
+    bool verify_peer;       /* client: proxy_ssl_verify */
+    bool session_reuse;     /* client */
+    unsigned char alpn[64]; /* wire format, server preference order */
     size_t alpn_len;
     tls_sni_fn *sni_fn;
     void *sni_arg;
-    struct tls_cache *cache;      /* shared:NAME:SIZE, referenced */
-    struct tls_tickets *tickets;  /* NULL when tickets are off */
-    struct tls_staple *staple;    /* NULL when stapling is off */
+    struct tls_cache *cache;     /* shared:NAME:SIZE, referenced */
+    struct tls_tickets *tickets; /* NULL when tickets are off */
+    struct tls_staple *staple;   /* NULL when stapling is off */
 };
 
 /* Set up once: ex_data indexes. Returns false if OpenSSL refused. */

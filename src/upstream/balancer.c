@@ -50,7 +50,7 @@ static uint64_t rand64(void)
 
 bool ups_server_usable(const struct ups_server *s, uint64_t now_ms)
 {
-    if (s->down)
+    if (s->down || atomic_load_explicit(&s->hc.down, memory_order_relaxed))
         return false;
     uint64_t until = atomic_load_explicit(&s->failed_until_ms, memory_order_relaxed);
     if (until && now_ms < until)
@@ -100,7 +100,9 @@ static struct ups_server *rr_tier(struct ups_group *g, const struct ups_pick_ctx
     for (size_t i = 0; i < g->nservers; i++) {
         struct ups_server *s = &g->servers[i];
         if (ignore_fails) {
+            /* an active check's verdict stands even then (NGINX Plus) */
             if (s->backup != backup || (cx->tried & (1ull << i)) || s->down ||
+                atomic_load_explicit(&s->hc.down, memory_order_relaxed) ||
                 (s->max_conns &&
                  atomic_load_explicit(&s->active, memory_order_relaxed) >= s->max_conns))
                 continue;

@@ -439,6 +439,7 @@ static void conn_bind(struct ups_conn *c, struct ups_server *s)
 {
     c->srv = s;
     atomic_fetch_add_explicit(&s->active, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&s->requests, 1, memory_order_relaxed);
 }
 
 void ups_conn_close(struct ups_conn *c)

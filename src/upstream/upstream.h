@@ -13,6 +13,19 @@
 #include "core/str.h"
 #include "net/net.h"
 
+/* Active health check state of one server (upstream/check.c). Written by the
+ * checker thread only, read by every worker and the status API. */
+struct ups_hc {
+    _Atomic int down;            /* checks now failing it (mandatory: until its first pass) */
+    _Atomic bool checking;       /* mandatory and not checked yet */
+    _Atomic uint32_t checks;     /* checks made */
+    _Atomic uint32_t fails;      /* checks failed */
+    _Atomic uint32_t unhealthy;  /* times it turned unhealthy */
+    _Atomic int last_status;     /* HTTP status of the last check; 0: none (TCP, or no answer) */
+    _Atomic bool last_ok;
+    _Atomic uint64_t last_ms;    /* wall clock of the last check, ms since the epoch; 0 never */
+};
+
 struct ups_server {
     char *name;              /* as written: "127.0.0.1:8081" */
     struct net_addr addr;
@@ -36,6 +49,8 @@ struct ups_server {
     _Atomic uint64_t ejected_until_ms;
     _Atomic uint32_t ewma_header_x16;   /* least_time: EWMA of header time, ms * 16 */
     _Atomic uint32_t ewma_last_byte_x16;/* least_time: EWMA of whole response time */
+    _Atomic uint64_t requests;       /* tries sent to it (all workers) */
+    struct ups_hc hc;                /* active health checks: down while hc.down > 0 */
 };
 
 struct ups_group;
@@ -112,6 +127,7 @@ struct ups_group {
     uint32_t rb_interval_ms;
     _Atomic uint64_t rb_window_start_ms;
     _Atomic uint32_t rb_requests[2], rb_retries[2]; /* [0] current window, [1] previous */
+    struct ups_check *checks;    /* active health checks (upstream/check.h), a list */
 };
 
 #define UPS_MAX_SERVERS 64
@@ -144,7 +160,8 @@ static inline size_t ups_server_index(const struct ups_group *g, const struct up
 {
     return (size_t)(s - g->servers);
 }
-/* Is s usable now (not down, failed, ejected or at max_conns)? */
+/* Is s usable now (not down, failed, ejected, unhealthy by an active check or
+ * at max_conns)? */
 bool ups_server_usable(const struct ups_server *s, uint64_t now_ms);
 /* Weight now, scaled by UPS_WEIGHT_SCALE: ramps up during slow start. */
 #define UPS_WEIGHT_SCALE 16

@@ -32,11 +32,13 @@ static const char gen_script[] =
     "set -e; cd \"$D\"\n"
     "q() { \"$@\" >/dev/null 2>&1; }\n"
     "EC='-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes'\n"
-    "q openssl req -x509 -newkey rsa:2048 -nodes -keyout rsa.key -out rsa.crt -days 2 -subj /CN=rsa.test\n"
+    "q openssl req -x509 -newkey rsa:2048 -nodes -keyout rsa.key -out rsa.crt -days 2 -subj "
+    "/CN=rsa.test\n"
     "q openssl req -x509 $EC -keyout ec.key -out ec.crt -days 2 -subj /CN=ec.test\n"
     "for ca in ca ca2; do\n"
     "  q openssl req -x509 $EC -keyout $ca.key -out $ca.crt -days 2 -subj \"/CN=Test $ca\" "
-    "-addext basicConstraints=critical,CA:TRUE -addext keyUsage=keyCertSign,cRLSign,digitalSignature\n"
+    "-addext basicConstraints=critical,CA:TRUE -addext "
+    "keyUsage=keyCertSign,cRLSign,digitalSignature\n"
     "done\n"
     "printf 'subjectAltName=DNS:srv.test\\nauthorityInfoAccess=OCSP;URI:http://127.0.0.1:%s\\n' "
     "\"$OCSP_PORT\" > srv.ext\n"
@@ -116,7 +118,7 @@ static const char *path(const char *name)
 
 static struct tls_server_conf base_conf(const char *cert, const char *key)
 {
-    struct tls_server_conf c = { 0 };
+    struct tls_server_conf c = {0};
     c.certs[0] = path(cert);
     c.keys[0] = path(key);
     c.ncerts = 1;
@@ -210,8 +212,8 @@ struct session {
 static void open_raw(struct session *x, struct tls_ctx *srv, SSL_CTX *cli, const char *sni)
 {
     pair(x->sv, 0);
-    x->s = (struct ep){ .t = tls_conn_server(srv, x->sv[0]) };
-    x->c = (struct ep){ .ssl = SSL_new(cli) };
+    x->s = (struct ep){.t = tls_conn_server(srv, x->sv[0])};
+    x->c = (struct ep){.ssl = SSL_new(cli)};
     cr_assert_not_null(x->s.t);
     SSL_set_fd(x->c.ssl, x->sv[1]);
     SSL_set_connect_state(x->c.ssl);
@@ -222,8 +224,8 @@ static void open_raw(struct session *x, struct tls_ctx *srv, SSL_CTX *cli, const
 static void open_ours(struct session *x, struct tls_ctx *srv, struct tls_ctx *cli, const char *sni)
 {
     pair(x->sv, 0);
-    x->s = (struct ep){ .t = tls_conn_server(srv, x->sv[0]) };
-    x->c = (struct ep){ .t = tls_conn_client(cli, x->sv[1], sni) };
+    x->s = (struct ep){.t = tls_conn_server(srv, x->sv[0])};
+    x->c = (struct ep){.t = tls_conn_client(cli, x->sv[1], sni)};
     cr_assert_not_null(x->s.t);
     cr_assert_not_null(x->c.t);
 }
@@ -244,7 +246,7 @@ static void close_session(struct session *x)
 /* Server sends "hi", the raw client reads it: processes TLS 1.3 tickets. */
 static void ping(struct session *x)
 {
-    struct iovec iov = { (void *)"hi", 2 };
+    struct iovec iov = {(void *)"hi", 2};
     cr_assert_eq(tls_writev(x->s.t, &iov, 1), 2);
     char buf[8];
     int n = -1;
@@ -273,8 +275,8 @@ Test(tls, tls13_and_tls12_succeed)
 {
     struct tls_server_conf c = base_conf("rsa.crt", "rsa.key");
     struct tls_ctx *srv = server(&c);
-    static const int vers[] = { TLS1_3_VERSION, TLS1_2_VERSION };
-    static const char *names[] = { "TLSv1.3", "TLSv1.2" };
+    static const int vers[] = {TLS1_3_VERSION, TLS1_2_VERSION};
+    static const char *names[] = {"TLSv1.3", "TLSv1.2"};
     for (int i = 0; i < 2; i++) {
         SSL_CTX *cli = raw_ctx(vers[i], vers[i]);
         struct session x;
@@ -332,8 +334,8 @@ Test(tls, ecdsa_or_rsa_by_client_sigalgs)
     c.keys[1] = path("ec.key");
     c.ncerts = 2;
     struct tls_ctx *srv = server(&c);
-    static const char *sigalgs[] = { "ecdsa_secp256r1_sha256", "rsa_pss_rsae_sha256:RSA+SHA256" };
-    static const char *want[] = { "ec.test", "rsa.test" };
+    static const char *sigalgs[] = {"ecdsa_secp256r1_sha256", "rsa_pss_rsae_sha256:RSA+SHA256"};
+    static const char *want[] = {"ec.test", "rsa.test"};
     for (int v = 0; v < 2; v++) {
         int ver = v ? TLS1_2_VERSION : TLS1_3_VERSION;
         for (int i = 0; i < 2; i++) {
@@ -429,8 +431,8 @@ Test(tls, sni_switches_context)
     sni_other = server(&c);
     int calls = 0;
     tls_ctx_set_sni(dflt, pick, &calls);
-    static const char *sni[] = { "ec.test", "unknown.test", NULL };
-    static const char *want[] = { "ec.test", "rsa.test", "rsa.test" };
+    static const char *sni[] = {"ec.test", "unknown.test", NULL};
+    static const char *want[] = {"ec.test", "rsa.test", "rsa.test"};
     for (int i = 0; i < 3; i++) {
         SSL_CTX *cli = raw_ctx(0, 0);
         struct session x;
@@ -462,9 +464,9 @@ Test(tls, alpn_in_server_preference_order)
         size_t len;
         const char *want;
     } cases[] = {
-        { both, sizeof(both) - 1, "h2" },
-        { h1, sizeof(h1) - 1, "http/1.1" },
-        { NULL, 0, "" },
+        {both, sizeof(both) - 1, "h2"},
+        {h1, sizeof(h1) - 1, "http/1.1"},
+        {NULL, 0, ""},
     };
     for (int i = 0; i < 3; i++) {
         SSL_CTX *cli = raw_ctx(0, 0);
@@ -474,7 +476,8 @@ Test(tls, alpn_in_server_preference_order)
         open_raw(&x, srv, cli, NULL);
         cr_assert_eq(pump(&x.s, &x.c), 0, "%s", tls_conn_error(x.s.t));
         struct slice a = tls_conn_alpn(x.s.t);
-        cr_assert(a.len == strlen(cases[i].want) && memcmp(a.p, cases[i].want, a.len) == 0,
+        cr_assert(a.len == strlen(cases[i].want) &&
+                      (a.len == 0 || memcmp(a.p, cases[i].want, a.len) == 0),
                   "case %d: %.*s", i, (int)a.len, a.p);
         close_session(&x);
         SSL_CTX_free(cli);
@@ -636,7 +639,7 @@ static struct tls_ctx *mtls_server(int mode)
 
 static struct tls_ctx *client(const char *cert, const char *key, bool verify, const char *ca)
 {
-    struct tls_client_conf cc = { 0 };
+    struct tls_client_conf cc = {0};
     cc.cert = cert ? path(cert) : NULL;
     cc.key = key ? path(key) : NULL;
     cc.verify = verify;
@@ -764,7 +767,9 @@ Test(tls, upstream_verify_and_session_reuse)
     cr_assert(strstr(tls_conn_error(x.c.t), "certificate verify failed: unable to get local "
                                             "issuer certificate") != NULL,
               "%s", tls_conn_error(x.c.t));
-    cr_assert_neq(tls_conn_error(x.s.t)[0], '\0');
+    for (int i = 0; i < 10 && step(&x.s) == 0; i++)
+        ;
+    cr_assert_str_eq(tls_conn_error(x.s.t), "tlsv1 alert unknown ca");
     close_session(&x);
     tls_ctx_free(bad);
     tls_ctx_free(good);
@@ -802,8 +807,8 @@ Test(tls, plain_http_detected_without_consuming)
 
 /* Server writes the iovs (advancing past what was taken), the client reads
  * everything; returns the bytes received. */
-static size_t transfer(struct session *x, struct iovec *iov, int n, unsigned char *out,
-                       size_t cap, int *wants)
+static size_t transfer(struct session *x, struct iovec *iov, int n, unsigned char *out, size_t cap,
+                       int *wants)
 {
     size_t got = 0;
     int i = 0;
@@ -864,11 +869,11 @@ static void writev_case(int nsmall, size_t big, int sndbuf)
     size_t off = 0;
     for (int i = 0; i < nsmall; i++) {
         size_t l = 1 + (size_t)(i * 7) % 97;
-        iov[i] = (struct iovec){ src + off, l };
+        iov[i] = (struct iovec){src + off, l};
         off += l;
     }
     if (big)
-        iov[nsmall] = (struct iovec){ src + off, big };
+        iov[nsmall] = (struct iovec){src + off, big};
     int wants;
     size_t got = transfer(&x, iov, n, dst, total, &wants);
     cr_assert_eq(got, total);
@@ -937,14 +942,16 @@ Test(tls, stapling_file)
     tls_ctx_free(srv);
 }
 
-static bool port_open(int port)
+static bool responder_ready(void)
 {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    bool ok = connect(fd, (struct sockaddr *)&a, sizeof(a)) == 0;
-    close(fd);
-    return ok;
+    char buf[512] = "";
+    FILE *f = fopen(path("ocsp.log"), "r");
+    if (!f)
+        return false;
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    buf[n] = '\0';
+    fclose(f);
+    return strstr(buf, "ACCEPT") != NULL;
 }
 
 Test(tls, stapling_fetched_from_responder)
@@ -953,16 +960,16 @@ Test(tls, stapling_fetched_from_responder)
     char cmd[1024];
     snprintf(cmd, sizeof(cmd),
              "cd '%s' && exec openssl ocsp -index index.txt -port %d -rsigner ca.crt "
-             "-rkey ca.key -CA ca.crt -nrequest 5 -ndays 1 >/dev/null 2>&1",
+             "-rkey ca.key -CA ca.crt -nrequest 5 -ndays 1 >ocsp.log 2>&1",
              dir(), port);
     pid_t pid = fork();
     if (pid == 0) {
         execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
         _exit(127);
     }
-    for (int i = 0; i < 300 && !port_open(port); i++)
+    /* readiness from its log: a probing connect would wedge the responder */
+    for (int i = 0; i < 300 && !responder_ready(); i++)
         usleep(10000);
-    /* the probe above counted as a connection, not a request: -nrequest holds */
     struct tls_server_conf c = base_conf("srv.crt", "srv.key");
     c.stapling = true;
     c.stapling_verify = true;
