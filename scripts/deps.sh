@@ -10,7 +10,7 @@ PKGS=(
   # libraries
   libssl-dev libnghttp2-dev libpcre2-dev zlib1g-dev
   # tests
-  libcriterion-dev python3 python3-pytest python3-h2 curl
+  libcriterion-dev python3 python3-pytest python3-h2 curl testssl.sh
   # benchmark peers and load generators
   nginx-light haproxy wrk nghttp2-client
 )

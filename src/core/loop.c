@@ -134,6 +134,12 @@ void loop_io_del(struct loop *l, struct io *io)
         epoll_ctl(l->epfd, EPOLL_CTL_DEL, io->fd, NULL);
 }
 
+void loop_io_noop(struct io *io, uint32_t events)
+{
+    (void)io;
+    (void)events;
+}
+
 void loop_set_wake(struct loop *l, void (*cb)(struct loop *l, void *data), void *data)
 {
     l->wake_cb = cb;

@@ -65,6 +65,10 @@ int loop_io_add(struct loop *l, struct io *io);
 /* Stop watching (before close). */
 void loop_io_del(struct loop *l, struct io *io);
 
+/* A callback that does nothing: give it to an io whose owner is closed while
+ * an event for it may still be pending in the current batch. */
+io_cb loop_io_noop;
+
 void timer_init(struct timer *t, timer_cb *cb, void *data);
 /* (Re)arm `t` to fire after `ms` milliseconds. */
 void timer_set(struct loop *l, struct timer *t, uint64_t ms);

@@ -317,3 +317,15 @@ long http_path_normalize(struct slice in, char *out, bool merge_slashes)
     }
     return (long)w;
 }
+
+bool http_connection_names(const struct http_field *f, size_t n, struct slice name)
+{
+    for (size_t i = 0; i < n; i++)
+        if (slice_eq_lit_ci(f[i].name, "connection")) {
+            struct slice list = f[i].value, e;
+            while (slice_next_token(&list, &e))
+                if (slice_eq_ci(e, name))
+                    return true;
+        }
+    return false;
+}

@@ -46,6 +46,10 @@ size_t http_date_format(time_t t, char out[30]);
 /* Is `name` a hop-by-hop field (RFC 9110 7.6.1) that a proxy never forwards? */
 bool http_is_hop_by_hop(struct slice name);
 
+/* Does a Connection field among f[0..n) name `name` (RFC 9110 7.6.1: those
+ * fields are hop-by-hop too)? */
+bool http_connection_names(const struct http_field *f, size_t n, struct slice name);
+
 /* Normalise a request path the way nginx builds $uri: decode %XX, merge
  * "//", resolve "." and ".." segments. `out` must hold at least `in.len`
  * bytes. Returns the length, or -1 when the path climbs above the root or

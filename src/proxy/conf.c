@@ -9,7 +9,9 @@
 
 #include "core/log.h"
 #include "http/http.h"
+#include "admin/admin.h"
 #include "proxy/accesslog.h"
+#include "proxy/check_conf.h"
 #include "proxy/vars.h"
 
 struct load_state {
@@ -642,7 +644,7 @@ static int set_listen(struct cf_ctx *cx, const struct cf_node *n, const struct c
         } else if (strcmp(a, "ssl") == 0) {
             l->ssl = true;
         } else if (strcmp(a, "http2") == 0) {
-            return cf_error(cx, n, "\"%s\" listen parameter is not supported yet", a);
+            l->http2 = true;
         } else {
             return cf_error(cx, n, "invalid parameter \"%s\"", a);
         }
@@ -1026,7 +1028,10 @@ void conf_register_all(void)
         &core_cf_module,
         &http_cf_module,
         &ssl_cf_module,
+        &h2_cf_module,
         &ups_cf_module,
+        &check_cf_module,
+        &admin_cf_module,
     };
     cf_register(mods, sizeof(mods) / sizeof(mods[0]));
 }
@@ -1130,6 +1135,8 @@ static int finalize_location(struct snapshot *s, struct load_state *ls, struct l
             return -1;
         }
     }
+    if (check_attach(s, loc, err, errlen) < 0)
+        return -1;
     for (size_t i = 0; i < loc->nchildren; i++)
         if (finalize_location(s, ls, loc->children[i], lc, err, errlen) < 0)
             return -1;
@@ -1178,6 +1185,7 @@ static int build_listens(struct snapshot *s, struct load_state *ls, char *err, s
                 return -1;
             }
             set->ssl = l->ssl;
+            set->http2 |= l->http2;
             if (l->default_server) {
                 if (set->dflt) {
                     snprintf(err, errlen, "%s:%d: a duplicate default server for %s", l->file,
@@ -1264,6 +1272,7 @@ static int finalize(struct snapshot *s, struct load_state *ls, char *err, size_t
     s->nall_logs = ls->nlogs;
     if (build_listens(s, ls, err, errlen) < 0)
         return -1;
+    h2_conf_finalize(s);
     if (conf_tls_build(s, err, errlen) < 0)
         return -1;
     s->groups = ls->groups;

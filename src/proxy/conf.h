@@ -116,6 +116,9 @@ struct loc_conf {
     int next_upstream_tries;
     uint32_t next_upstream_timeout_ms;
     char *request_id_header;     /* proxy_request_id_header NAME: send $request_id upstream */
+    struct ups_check *health_check;      /* health_check (proxy/check_conf.c), not inherited */
+    struct check_match *check_matches;   /* http level: the match blocks */
+    int api;                             /* api: answered by admin/ (not inherited) */
 
     struct access_log **logs;    /* access_log lines; NULL when none at this level */
     size_t nlogs;
@@ -131,6 +134,7 @@ struct listen_conf {
     struct net_addr addr;
     char text[80];
     bool ssl;
+    bool http2;                  /* listen ... http2: h2c prior knowledge, h2 in ALPN */
     bool default_server;
     bool reuseport;
     int backlog;
@@ -148,6 +152,19 @@ struct ssl_srv_conf {
     uint32_t handshake_timeout_ms;
     const char *file; /* the first ssl_certificate, for errors */
     int line;
+};
+
+/* http2_* settings of a server or of the http level, as written (http2/
+ * h2_conf.c); `set` has bit (offset / 4) for each field given, the rest is
+ * inherited from the http level, then defaulted. */
+struct h2_conf {
+    uint32_t set;
+    uint32_t enable;                 /* http2 on | off */
+    uint32_t max_concurrent_streams;
+    uint32_t initial_window_size;
+    uint32_t max_header_size;
+    uint32_t idle_timeout_ms;
+    uint32_t body_preread;
 };
 
 struct srv_conf {
@@ -169,6 +186,7 @@ struct srv_conf {
     struct ssl_srv_conf ssl;
     struct tls_ctx *tls_ctx;      /* NULL when the server has no certificate */
     bool http2;
+    struct h2_conf h2;
     const char *file;
     int line;
 };
@@ -180,6 +198,7 @@ struct listen_set {
     int backlog;
     bool reuseport;
     bool ssl;
+    bool http2;                  /* some listen of this address says http2 */
     struct srv_conf **servers;
     size_t nservers;
     struct vhost_table *vhosts;
@@ -246,6 +265,12 @@ void ssl_srv_conf_init(struct ssl_srv_conf *sc);
 void ssl_srv_conf_merge(struct ssl_srv_conf *c, const struct ssl_srv_conf *p);
 int conf_tls_build(struct snapshot *s, char *err, size_t errlen);
 void conf_tls_free(struct snapshot *s);
+
+/* HTTP/2 (http2/h2_conf.c): the http2 and http2_* directives. */
+extern const struct cf_module h2_cf_module;
+/* Resolve each server's http2 settings (inheritance, defaults, `listen ...
+ * http2`) into srv_conf.h2 and srv_conf.http2; before the TLS contexts. */
+void h2_conf_finalize(struct snapshot *s);
 
 /* Print the Markdown directive reference of every module. */
 void conf_docs(FILE *out);

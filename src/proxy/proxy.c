@@ -8,6 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "admin/admin.h"
 #include "core/log.h"
 #include "http1/h1.h"
 #include "proxy/vars.h"
@@ -200,6 +201,11 @@ static void send_local(struct exchange *ex, int status, struct slice ctype, stru
     }
     ex->client->send_end(ex, SLICE_NULL);
     ex->client->done(ex, false);
+}
+
+void proxy_answer(struct exchange *ex, int status, struct slice content_type, struct slice body)
+{
+    send_local(ex, status, content_type, SLICE_NULL, body);
 }
 
 static struct slice absolute_location(struct exchange *ex, struct slice loc)
@@ -406,18 +412,6 @@ static bool set_by_rule(const struct loc_conf *lc, struct slice name)
     return false;
 }
 
-static bool named_in_connection(const struct exchange *ex, struct slice name)
-{
-    for (size_t i = 0; i < ex->nreq_fields; i++)
-        if (slice_eq_lit_ci(ex->req_fields[i].name, "connection")) {
-            struct slice list = ex->req_fields[i].value, e;
-            while (slice_next_token(&list, &e))
-                if (slice_eq_ci(e, name))
-                    return true;
-        }
-    return false;
-}
-
 static int build_request_head(struct fwd *f)
 {
     struct exchange *ex = f->ex;
@@ -482,7 +476,7 @@ static int build_request_head(struct fwd *f)
             if (http_is_hop_by_hop(fl->name) || slice_eq_lit_ci(fl->name, "host") ||
                 slice_eq_lit_ci(fl->name, "content-length") ||
                 slice_eq_lit_ci(fl->name, "expect") || set_by_rule(lc, fl->name) ||
-                named_in_connection(ex, fl->name))
+                http_connection_names(ex->req_fields, ex->nreq_fields, fl->name))
                 continue;
             PUT(fl->name.p, fl->name.len);
             PUTS(": ");
@@ -845,18 +839,6 @@ static bool in_list(const struct slice *l, size_t n, struct slice name)
     return false;
 }
 
-static bool resp_named_in_connection(const struct h1_response *r, struct slice name)
-{
-    for (size_t i = 0; i < r->nfields; i++)
-        if (slice_eq_lit_ci(r->fields[i].name, "connection")) {
-            struct slice list = r->fields[i].value, e;
-            while (slice_next_token(&list, &e))
-                if (slice_eq_ci(e, name))
-                    return true;
-        }
-    return false;
-}
-
 static int ensure_rseg(struct fwd *f)
 {
     if (!f->rseg) {
@@ -934,7 +916,7 @@ static int deliver_head(struct fwd *f)
     for (size_t i = 0; i < r->nfields; i++) {
         struct slice name = r->fields[i].name;
         if (http_is_hop_by_hop(name) || slice_eq_lit_ci(name, "content-length") ||
-            resp_named_in_connection(r, name))
+            http_connection_names(r->fields, r->nfields, name))
             continue;
         if (hidden_by_default(name) && !in_list(lc->pass_headers, lc->npass, name))
             continue;
@@ -1381,6 +1363,10 @@ static void forward(struct exchange *ex)
 static void run_location(struct exchange *ex)
 {
     const struct loc_conf *lc = ex->lc;
+    if (lc->api) {
+        admin_answer(ex);
+        return;
+    }
     if (lc->return_code >= 0) {
         do_return(ex);
         return;

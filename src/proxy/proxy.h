@@ -37,6 +37,10 @@ void proxy_release(struct exchange *ex);
  * Returns its length. */
 size_t proxy_error_html(int status, const char *detail, bool tokens, char *out, size_t cap);
 
+/* Answer locally with a body (admin/ answers its API with it); the
+ * location's add_header rules apply. Ends the exchange. */
+void proxy_answer(struct exchange *ex, int status, struct slice content_type, struct slice body);
+
 #define PORTICO_SERVER "portico/" PORTICO_VERSION
 
 /* $proxy_host of the current forwarding. */

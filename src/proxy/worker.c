@@ -118,12 +118,6 @@ static void listener_free(struct posted *p)
     free(p->data);
 }
 
-static void closed_listener_event(struct io *io, uint32_t events)
-{
-    (void)io;
-    (void)events;
-}
-
 /* Freed after the current batch of events: one may be pending for it. */
 static void close_listener(struct worker *w, size_t i)
 {
@@ -131,7 +125,7 @@ static void close_listener(struct worker *w, size_t i)
     loop_io_del(w->loop, &l->io);
     close(l->io.fd);
     l->io.fd = -1;
-    l->io.cb = closed_listener_event;
+    l->io.cb = loop_io_noop;
     posted_cancel(w->loop, &l->more);
     posted_init(&l->more, listener_free, l);
     loop_post(w->loop, &l->more);

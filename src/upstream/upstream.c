@@ -421,12 +421,6 @@ static void conn_release(struct posted *po)
     free(po->data);
 }
 
-static void closed_event(struct io *io, uint32_t events)
-{
-    (void)io;
-    (void)events;
-}
-
 static void conn_unbind(struct ups_conn *c)
 {
     if (c->srv) {
@@ -447,7 +441,7 @@ void ups_conn_close(struct ups_conn *c)
     conn_unbind(c);
     /* an event for it may already be fetched in this loop turn: make it a
      * no-op (its owner's state may be gone by then) */
-    c->io.cb = closed_event;
+    c->io.cb = loop_io_noop;
     c->io.data = c;
     if (c->io.fd >= 0) {
         loop_io_del(c->pool->loop, &c->io);
