@@ -16,6 +16,7 @@
 #include "proxy/conf.h"
 #include "proxy/proxy.h"
 #include "proxy/worker.h"
+#include "upstream/check.h"
 
 #define DEFAULT_CONF "/etc/portico/portico.conf"
 #define DEFAULT_PID "/run/portico.pid"
@@ -220,6 +221,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "portico: [emerg] could not start: see the error log\n");
         return 1;
     }
+    if (check_start(snap->groups, snap->ngroups) < 0)
+        log_write(LOG_ALERT, "could not start the health checker: %s", strerror(errno));
     write_pid(snap);
     log_write(LOG_NOTICE, "portico %s started: %d worker(s), %zu listener(s)", PORTICO_VERSION,
               nworkers, snap->nlistens);
@@ -247,6 +250,7 @@ int main(int argc, char **argv)
                 continue;
             }
             apply_error_log(next);
+            check_reload(next->groups, next->ngroups); /* before traffic: state carried over */
             struct snapshot *old = workers_swap_snapshot(next);
             workers_reload(workers, nworkers);
             snapshot_unref(old);
@@ -266,6 +270,7 @@ int main(int argc, char **argv)
     const char *pidf = pid_path(last);
     char pid_copy[4096];
     snprintf(pid_copy, sizeof(pid_copy), "%s", pidf);
+    check_stop();
     workers_stop(workers, nworkers);
     unlink(pid_copy);
     log_write(LOG_NOTICE, "exit");

@@ -96,7 +96,8 @@ static int set_status(struct cf_ctx *cx, const struct cf_node *n, const struct c
 {
     (void)d;
     if (check_parse_status(next_cond(conf), n->args, n->nargs) < 0)
-        return cf_error(cx, n, "invalid status in \"status\" directive (code, lo-hi, or ! before them)");
+        return cf_error(cx, n,
+                        "invalid status in \"status\" directive (code, lo-hi, or ! before them)");
     return 0;
 }
 

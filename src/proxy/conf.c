@@ -85,6 +85,7 @@ static void loc_conf_init(struct loc_conf *lc)
     lc->next_upstream_timeout_ms = CF_UNSET_MSEC;
     lc->log_not_found = CF_UNSET_FLAG;
     lc->default_type = NULL;
+    proxy_ssl_conf_init(&lc->proxy_ssl);
 }
 
 #define MERGE(f, unset)                                                                            \
@@ -118,6 +119,7 @@ static void loc_conf_merge(struct loc_conf *c, const struct loc_conf *p)
     MERGE(log_not_found, CF_UNSET_FLAG);
     if (!c->default_type)
         c->default_type = p->default_type;
+    proxy_ssl_conf_merge(&c->proxy_ssl, &p->proxy_ssl);
     /* arrays are inherited whole, only when this level has none (nginx) */
     if (!c->set_headers_set)
         c->set_headers = p->set_headers, c->set_headers_set = p->set_headers_set;
@@ -165,6 +167,7 @@ static void loc_conf_defaults(struct loc_conf *c)
         d.next_upstream_timeout_ms = 0;
         d.log_not_found = 1;
         d.default_type = "text/plain";
+        proxy_ssl_conf_init(&d.proxy_ssl); /* defaults: conf_tls_build() */
         init = true;
     }
     loc_conf_merge(c, &d);
@@ -188,7 +191,8 @@ static int set_proxy_pass(struct cf_ctx *cx, const struct cf_node *n, const stru
     if (strncasecmp(url, "http://", 7) == 0) {
         url += 7;
     } else if (strncasecmp(url, "https://", 8) == 0) {
-        return cf_error(cx, n, "https upstreams are not supported yet in \"%s\"", n->args[0]);
+        url += 8;
+        pp->is_https = true;
     } else {
         return cf_error(cx, n, "invalid URL prefix in \"%s\"", n->args[0]);
     }
@@ -1113,7 +1117,17 @@ static int finalize_location(struct snapshot *s, struct load_state *ls, struct l
             /* host[:port] of its own: an implicit one-server group */
             struct ups_group *g = arena_calloc(&s->arena, sizeof(*g));
             const char *msg = NULL;
-            if (!g || ups_group_implicit(&s->arena, pp->host, g, &msg) < 0) {
+            const char *hp = pp->host;
+            const char *colon = strrchr(hp, ':');
+            if (pp->is_https && (!colon || strchr(colon, ']'))) {
+                /* https:// without a port: 443, not the group's default 80 */
+                size_t hl = strlen(hp);
+                char *p443 = arena_alloc(&s->arena, hl + 5);
+                if (p443)
+                    snprintf(p443, hl + 5, "%s:443", hp);
+                hp = p443;
+            }
+            if (!g || !hp || ups_group_implicit(&s->arena, hp, g, &msg) < 0) {
                 snprintf(err, errlen, "%s:%d: host not found in upstream \"%s\" (%s)", lc->file,
                          lc->line, pp->host, msg ? msg : "out of memory");
                 return -1;

@@ -75,6 +75,24 @@ struct log_format;
 #define NEXT_UPS_OFF (1u << 9)
 #define NEXT_UPS_UNSET UINT32_MAX
 
+/* proxy_ssl_* (upstream TLS) as written at one level; ints -1 and pointers
+ * NULL when unset, merged down by proxy_ssl_conf_merge(). */
+struct proxy_ssl_conf {
+    int verify;                      /* proxy_ssl_verify, default off */
+    int server_name;                 /* proxy_ssl_server_name: send SNI; default off */
+    int session_reuse;               /* default on */
+    int verify_depth;                /* default 1 */
+    unsigned protocols;              /* TLS_PROTO_* bits, 0 = TLSv1.2 TLSv1.3 */
+    const char *trusted_certificate;
+    const char *ciphers;
+    const char *name;                /* proxy_ssl_name, NULL = the host of proxy_pass */
+    const char *cert, *key;          /* mTLS toward the upstream */
+};
+
+/* A location's upstream TLS at run time (conf_tls.c): its client context and
+ * the newest session per upstream address, shared by every worker. */
+struct proxy_ssl;
+
 /* Settings of http, server and location levels (one shape, merged down). */
 struct loc_conf {
     struct proxy_pass *pass;
@@ -116,6 +134,8 @@ struct loc_conf {
     int next_upstream_tries;
     uint32_t next_upstream_timeout_ms;
     char *request_id_header;     /* proxy_request_id_header NAME: send $request_id upstream */
+    struct proxy_ssl_conf proxy_ssl;
+    struct proxy_ssl *proxy_ssl_rt; /* built for proxy_pass https:// locations, else NULL */
     struct ups_check *health_check;      /* health_check (proxy/check_conf.c), not inherited */
     struct check_match *check_matches;   /* http level: the match blocks */
     int api;                             /* api: answered by admin/ (not inherited) */
@@ -265,6 +285,16 @@ void ssl_srv_conf_init(struct ssl_srv_conf *sc);
 void ssl_srv_conf_merge(struct ssl_srv_conf *c, const struct ssl_srv_conf *p);
 int conf_tls_build(struct snapshot *s, char *err, size_t errlen);
 void conf_tls_free(struct snapshot *s);
+/* Upstream TLS (proxy_ssl_*): loc_conf's part of init and merge. */
+void proxy_ssl_conf_init(struct proxy_ssl_conf *c);
+void proxy_ssl_conf_merge(struct proxy_ssl_conf *c, const struct proxy_ssl_conf *p);
+/* The client context of a location built by conf_tls_build(). */
+struct tls_ctx *proxy_ssl_ctx(const struct proxy_ssl *ps);
+/* The newest resumable session for `addr` (free it with tls_session_free),
+ * or NULL; and keep `s` (taken over) as the newest. Thread-safe. */
+struct tls_session *proxy_ssl_session_get(struct proxy_ssl *ps, const struct net_addr *addr);
+void proxy_ssl_session_put(struct proxy_ssl *ps, const struct net_addr *addr,
+                           struct tls_session *s);
 
 /* HTTP/2 (http2/h2_conf.c): the http2 and http2_* directives. */
 extern const struct cf_module h2_cf_module;

@@ -2,6 +2,7 @@
  * TLS contexts of a snapshot: one per server block with certificates, the
  * listener's default server's context answering the handshake, SNI switching
  * to the server whose server_name matches. */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,6 +11,21 @@
 #include "tls/tls.h"
 
 #define SSL_OFF(f) offsetof(struct ssl_srv_conf, f)
+
+/* Upstream sessions kept per location: one per upstream address. */
+#define PSSL_SLOTS 64
+
+struct proxy_ssl {
+    struct tls_ctx *ctx;
+    pthread_mutex_t lock;
+    size_t next;
+    struct {
+        struct net_addr addr;
+        struct tls_session *sess;
+    } slots[PSSL_SLOTS];
+};
+
+static int build_upstream_tls(struct location *loc, char *err, size_t errlen);
 
 static struct ssl_srv_conf *ssl_of(void *srv)
 {
@@ -34,10 +50,8 @@ static int set_certificate(struct cf_ctx *cx, const struct cf_node *n, const str
     return 0;
 }
 
-static int set_protocols(struct cf_ctx *cx, const struct cf_node *n, const struct cf_directive *d,
-                         void *conf)
+static int parse_protocols(struct cf_ctx *cx, const struct cf_node *n, unsigned *out)
 {
-    (void)d;
     static const struct {
         const char *name;
         unsigned bit;
@@ -45,7 +59,6 @@ static int set_protocols(struct cf_ctx *cx, const struct cf_node *n, const struc
                   { "TLSv1.1", TLS_PROTO_TLSv1_1 },
                   { "TLSv1.2", TLS_PROTO_TLSv1_2 },
                   { "TLSv1.3", TLS_PROTO_TLSv1_3 } };
-    struct ssl_srv_conf *sc = ssl_of(conf);
     unsigned bits = 0;
     for (size_t i = 0; i < n->nargs; i++) {
         size_t k;
@@ -53,12 +66,19 @@ static int set_protocols(struct cf_ctx *cx, const struct cf_node *n, const struc
             if (strcmp(n->args[i], names[k].name) == 0)
                 break;
         if (k == sizeof(names) / sizeof(names[0]))
-            return cf_error(cx, n, "invalid value \"%s\" in \"ssl_protocols\" directive",
-                            n->args[i]);
+            return cf_error(cx, n, "invalid value \"%s\" in \"%s\" directive", n->args[i],
+                            n->name);
         bits |= names[k].bit;
     }
-    sc->tc.protocols = bits;
+    *out = bits;
     return 0;
+}
+
+static int set_protocols(struct cf_ctx *cx, const struct cf_node *n, const struct cf_directive *d,
+                         void *conf)
+{
+    (void)d;
+    return parse_protocols(cx, n, &ssl_of(conf)->tc.protocols);
 }
 
 static int set_str(struct cf_ctx *cx, const struct cf_node *n, const struct cf_directive *d,
@@ -191,6 +211,27 @@ static int set_handshake_timeout(struct cf_ctx *cx, const struct cf_node *n,
     return 0;
 }
 
+static int set_proxy_protocols(struct cf_ctx *cx, const struct cf_node *n,
+                               const struct cf_directive *d, void *conf)
+{
+    return parse_protocols(cx, n, (unsigned *)((char *)conf + d->offset));
+}
+
+static int set_proxy_verify_depth(struct cf_ctx *cx, const struct cf_node *n,
+                                  const struct cf_directive *d, void *conf)
+{
+    int v;
+    if (cf_parse_int(n->args[0], &v) < 0 || v < 1 || v > 100)
+        return cf_error(cx, n, "invalid value \"%s\" in \"%s\" directive", n->args[0],
+                        n->name);
+    *(int *)((char *)conf + d->offset) = v;
+    return 0;
+}
+
+#define PSSL_OFF(f) (offsetof(struct loc_conf, proxy_ssl) + offsetof(struct proxy_ssl_conf, f))
+#define PROW(name, min, max, fn, off, syn, dflt, help)                                            \
+    { name, CF_HTTP | CF_SERVER | CF_LOCATION, min, max, false, fn, CONF_LOC, off, syn, dflt, help }
+
 #define SRV_HTTP (CF_HTTP | CF_SERVER)
 #define ROW(name, min, max, fn, off, syn, dflt, help)                                             \
     { name, SRV_HTTP, min, max, false, fn, CONF_SRV, off, syn, dflt, help }
@@ -241,6 +282,29 @@ static const struct cf_directive ssl_directives[] = {
         "revoked client certificates (PEM CRL)"),
     ROW("ssl_handshake_timeout", 1, 1, set_handshake_timeout, 0, "time", "60s",
         "time to complete a TLS handshake"),
+    /* upstream TLS (proxy_pass https://...): location-level settings */
+    PROW("proxy_ssl_verify", 1, 1, cf_set_flag, PSSL_OFF(verify), "on | off", "off",
+         "verify the upstream's certificate (chain and name)"),
+    PROW("proxy_ssl_trusted_certificate", 1, 1, cf_set_str, PSSL_OFF(trusted_certificate),
+         "file", "-", "CA certificates (PEM) to verify upstream certificates with"),
+    PROW("proxy_ssl_verify_depth", 1, 1, set_proxy_verify_depth, PSSL_OFF(verify_depth),
+         "number", "1", "longest upstream certificate chain"),
+    PROW("proxy_ssl_server_name", 1, 1, cf_set_flag, PSSL_OFF(server_name), "on | off", "off",
+         "send the proxy_ssl_name as SNI"),
+    PROW("proxy_ssl_name", 1, 1, cf_set_str, PSSL_OFF(name), "name", "$proxy_host",
+         "the name sent as SNI and checked in the certificate (default: the proxy_pass host "
+         "without port)"),
+    PROW("proxy_ssl_protocols", 1, 4, set_proxy_protocols, PSSL_OFF(protocols),
+         "[TLSv1] [TLSv1.1] [TLSv1.2] [TLSv1.3]", "TLSv1.2 TLSv1.3",
+         "protocol versions offered to upstreams"),
+    PROW("proxy_ssl_ciphers", 1, 1, cf_set_str, PSSL_OFF(ciphers), "ciphers", "DEFAULT",
+         "TLS 1.2 cipher list offered to upstreams (OpenSSL syntax)"),
+    PROW("proxy_ssl_certificate", 1, 1, cf_set_str, PSSL_OFF(cert), "file", "-",
+         "a client certificate (PEM) presented to upstreams"),
+    PROW("proxy_ssl_certificate_key", 1, 1, cf_set_str, PSSL_OFF(key), "file", "-",
+         "the key of proxy_ssl_certificate"),
+    PROW("proxy_ssl_session_reuse", 1, 1, cf_set_flag, PSSL_OFF(session_reuse), "on | off", "on",
+         "resume TLS sessions with upstreams (the newest session per upstream address)"),
     { NULL, 0, 0, 0, false, NULL, 0, 0, NULL, NULL, NULL },
 };
 
@@ -384,14 +448,142 @@ int conf_tls_build(struct snapshot *s, char *err, size_t errlen)
         }
         tls_ctx_set_sni(ls->dflt->tls_ctx, sni_pick, ls);
     }
+    for (size_t i = 0; i < s->nservers; i++)
+        for (size_t k = 0; k < s->servers[i]->nlocs; k++)
+            if (build_upstream_tls(s->servers[i]->locs[k], err, errlen) < 0)
+                return -1;
     return 0;
+}
+
+static void free_upstream_tls(struct location *loc)
+{
+    struct loc_conf *lc = loc->conf;
+    struct proxy_ssl *ps = lc ? lc->proxy_ssl_rt : NULL;
+    if (ps) {
+        for (size_t i = 0; i < PSSL_SLOTS; i++)
+            if (ps->slots[i].sess)
+                tls_session_free(ps->slots[i].sess);
+        pthread_mutex_destroy(&ps->lock);
+        tls_ctx_free(ps->ctx);
+        free(ps);
+        lc->proxy_ssl_rt = NULL;
+    }
+    for (size_t i = 0; i < loc->nchildren; i++)
+        free_upstream_tls(loc->children[i]);
 }
 
 void conf_tls_free(struct snapshot *s)
 {
-    for (size_t i = 0; i < s->nservers; i++)
+    for (size_t i = 0; i < s->nservers; i++) {
         if (s->servers[i]->tls_ctx) {
             tls_ctx_free(s->servers[i]->tls_ctx);
             s->servers[i]->tls_ctx = NULL;
         }
+        for (size_t k = 0; k < s->servers[i]->nlocs; k++)
+            free_upstream_tls(s->servers[i]->locs[k]);
+    }
+}
+
+/* ---- upstream TLS ---- */
+
+void proxy_ssl_conf_init(struct proxy_ssl_conf *c)
+{
+    memset(c, 0, sizeof(*c));
+    c->verify = c->server_name = c->session_reuse = c->verify_depth = -1;
+}
+
+void proxy_ssl_conf_merge(struct proxy_ssl_conf *c, const struct proxy_ssl_conf *p)
+{
+    INHERIT_INT(verify);
+    INHERIT_INT(server_name);
+    INHERIT_INT(session_reuse);
+    INHERIT_INT(verify_depth);
+    INHERIT(protocols);
+    INHERIT(trusted_certificate);
+    INHERIT(ciphers);
+    INHERIT(name);
+    if (!c->cert && !c->key) {
+        c->cert = p->cert;
+        c->key = p->key;
+    }
+}
+
+struct tls_ctx *proxy_ssl_ctx(const struct proxy_ssl *ps)
+{
+    return ps->ctx;
+}
+
+/* One client context per location with proxy_pass https://, built here so
+ * a bad file fails the load with the location's file:line. */
+static int build_upstream_tls(struct location *loc, char *err, size_t errlen)
+{
+    struct loc_conf *lc = loc->conf;
+    if (lc->pass && lc->pass->is_https && !lc->proxy_ssl_rt) {
+        const struct proxy_ssl_conf *pc = &lc->proxy_ssl;
+        struct tls_client_conf cc = {
+            .verify = pc->verify == 1,
+            .trusted_certificate = pc->trusted_certificate,
+            .verify_depth = pc->verify_depth > 0 ? pc->verify_depth : 1,
+            .protocols = pc->protocols,
+            .ciphers = pc->ciphers,
+            .cert = pc->cert,
+            .key = pc->key,
+            .session_reuse = pc->session_reuse != 0,
+        };
+        struct proxy_ssl *ps = calloc(1, sizeof(*ps));
+        if (!ps) {
+            snprintf(err, errlen, "%s:%d: out of memory", lc->file, lc->line);
+            return -1;
+        }
+        char msg[512];
+        ps->ctx = tls_client_ctx_new(&cc, msg, sizeof(msg));
+        if (!ps->ctx) {
+            free(ps);
+            snprintf(err, errlen, "%s:%d: %s", lc->file, lc->line, msg);
+            return -1;
+        }
+        pthread_mutex_init(&ps->lock, NULL);
+        lc->proxy_ssl_rt = ps;
+    }
+    for (size_t i = 0; i < loc->nchildren; i++)
+        if (build_upstream_tls(loc->children[i], err, errlen) < 0)
+            return -1;
+    return 0;
+}
+
+struct tls_session *proxy_ssl_session_get(struct proxy_ssl *ps, const struct net_addr *addr)
+{
+    struct tls_session *s = NULL;
+    pthread_mutex_lock(&ps->lock);
+    for (size_t i = 0; i < PSSL_SLOTS; i++)
+        if (ps->slots[i].sess && net_addr_equal(&ps->slots[i].addr, addr)) {
+            s = tls_session_dup(ps->slots[i].sess);
+            break;
+        }
+    pthread_mutex_unlock(&ps->lock);
+    return s;
+}
+
+void proxy_ssl_session_put(struct proxy_ssl *ps, const struct net_addr *addr,
+                           struct tls_session *s)
+{
+    struct tls_session *old = NULL;
+    pthread_mutex_lock(&ps->lock);
+    size_t slot = PSSL_SLOTS;
+    for (size_t i = 0; i < PSSL_SLOTS; i++) {
+        if (ps->slots[i].sess && net_addr_equal(&ps->slots[i].addr, addr)) {
+            slot = i;
+            break;
+        }
+        if (!ps->slots[i].sess && slot == PSSL_SLOTS)
+            slot = i;
+    }
+    if (slot == PSSL_SLOTS) /* full: replace in turn */
+        slot = ps->next++ % PSSL_SLOTS;
+    old = ps->slots[slot].sess;
+    ps->slots[slot].addr = *addr;
+    ps->slots[slot].sess = s;
+    pthread_mutex_unlock(&ps->lock);
+    if (old)
+        tls_session_free(old);
 }

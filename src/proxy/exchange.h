@@ -81,6 +81,7 @@ enum ending_code {
     END_READ_TIMEOUT,       /* 504 */
     END_NO_SERVER,          /* 502 */
     END_INTERNAL,           /* 500 */
+    END_UPSTREAM_TLS,       /* 502: the TLS handshake with the upstream failed */
 };
 
 struct ending {

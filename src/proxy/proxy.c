@@ -22,6 +22,7 @@
 enum fwd_phase {
     P_COLLECT,    /* reading the request body before connecting */
     P_CONNECTING,
+    P_HANDSHAKE,  /* proxy_pass https://: TLS handshake (proxy_connect_timeout) */
     P_ACTIVE,     /* connected: sending the request, reading the response */
     P_DONE,
 };
@@ -73,6 +74,7 @@ struct fwd {
     bool resp_done;
     bool upstream_reusable;
     int error_page_status;         /* status forced by error_page, 0 if none */
+    char tls_why[192];             /* a failed upstream handshake, for the log and ending */
 };
 
 static void fwd_run(struct fwd *f);
@@ -572,6 +574,8 @@ static const char *phase_text(const struct fwd *f)
 {
     if (f->phase == P_CONNECTING)
         return "connecting to upstream";
+    if (f->phase == P_HANDSHAKE)
+        return "SSL handshaking to upstream";
     if (!f->head_done)
         return f->req_sent ? "reading response header from upstream"
                            : "sending request to upstream";
@@ -583,21 +587,22 @@ static void log_upstream_error(struct fwd *f, const char *why, int err)
     struct exchange *ex = f->ex;
     char peer[64];
     net_addr_ip(ex->peer, peer, sizeof(peer));
+    const char *scheme = ex->lc->pass && ex->lc->pass->is_https ? "https" : "http";
     if (err)
         log_write(LOG_ERR,
                   "*%llu upstream %s (%d: %s) while %s, client: %s, request: \"%.*s\", upstream: "
-                  "\"http://%s%.*s\", host: \"%.*s\"",
+                  "\"%s://%s%.*s\", host: \"%.*s\"",
                   (unsigned long long)ex->id, why, err, strerror(err), phase_text(f), peer,
-                  (int)ex->request_line.len, ex->request_line.p,
+                  (int)ex->request_line.len, ex->request_line.p, scheme,
                   f->srv ? f->srv->addr_text : "-", (int)f->uri.len, f->uri.p, (int)ex->host.len,
                   ex->host.p);
     else
         log_write(LOG_ERR,
                   "*%llu upstream %s while %s, client: %s, request: \"%.*s\", upstream: "
-                  "\"http://%s%.*s\", host: \"%.*s\"",
+                  "\"%s://%s%.*s\", host: \"%.*s\"",
                   (unsigned long long)ex->id, why, phase_text(f), peer, (int)ex->request_line.len,
-                  ex->request_line.p, f->srv ? f->srv->addr_text : "-", (int)f->uri.len, f->uri.p,
-                  (int)ex->host.len, ex->host.p);
+                  ex->request_line.p, scheme, f->srv ? f->srv->addr_text : "-", (int)f->uri.len,
+                  f->uri.p, (int)ex->host.len, ex->host.p);
 }
 
 static bool body_replayable(const struct fwd *f)
@@ -669,6 +674,7 @@ static void fwd_timer(struct timer *t)
     struct fwd *f = t->data;
     switch (f->phase) {
     case P_CONNECTING:
+    case P_HANDSHAKE:
         fail_try(f, END_CONNECT_TIMEOUT, "timed out (110: Connection timed out)", 0,
                  NEXT_UPS_TIMEOUT);
         break;
@@ -691,6 +697,153 @@ static void fwd_timer(struct timer *t)
     default:
         break;
     }
+}
+
+/* ---- upstream TLS (proxy_pass https://) ---- */
+
+static struct tls_conn *fwd_tls(const struct fwd *f)
+{
+    return f->uc->tls;
+}
+
+/* read(2)'s contract: > 0 bytes, 0 at EOF, -1 with errno (EAGAIN: wait). */
+static ssize_t fwd_recv(struct fwd *f, void *buf, size_t want)
+{
+    struct ups_conn *c = f->uc;
+    if (!c->tls) {
+        ssize_t n = read(c->io.fd, buf, want);
+        /* edge-triggered: a short read emptied the socket, a new edge will
+         * come with new bytes (saves the read that says EAGAIN); not with
+         * TLS: OpenSSL may hold decrypted bytes with the socket empty */
+        if (n > 0 && (size_t)n < want && !c->io.rdhup)
+            c->io.readable = false;
+        return n;
+    }
+    ssize_t n = tls_read(fwd_tls(f), buf, want);
+    if (n > 0)
+        return n;
+    switch (n) {
+    case TLS_WANT_READ:
+    case TLS_WANT_WRITE:
+        errno = EAGAIN;
+        return -1;
+    case TLS_CLOSED:
+        return 0;
+    default:
+        errno = EPROTO;
+        return -1;
+    }
+}
+
+static ssize_t writev_tls(void *ctx, const struct iovec *iov, int iovcnt)
+{
+    ssize_t n = tls_writev(ctx, iov, iovcnt);
+    if (n > 0)
+        return n;
+    errno = (n == TLS_WANT_WRITE || n == TLS_WANT_READ) ? EAGAIN : EPIPE;
+    return -1;
+}
+
+static ssize_t fwd_send(struct fwd *f)
+{
+    if (!f->uc->tls)
+        return outq_write(&f->out, f->uc->io.fd);
+    return outq_write_with(&f->out, writev_tls, fwd_tls(f));
+}
+
+/* The pool frees a connection's TLS when it closes it. */
+static void free_tls(void *t)
+{
+    tls_shutdown(t);
+    tls_conn_free(t);
+}
+
+/* proxy_ssl_name, or the host of proxy_pass without its port or brackets. */
+static void ssl_name(const struct fwd *f, char *out, size_t cap)
+{
+    const char *name = f->ex->lc->proxy_ssl.name;
+    if (name) {
+        snprintf(out, cap, "%s", name);
+        return;
+    }
+    struct slice h = f->proxy_host;
+    if (h.len && h.p[0] == '[') {
+        const char *end = memchr(h.p, ']', h.len);
+        h = end ? slice_make(h.p + 1, (size_t)(end - h.p - 1)) : h;
+    } else {
+        const char *colon = memchr(h.p, ':', h.len);
+        if (colon)
+            h.len = (size_t)(colon - h.p);
+    }
+    snprintf(out, cap, "%.*s", (int)h.len, h.p);
+}
+
+/* Connected: set up the handshake, offering the newest session. 0 or -1
+ * (the try failed). */
+static int start_tls(struct fwd *f)
+{
+    const struct loc_conf *lc = f->ex->lc;
+    struct proxy_ssl *ps = lc->proxy_ssl_rt;
+    char name[256];
+    ssl_name(f, name, sizeof(name));
+    bool send_sni = lc->proxy_ssl.server_name == 1;
+    struct tls_conn *t = tls_conn_client(proxy_ssl_ctx(ps), f->uc->io.fd, send_sni ? name : NULL);
+    if (t && !send_sni && name[0] && tls_conn_verify_name(t, name) < 0) {
+        tls_conn_free(t);
+        t = NULL;
+    }
+    if (!t) {
+        fail_try(f, END_INTERNAL, "SSL connection setup failed", 0, 0);
+        return -1;
+    }
+    struct tls_session *sess = proxy_ssl_session_get(ps, &f->srv->addr);
+    if (sess) {
+        tls_conn_session_set(t, sess);
+        tls_session_free(sess);
+    }
+    f->uc->tls = t;
+    f->uc->tls_free = free_tls;
+    f->uc->tls_key = ps;
+    f->phase = P_HANDSHAKE;
+    timer_set(f->ex->loop, &f->timer, lc->connect_timeout_ms);
+    return 0;
+}
+
+/* 1 when the handshake is done, 0 to wait, -1 if the try failed. */
+static int handshake_step(struct fwd *f)
+{
+    struct tls_conn *t = fwd_tls(f);
+    int r = tls_handshake(t);
+    if (r == TLS_WANT_READ || r == TLS_WANT_WRITE) {
+        if (r == TLS_WANT_READ)
+            f->uc->io.readable = false;
+        else
+            f->uc->io.writable = false;
+        return 0;
+    }
+    if (r != TLS_OK) {
+        const char *text = NULL;
+        long v = tls_conn_verify_result(t, &text);
+        if (v != 0 && f->ex->lc->proxy_ssl.verify == 1)
+            snprintf(f->tls_why, sizeof(f->tls_why), "SSL certificate verify error: (%ld:%s)", v,
+                     text);
+        else
+            snprintf(f->tls_why, sizeof(f->tls_why), "SSL_do_handshake() failed (SSL: %s)",
+                     tls_conn_error(t));
+        fail_try(f, END_UPSTREAM_TLS, f->tls_why, 0, NEXT_UPS_ERROR);
+        return -1;
+    }
+    return 1;
+}
+
+/* Keep the connection's session for the next handshake to this server (TLS
+ * 1.3 tickets arrive with the first response bytes, so after a response). */
+static void save_session(struct fwd *f)
+{
+    struct proxy_ssl *ps = f->ex->lc->proxy_ssl_rt;
+    struct tls_session *sess = ps ? tls_conn_session_get(fwd_tls(f)) : NULL;
+    if (sess)
+        proxy_ssl_session_put(ps, &f->srv->addr, sess);
 }
 
 static void try_upstream(struct fwd *f)
@@ -729,6 +882,11 @@ static void try_upstream(struct fwd *f)
     }
     struct ups_pool *pool = ex->worker->pool;
     f->uc = ups_pool_get(pool, f->group, s);
+    while (f->uc && f->uc->tls_key != (const void *)ex->lc->proxy_ssl_rt) {
+        /* made for another location's TLS (or plain): not ours to reuse */
+        ups_conn_close(f->uc);
+        f->uc = ups_pool_get(pool, f->group, s);
+    }
     f->uc_reused = f->uc != NULL;
     if (!f->uc) {
         f->uc = ups_conn_open(pool, f->group, s);
@@ -804,7 +962,7 @@ static int pump_request(struct fwd *f)
         }
         if (!f->out.count || !f->uc->io.writable)
             return 0;
-        ssize_t w = outq_write(&f->out, f->uc->io.fd);
+        ssize_t w = fwd_send(f);
         if (w < 0 && errno != EAGAIN) {
             fail_try(f, END_UPSTREAM_RESET, "send() failed", errno, NEXT_UPS_ERROR);
             return 1;
@@ -1044,6 +1202,8 @@ static void complete_response(struct fwd *f, struct slice trailers)
     ups_server_time(f->srv, UPS_TIME_LAST_BYTE, loop_now_ms(ex->loop) - f->try_start_ms);
     bool reusable = f->upstream_reusable && f->req_sent && f->out.count == 0 &&
                     f->rstart == f->rend;
+    if (f->uc && f->uc->tls && !f->uc_reused)
+        save_session(f);
     release_conn(f, reusable);
     f->phase = P_DONE;
     if (trailers.len)
@@ -1121,13 +1281,9 @@ static int relay_body(struct fwd *f)
             return 1;
         }
         size_t want = f->rseg->cap - f->rend;
-        ssize_t n = read(f->uc->io.fd, f->rseg->data + f->rend, want);
+        ssize_t n = fwd_recv(f, f->rseg->data + f->rend, want);
         if (n > 0) {
             f->rend += (size_t)n;
-            /* edge-triggered: a short read emptied the socket, a new edge
-             * will come with new bytes (saves the read that says EAGAIN) */
-            if ((size_t)n < want && !f->uc->io.rdhup)
-                f->uc->io.readable = false;
             continue;
         }
         if (n == 0) {
@@ -1170,13 +1326,9 @@ static int read_response(struct fwd *f)
             return 1;
         }
         size_t want = f->rseg->cap - f->rend;
-        ssize_t n = read(f->uc->io.fd, f->rseg->data + f->rend, want);
+        ssize_t n = fwd_recv(f, f->rseg->data + f->rend, want);
         if (n > 0) {
             f->rend += (size_t)n;
-            /* edge-triggered: a short read emptied the socket, a new edge
-             * will come with new bytes (saves the read that says EAGAIN) */
-            if ((size_t)n < want && !f->uc->io.rdhup)
-                f->uc->io.readable = false;
             f->got_bytes = true;
             continue;
         }
@@ -1239,6 +1391,12 @@ static void fwd_run(struct fwd *f)
             fail_try(f, END_CONNECT_REFUSED, "connect() failed", err, NEXT_UPS_ERROR);
             return;
         }
+        if (ex->lc->proxy_ssl_rt && start_tls(f) < 0)
+            return;
+    }
+    if (f->phase == P_HANDSHAKE && handshake_step(f) <= 0)
+        return;
+    if (f->phase == P_CONNECTING || f->phase == P_HANDSHAKE) {
         f->phase = P_ACTIVE;
         if (f->cur_try)
             f->cur_try->connect_ms = loop_now_ms(ex->loop) - f->try_start_ms;
@@ -1268,16 +1426,16 @@ static void fwd_run(struct fwd *f)
 static struct slice parse_dynamic(struct fwd *f, struct slice url, struct slice *uri,
                                   const char **err)
 {
-    /* http://host[:port][/uri] */
-    if (url.len < 7 || strncasecmp(url.p, "http://", 7) != 0) {
+    /* http://host[:port][/uri], https:// when proxy_pass says so */
+    size_t skip = f->ex->lc->pass->is_https ? 8 : 7;
+    if (url.len < skip || strncasecmp(url.p, skip == 8 ? "https://" : "http://", skip) != 0) {
         *err = "invalid URL prefix";
         return SLICE_NULL;
     }
-    struct slice rest = slice_make(url.p + 7, url.len - 7);
+    struct slice rest = slice_make(url.p + skip, url.len - skip);
     const char *slash = memchr(rest.p, '/', rest.len);
     struct slice host = slice_make(rest.p, slash ? (size_t)(slash - rest.p) : rest.len);
     *uri = slash ? slice_make(slash, rest.len - host.len) : SLICE_NULL;
-    (void)f;
     if (!host.len)
         *err = "no host";
     return host;

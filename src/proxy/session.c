@@ -19,6 +19,7 @@
 #include "proxy/vars.h"
 #include "proxy/worker.h"
 #include "tls/tls.h"
+#include "http2/h2.h"
 
 #define MAX_FIELDS 100
 #define LINGER_TIMEOUT_MS 5000
@@ -222,6 +223,7 @@ static void resume_post_cb(struct posted *p)
 static void rtimer_cb(struct timer *t);
 static void wtimer_cb(struct timer *t);
 static void do_handshake(struct h1_session *s);
+static void handoff_h2(struct h1_session *s);
 static void answer_bad_request(struct h1_session *s, int status, const char *why,
                                const char *detail);
 
@@ -300,6 +302,10 @@ static void do_handshake(struct h1_session *s)
     if (r != TLS_OK) {
         LOG(LOG_INFO, "SSL handshake with client %s failed: %s", peer, tls_conn_error(s->tls));
         sess_close(s);
+        return;
+    }
+    if (slice_eq(tls_conn_alpn(s->tls), SLICE_LIT("h2"))) {
+        handoff_h2(s);
         return;
     }
     s->state = S_HEAD;
@@ -487,6 +493,38 @@ static bool head_complete(struct h1_session *s)
     return false;
 }
 
+/* The connection speaks HTTP/2: give the socket (and its TLS) to an HTTP/2
+ * session with the bytes read so far, and end this one without closing. */
+static void handoff_h2(struct h1_session *s)
+{
+    int fd = s->io.fd;
+    struct tls_conn *tls = s->tls;
+    loop_io_del(s->w->loop, &s->io);
+    s->io.fd = -1;
+    s->tls = NULL;
+    const char *pre = s->rseg ? s->rseg->data + s->rstart : NULL;
+    size_t npre = s->rseg ? s->rend - s->rstart : 0;
+    h2_session_start(s->w, fd, &s->peer, &s->local, tls, pre, npre);
+    s->rstart = s->rend;
+    sess_close(s);
+}
+
+/* On an HTTP/2 listener, a plain connection whose first bytes are the client
+ * preface is h2c with prior knowledge. 1: handed off; 0: HTTP/1; -1: wait. */
+static int detect_h2c(struct h1_session *s)
+{
+    if (s->tls || s->requests > 0 || !h2_listen_enabled(s->lset))
+        return 0;
+    size_t have = s->rend - s->rstart;
+    size_t n = have < H2_PREFACE_LEN ? have : H2_PREFACE_LEN;
+    if (memcmp(s->rseg->data + s->rstart, H2_PREFACE, n) != 0)
+        return 0;
+    if (have < H2_PREFACE_LEN)
+        return -1;
+    handoff_h2(s);
+    return 1;
+}
+
 static void read_head(struct h1_session *s)
 {
     if (s->state != S_HEAD)
@@ -505,8 +543,11 @@ static void read_head(struct h1_session *s)
     };
     for (;;) {
         if (s->rseg && s->rend > s->rstart) {
+            int h2 = detect_h2c(s);
+            if (h2 > 0)
+                return;
             size_t have = s->rend - s->rstart;
-            bool try_parse = head_complete(s);
+            bool try_parse = h2 == 0 && head_complete(s);
             if (!try_parse && !s->checked_line_limit && have > lim.max_request_line) {
                 s->checked_line_limit = true;
                 try_parse = true;
@@ -1153,7 +1194,8 @@ static void sess_close(struct h1_session *s)
         tls_conn_free(s->tls);
         s->tls = NULL;
     }
-    close(s->io.fd);
+    if (s->io.fd >= 0)
+        close(s->io.fd);
     s->io.fd = -1;
     timer_cancel(&s->rtimer);
     timer_cancel(&s->wtimer);

@@ -12,6 +12,7 @@
 #include "proxy/session.h"
 #include "router/router.h"
 #include "tls/tls.h"
+#include "http2/h2.h"
 
 _Atomic(struct snapshot *) current_snapshot;
 
@@ -171,6 +172,7 @@ static void stop_check(struct worker *w)
                   w->nsessions);
         while (w->sessions)
             h1_session_kill(w->sessions);
+        h2_sessions_kill(w);
         loop_stop(w->loop);
         return;
     }
@@ -200,6 +202,7 @@ static void begin_stop(struct worker *w)
         next = h1_session_next(s);
         h1_session_shutdown(s);
     }
+    h2_sessions_shutdown(w);
     stop_check(w);
 }
 
@@ -217,6 +220,8 @@ static void wake_cb(struct loop *l, void *data)
             reconcile_listeners(w, s);
             /* idle upstream connections belong to the old groups */
             ups_pool_clear(w->pool);
+            /* HTTP/2 clients get a GOAWAY and reconnect to the new settings */
+            h2_sessions_reload(w);
         }
     }
     if (atomic_load(&reopen_requested))
@@ -251,6 +256,7 @@ static void *worker_main(void *arg)
     timer_cancel(&w->stop_timer);
     while (w->sessions)
         h1_session_kill(w->sessions);
+    h2_sessions_kill(w);
     while (w->nlisteners)
         close_listener(w, 0);
     ups_pool_clear(w->pool);

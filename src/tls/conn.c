@@ -464,3 +464,18 @@ void tls_session_free(struct tls_session *s)
 {
     SSL_SESSION_free((SSL_SESSION *)s);
 }
+
+struct tls_session *tls_session_dup(struct tls_session *s)
+{
+    if (s)
+        SSL_SESSION_up_ref((SSL_SESSION *)s);
+    return s;
+}
+
+long tls_conn_verify_result(const struct tls_conn *t, const char **text)
+{
+    long r = SSL_get_verify_result(t->ssl);
+    if (text)
+        *text = X509_verify_cert_error_string(r);
+    return r;
+}

@@ -392,6 +392,10 @@ struct tls_ctx *tls_server_ctx_new(const struct tls_server_conf *conf, char *err
     }
     if (conf->prefer_server_ciphers)
         SSL_CTX_set_options(c->ssl, SSL_OP_CIPHER_SERVER_PREFERENCE);
+    /* Clients often close without close_notify after a complete exchange;
+     * OpenSSL 3 would take that EOF as a fatal error and drop the session
+     * from the cache. HTTP framing, not TLS, detects truncated requests. */
+    SSL_CTX_set_options(c->ssl, SSL_OP_IGNORE_UNEXPECTED_EOF);
     const char *curves = conf->ecdh_curve ? conf->ecdh_curve : DEFAULT_CURVES;
     if (strcmp(curves, "auto") != 0 && SSL_CTX_set1_groups_list(c->ssl, curves) != 1) {
         tls_errf(err, errlen, "SSL_CTX_set1_groups_list", curves);

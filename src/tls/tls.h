@@ -139,6 +139,12 @@ struct tls_session;
 struct tls_session *tls_conn_session_get(const struct tls_conn *t);
 int tls_conn_session_set(struct tls_conn *t, struct tls_session *s);
 void tls_session_free(struct tls_session *s);
+/* Another reference to the same session (free each one). */
+struct tls_session *tls_session_dup(struct tls_session *s);
+/* After a client handshake failed (or succeeded): the peer certificate's
+ * verification result, X509_V_OK (0) or OpenSSL's code, with its text in
+ * *text ("unable to get local issuer certificate") for the upstream log. */
+long tls_conn_verify_result(const struct tls_conn *t, const char **text);
 void tls_conn_free(struct tls_conn *t);
 
 /* Drive the handshake: TLS_OK when done; TLS_PLAINTEXT (server); errors are

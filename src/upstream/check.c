@@ -62,8 +62,7 @@ static bool re_match(const void *re, struct slice subject)
     pcre2_match_data *md = pcre2_match_data_create(1, NULL);
     if (!md)
         return false;
-    int rc = pcre2_match(re, (PCRE2_SPTR)(subject.p ? subject.p : ""), subject.len, 0, 0, md,
-                         NULL);
+    int rc = pcre2_match(re, (PCRE2_SPTR)(subject.p ? subject.p : ""), subject.len, 0, 0, md, NULL);
     pcre2_match_data_free(md);
     return rc >= 0;
 }
@@ -225,7 +224,7 @@ bool check_peer_result(struct ups_check *c, size_t i, bool ok, int status, uint6
 
 /* ---- the checker thread ---- */
 
-#define PROBE_BUF (64 * 1024)
+#define PROBE_BUF    (64 * 1024)
 #define PROBE_FIELDS 100
 
 enum probe_phase { PR_IDLE, PR_CONNECTING, PR_SENDING, PR_READING };
@@ -234,12 +233,12 @@ struct probe {
     struct ups_check *check;
     size_t idx;
     struct net_addr addr;
-    struct io io;                /* fd -1 while idle */
-    struct timer timer;          /* next check while idle, the deadline while running */
+    struct io io;       /* fd -1 while idle */
+    struct timer timer; /* next check while idle, the deadline while running */
     enum probe_phase phase;
     char *req;
     size_t req_len, sent;
-    char *buf;                   /* PROBE_BUF bytes, while running */
+    char *buf; /* PROBE_BUF bytes, while running */
     size_t len;
     bool eof;
 };
@@ -266,7 +265,7 @@ static struct {
     /* the checker thread's own */
     struct probe_set *set;
     uint64_t rng;
-} ck = { .mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER };
+} ck = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
 
 static uint64_t wall_ms(void)
 {
@@ -321,8 +320,8 @@ static void probe_finish(struct probe *p, bool ok, int status, const char *why)
 static void probe_timeout(struct timer *t)
 {
     struct probe *p = t->data;
-    probe_finish(p, false, 0, p->phase == PR_CONNECTING ? "connect timed out"
-                                                        : "response timed out");
+    probe_finish(p, false, 0,
+                 p->phase == PR_CONNECTING ? "connect timed out" : "response timed out");
 }
 
 /* Is the body of the response in p->buf complete (or as much as we keep)?
@@ -377,8 +376,8 @@ static void probe_evaluate(struct probe *p)
     struct http_field fields[PROBE_FIELDS];
     struct h1_response r;
     enum h1_error e = H1E_NONE;
-    struct h1_limits lim = { .max_request_line = 8192, .max_head = PROBE_BUF,
-                             .max_fields = PROBE_FIELDS };
+    struct h1_limits lim = {
+        .max_request_line = 8192, .max_head = PROBE_BUF, .max_fields = PROBE_FIELDS};
     for (;;) {
         enum h1_result res = h1_parse_response(p->buf, p->len, &lim, fields, PROBE_FIELDS, &r, &e);
         if (res == H1_ERROR) {
@@ -493,7 +492,7 @@ static void probe_start(struct timer *t)
         probe_finish(p, false, 0, why);
         return;
     }
-    p->io = (struct io){ .fd = fd, .cb = probe_event, .data = p };
+    p->io = (struct io){.fd = fd, .cb = probe_event, .data = p};
     if (loop_io_add(ck.loop, &p->io) < 0) {
         close(fd);
         p->io.fd = -1;
@@ -624,8 +623,8 @@ static void switch_to(struct ups_group *const *groups, size_t ngroups)
                     continue; /* `down` in the config: never checked */
                 /* a server already known keeps its rhythm; a new one is
                  * checked at once, spread by the jitter */
-                timer_set(ck.loop, &p->timer, o ? c->interval_ms / 2 + jitter(c->jitter_ms)
-                                                : jitter(c->jitter_ms));
+                timer_set(ck.loop, &p->timer,
+                          o ? c->interval_ms / 2 + jitter(c->jitter_ms) : jitter(c->jitter_ms));
             }
         }
         for (size_t i = 0; i < g->nservers; i++)

@@ -25,15 +25,17 @@ enum check_op { CHECK_OP_EXISTS, CHECK_OP_EQ, CHECK_OP_REGEX };
 
 struct check_cond {
     enum check_cond_kind kind;
-    bool negate;                 /* status ! ..., header ! name, != and !~ */
+    bool negate; /* status ! ..., header ! name, != and !~ */
     /* status: codes and ranges (a code is a range lo == hi) */
-    struct { int lo, hi; } ranges[CHECK_MAX_RANGES];
+    struct {
+        int lo, hi;
+    } ranges[CHECK_MAX_RANGES];
     size_t nranges;
     /* header: name, op and value; body: op is CHECK_OP_REGEX */
     struct slice name;
     enum check_op op;
     struct slice value;
-    void *re;                    /* pcre2_code, memory from the snapshot arena */
+    void *re; /* pcre2_code, memory from the snapshot arena */
 };
 
 /* `match NAME { ... }`: every condition must hold. No condition: any
@@ -45,33 +47,33 @@ struct check_match {
     bool needs_body;
     const char *file;
     int line;
-    struct check_match *next;    /* the snapshot's list */
+    struct check_match *next; /* the snapshot's list */
 };
 
 /* Per (check, server) counters; the server's own hc block is the sum of the
  * verdicts of every check of its group. */
 struct check_peer {
-    int ok_run;                  /* passes in a row */
-    int fail_run;                /* failures in a row */
-    bool unhealthy;              /* this check holds the server down */
-    bool checking;               /* mandatory, no result yet */
+    int ok_run;     /* passes in a row */
+    int fail_run;   /* failures in a row */
+    bool unhealthy; /* this check holds the server down */
+    bool checking;  /* mandatory, no result yet */
 };
 
 /* One `health_check` attached to a group. */
 struct ups_check {
-    struct ups_check *next;      /* the group's list */
+    struct ups_check *next; /* the group's list */
     struct ups_group *group;
     uint32_t interval_ms;
     uint32_t jitter_ms;
     int fails;
     int passes;
     const char *uri;
-    int port;                    /* 0: the server's port */
+    int port; /* 0: the server's port */
     bool mandatory;
-    bool tcp;                    /* type=tcp: a connect is the whole check */
-    const char *match_name;      /* resolved into `match` when attached */
+    bool tcp;               /* type=tcp: a connect is the whole check */
+    const char *match_name; /* resolved into `match` when attached */
     const struct check_match *match;
-    struct check_peer *peers;    /* one per server of the group */
+    struct check_peer *peers; /* one per server of the group */
     const char *file;
     int line;
 };

@@ -443,6 +443,10 @@ void ups_conn_close(struct ups_conn *c)
      * no-op (its owner's state may be gone by then) */
     c->io.cb = loop_io_noop;
     c->io.data = c;
+    if (c->tls) {
+        c->tls_free(c->tls);
+        c->tls = NULL;
+    }
     if (c->io.fd >= 0) {
         loop_io_del(c->pool->loop, &c->io);
         close(c->io.fd);

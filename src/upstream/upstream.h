@@ -210,6 +210,12 @@ struct ups_conn {
     struct posted release;
     struct ups_pool *pool;
     struct ups_server *srv;      /* while in use: counted in srv->active */
+    /* A TLS session over io.fd (upstream TLS), owned by the connection and
+     * reused with it: the pool only frees it, with tls_free, on close;
+     * tls_key tells which client context made it. */
+    void *tls;
+    void (*tls_free)(void *tls);
+    const void *tls_key;
 };
 
 struct ups_pool;

@@ -430,10 +430,20 @@ class HttpOrigin(_Server):
       .../early         send a 103 before the echo
       anything else     200 with the JSON echo
     Query ?h=Name:Value (repeatable) adds response headers.
+    With tls=(certfile, keyfile) it speaks HTTPS: records then have
+    "session_reused" and "tls_version"; .sni lists the server_names received.
     """
 
-    def __init__(self, name="o1"):
+    def __init__(self, name="o1", tls=None):
         self.requests = []
+        self.tls_ctx = None
+        self.sni = []  # every server_name received, in handshake order
+        if tls:
+            import ssl
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(*tls)
+            ctx.sni_callback = lambda sock, name, c: self.sni.append(name) and None
+            self.tls_ctx = ctx
         super().__init__(name)
 
     def clear(self):
@@ -441,6 +451,23 @@ class HttpOrigin(_Server):
             self.requests.clear()
 
     def handle(self, s, cid, peer):
+        tls_info = {}
+        if self.tls_ctx:
+            raw = s
+            s = self.tls_ctx.wrap_socket(raw, server_side=True)
+            with self.lock:
+                self.socks.discard(raw)
+                self.socks.add(s)
+            tls_info = {"session_reused": s.session_reused, "tls_version": s.version()}
+            try:
+                return self._serve(s, cid, peer, tls_info)
+            finally:
+                with self.lock:
+                    self.socks.discard(s)
+                s.close()
+        return self._serve(s, cid, peer, tls_info)
+
+    def _serve(self, s, cid, peer, tls_info):
         rfile = s.makefile("rb")
         while not self.stopping.is_set():
             got = _read_head(rfile)
@@ -488,7 +515,7 @@ class HttpOrigin(_Server):
                 "origin": self.name, "method": method, "target": target,
                 "version": version, "headers": headers, "body_len": blen,
                 "body_sha256": h.hexdigest(), "trailers": trailers, "conn_id": cid,
-                "peer_port": peer[1],
+                "peer_port": peer[1], **tls_info,
             }
             with self.lock:
                 self.requests.append(rec)
@@ -866,8 +893,8 @@ class Resources:
         self.items.append(p)
         return p
 
-    def origin(self, name="o1"):
-        o = HttpOrigin(name)
+    def origin(self, name="o1", tls=None):
+        o = HttpOrigin(name, tls=tls)
         self.items.append(o)
         return o
 

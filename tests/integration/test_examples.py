@@ -113,3 +113,81 @@ def test_errors(example):
     assert r.status == 200 and r.text == "nothing here, but a friendly page\n"
     assert get(port(8084), "/teapot").status == 418
     assert get(port(8084), "/").header("Server") == "portico"
+
+
+def test_health_checks_and_api(example):
+    port = example("health_checks.conf")
+    api = lambda: get(port(8082), "/api/upstreams/app").json()  # noqa: E731
+    states = lambda: [p["state"] for p in api()["peers"]]  # noqa: E731
+    # mandatory: every server is checked once before it gets traffic
+    wait_for(lambda: states() == ["up", "up", "unhealthy"], 10, what="first checks")
+    seen = set()
+    for _ in range(12):
+        r = get(port(8082), "/")
+        assert r.status == 200
+        seen.add(r.text.strip())
+    assert seen == {"app-1", "app-2"}
+    doc = get(port(8082), "/api").json()
+    assert doc["upstreams"]["app"]["health_checks"][0]["match"] == "healthy"
+    sick = api()["peers"][2]["health_checks"]
+    assert sick["last_status"] == 503 and sick["last_passed"] is False
+
+
+def make_example_certs(d):
+    """The files examples/tls.conf names (/tmp/portico-example-*, remapped to d):
+    a CA, ECDSA and RSA certificates for the front, one for the backend."""
+    def ossl(*a):
+        subprocess.run(["openssl", *a], check=True, capture_output=True, cwd=d)
+    ossl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+         "-days", "30", "-subj", "/CN=example-ca", "-keyout", "portico-example-ca.key",
+         "-out", "portico-example-ca.pem")
+    (d / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    for name, alg in (("ecdsa", ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"]),
+                      ("rsa", ["-newkey", "rsa:2048"]),
+                      ("backend", ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"])):
+        ossl("req", "-new", *alg, "-nodes", "-subj", f"/CN={name}.localhost",
+             "-keyout", f"portico-example-{name}.key", "-out", f"{name}.csr")
+        ossl("x509", "-req", "-in", f"{name}.csr", "-CA", "portico-example-ca.pem", "-CAkey",
+             "portico-example-ca.key", "-CAcreateserial", "-days", "30", "-extfile", "san.ext",
+             "-out", f"portico-example-{name}.pem")
+
+
+def test_tls(example, tmp_path):
+    import socket
+    import ssl
+    make_example_certs(tmp_path)
+    port = example("tls.conf")
+    r = get(port(8080), "/some/path?q=1", host="localhost")
+    assert r.status == 301 and r.header("Location") == "https://localhost/some/path?q=1"
+
+    ctxs = {}
+
+    def https(path, ciphers=None, session=None):
+        if ciphers not in ctxs:
+            ctx = ssl.create_default_context(cafile=str(tmp_path / "portico-example-ca.pem"))
+            if ciphers:
+                ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+                ctx.set_ciphers(ciphers)
+            ctxs[ciphers] = ctx
+        ctx = ctxs[ciphers]
+        with socket.create_connection(("127.0.0.1", port(8443)), timeout=5) as raw:
+            with ctx.wrap_socket(raw, server_hostname="localhost", session=session) as s:
+                s.sendall(f"GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close"
+                          "\r\n\r\n".encode())
+                data = b""
+                while True:
+                    d = s.recv(65536)
+                    if not d:
+                        break
+                    data += d
+                cn = dict(x[0] for x in s.getpeercert()["subject"])["commonName"]
+                return data.decode(), cn, s.session
+    text, cn, _ = https("/")
+    assert text.startswith("HTTP/1.1 200")
+    assert "Strict-Transport-Security: max-age=63072000" in text
+    assert "backend over TLSv1.3, sni=localhost" in text and "x-forwarded-proto: https" in text
+    assert https("/", "ECDHE-ECDSA-AES128-GCM-SHA256")[1] == "ecdsa.localhost"
+    assert https("/", "ECDHE-RSA-AES128-GCM-SHA256")[1] == "rsa.localhost"
+    text, _, sess = https("/tls", "ECDHE-RSA-AES128-GCM-SHA256")
+    assert "TLSv1.2 ECDHE-RSA-AES128-GCM-SHA256 resumed=." in text
+    assert "resumed=r" in https("/tls", "ECDHE-RSA-AES128-GCM-SHA256", session=sess)[0]
