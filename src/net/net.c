@@ -162,6 +162,15 @@ bool net_addr_equal(const struct net_addr *a, const struct net_addr *b)
     return a->len == b->len && memcmp(&a->sa, &b->sa, a->len) == 0;
 }
 
+bool net_addr_is_any(const struct net_addr *a)
+{
+    if (a->sa.ss_family == AF_INET)
+        return a->in4.sin_addr.s_addr == htonl(INADDR_ANY);
+    if (a->sa.ss_family == AF_INET6)
+        return memcmp(&a->in6.sin6_addr, &in6addr_any, sizeof(in6addr_any)) == 0;
+    return false;
+}
+
 int net_listen(const struct net_addr *a, int backlog, bool reuseport)
 {
     int fd = socket(a->sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);

@@ -32,6 +32,8 @@ size_t net_addr_format(const struct net_addr *a, char *buf, size_t len);
 size_t net_addr_ip(const struct net_addr *a, char *buf, size_t len);
 int net_addr_port(const struct net_addr *a);
 bool net_addr_equal(const struct net_addr *a, const struct net_addr *b);
+/* 0.0.0.0 or [::] */
+bool net_addr_is_any(const struct net_addr *a);
 
 /* A listening socket: non-blocking, CLOEXEC, SO_REUSEADDR, SO_REUSEPORT if
  * asked, TCP_DEFER_ACCEPT off. Returns the fd or -1 (errno). */

@@ -1188,7 +1188,8 @@ static void sess_close(struct h1_session *s)
         return;
     s->state = S_CLOSED;
     struct loop *l = s->w->loop;
-    loop_io_del(l, &s->io);
+    /* no EPOLL_CTL_DEL: closing the only descriptor of the socket removes it
+     * from the epoll set (one syscall less per connection) */
     if (s->tls) {
         tls_shutdown(s->tls);
         tls_conn_free(s->tls);

@@ -64,10 +64,13 @@ static void accept_cb(struct io *io, uint32_t events)
             close(fd);
             continue;
         }
-        struct net_addr local;
-        local.len = sizeof(local.in6);
-        if (getsockname(fd, (struct sockaddr *)&local.in6, &local.len) < 0)
-            local = l->addr;
+        /* the local address is the listener's unless it is a wildcard one */
+        struct net_addr local = l->addr;
+        if (l->wildcard) {
+            local.len = sizeof(local.in6);
+            if (getsockname(fd, (struct sockaddr *)&local.in6, &local.len) < 0)
+                local = l->addr;
+        }
         h1_session_start(w, fd, &peer, &local);
     }
     /* more may be waiting: finish the batch next loop round */
@@ -101,6 +104,7 @@ static int open_listener(struct worker *w, const struct listen_set *ls)
     l->io.cb = accept_cb;
     l->io.data = l;
     l->addr = ls->addr;
+    l->wildcard = net_addr_is_any(&ls->addr);
     l->w = w;
     posted_init(&l->more, accept_more, l);
     if (loop_io_add(w->loop, &l->io) < 0) {

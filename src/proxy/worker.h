@@ -22,6 +22,7 @@ struct listener {
     struct worker *w;
     struct posted more;        /* continue a long accept batch next round */
     bool keep;                 /* still wanted after a reload */
+    bool wildcard;             /* bound to 0.0.0.0 or [::]: ask each socket its address */
 };
 
 #define WORKER_MAX_LISTENERS 64

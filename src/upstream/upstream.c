@@ -448,7 +448,7 @@ void ups_conn_close(struct ups_conn *c)
         c->tls = NULL;
     }
     if (c->io.fd >= 0) {
-        loop_io_del(c->pool->loop, &c->io);
+        /* closing the only descriptor removes it from epoll: no CTL_DEL */
         close(c->io.fd);
         c->io.fd = -1;
     }
