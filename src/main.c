@@ -223,6 +223,8 @@ int main(int argc, char **argv)
     }
     if (check_start(snap->groups, snap->ngroups) < 0)
         log_write(LOG_ALERT, "could not start the health checker: %s", strerror(errno));
+    if (ups_resolve_start(snap->groups, snap->ngroups) < 0)
+        log_write(LOG_ALERT, "could not start the resolver: %s", strerror(errno));
     write_pid(snap);
     log_write(LOG_NOTICE, "portico %s started: %d worker(s), %zu listener(s)", PORTICO_VERSION,
               nworkers, snap->nlistens);
@@ -251,6 +253,7 @@ int main(int argc, char **argv)
             }
             apply_error_log(next);
             check_reload(next->groups, next->ngroups); /* before traffic: state carried over */
+            ups_resolve_reload(next->groups, next->ngroups);
             struct snapshot *old = workers_swap_snapshot(next);
             workers_reload(workers, nworkers);
             snapshot_unref(old);
@@ -271,6 +274,7 @@ int main(int argc, char **argv)
     char pid_copy[4096];
     snprintf(pid_copy, sizeof(pid_copy), "%s", pidf);
     check_stop();
+    ups_resolve_stop();
     workers_stop(workers, nworkers);
     unlink(pid_copy);
     log_write(LOG_NOTICE, "exit");

@@ -228,7 +228,8 @@ static enum h1_result parse_fields(const char **pp, const char *end, struct http
         p += 2;
     }
 more:
-    if (max_line && (size_t)(end - line) > max_line) {
+    /* an unfinished line may still end in its CR: refuse it past max_line + CR */
+    if (max_line && (size_t)(end - line) > max_line + 1) {
         *err = H1E_HEAD_TOO_LARGE;
         return H1_ERROR;
     }
@@ -237,7 +238,7 @@ more:
     return H1_INCOMPLETE;
 bad:
     /* a prefix ending past the limit already said 431: say it here too */
-    *err = max_line && (size_t)(p - line) > max_line ? H1E_HEAD_TOO_LARGE : H1E_BAD_FIELD;
+    *err = max_line && (size_t)(p - line) > max_line + 1 ? H1E_HEAD_TOO_LARGE : H1E_BAD_FIELD;
     return H1_ERROR;
 }
 

@@ -1283,6 +1283,16 @@ static int feed(struct h2_session *s, size_t n)
     return 0;
 }
 
+/* nghttp2 gave up without a GOAWAY of its own: say why, then close. */
+static void feed_failed(struct h2_session *s, int rv)
+{
+    bool abuse = rv == NGHTTP2_ERR_FLOODED || rv == NGHTTP2_ERR_TOO_MANY_CONTINUATIONS;
+    s->calm = true;
+    if (nghttp2_session_terminate_session(
+            s->ng, abuse ? NGHTTP2_ENHANCE_YOUR_CALM : NGHTTP2_PROTOCOL_ERROR) != 0)
+        sess_close(s);
+}
+
 static void sess_read(struct h2_session *s)
 {
     while (s->io.readable && !s->closed && !s->calm && s->wq.bytes < WQ_READ_PAUSE &&
@@ -1295,12 +1305,7 @@ static void sess_read(struct h2_session *s)
         if (n > 0) {
             int rv = feed(s, (size_t)n);
             if (rv < 0) {
-                /* nghttp2 gave up without a GOAWAY of its own: say why */
-                bool abuse = rv == NGHTTP2_ERR_FLOODED || rv == NGHTTP2_ERR_TOO_MANY_CONTINUATIONS;
-                s->calm = true;
-                if (nghttp2_session_terminate_session(
-                        s->ng, abuse ? NGHTTP2_ENHANCE_YOUR_CALM : NGHTTP2_PROTOCOL_ERROR) != 0)
-                    sess_close(s);
+                feed_failed(s, rv);
                 return;
             }
             continue;
@@ -1479,8 +1484,16 @@ void h2_session_start(struct worker *w, int fd, const struct net_addr *peer,
     w->nsessions++;
     timer_set(w->loop, &s->idle_timer, s->conf.idle_timeout_ms);
     if (npreread) {
-        if (rseg_room(s) < 0 || (memcpy(s->rseg->data, preread, npreread), feed(s, npreread)) < 0) {
+        if (rseg_room(s) < 0) {
             sess_close(s);
+            return;
+        }
+        memcpy(s->rseg->data, preread, npreread);
+        int rv = feed(s, npreread);
+        if (rv < 0) {
+            feed_failed(s, rv);
+            if (!s->closed)
+                queue_flush(s);
             return;
         }
     }

@@ -1394,6 +1394,8 @@ void snapshot_unref(struct snapshot *s)
         return;
     accesslog_close_all(s, NULL);
     conf_tls_free(s);
+    for (size_t i = 0; i < s->ngroups; i++)
+        ups_group_release(s->groups[i]);
     for (size_t i = 0; i < s->nservers; i++)
         release_regexes(s->servers[i]->locs, s->servers[i]->nlocs);
     for (size_t j = 0; j < s->nlistens; j++)

@@ -246,7 +246,7 @@ static const struct cf_directive ssl_directives[] = {
         "TLSv1.2 TLSv1.3", "protocol versions accepted"),
     ROW("ssl_ciphers", 1, 1, set_str, SSL_OFF(tc.ciphers), "ciphers", "ECDHE+AESGCM:ECDHE+CHACHA20",
         "TLS 1.2 cipher list (OpenSSL syntax); TLS 1.3 suites via ssl_conf_command"),
-    ROW("ssl_prefer_server_ciphers", 1, 1, set_flag, SSL_OFF(prefer), "on | off", "off",
+    ROW("ssl_prefer_server_ciphers", 1, 1, set_flag, SSL_OFF(prefer), "on | off", "on",
         "the server's cipher order wins over the client's"),
     ROW("ssl_ecdh_curve", 1, 1, set_str, SSL_OFF(tc.ecdh_curve), "curve[:curve...]",
         "X25519:prime256v1:secp384r1", "key exchange groups"),
@@ -374,7 +374,9 @@ void ssl_srv_conf_merge(struct ssl_srv_conf *c, const struct ssl_srv_conf *p)
 /* Defaults for what neither the server nor http level set. */
 static void ssl_finish(struct ssl_srv_conf *c, bool http2)
 {
-    c->tc.prefer_server_ciphers = c->prefer == 1;
+    /* on by default (nginx: off): testssl.sh counts a client-chosen order
+     * as a finding; every default cipher is ECDHE + AEAD anyway */
+    c->tc.prefer_server_ciphers = c->prefer != 0;
     c->tc.session_tickets = c->tickets != 0;
     c->tc.stapling = c->stapling == 1;
     c->tc.stapling_verify = c->stapling_verify == 1;

@@ -21,6 +21,7 @@
 
 enum fwd_phase {
     P_COLLECT,    /* reading the request body before connecting */
+    P_QUEUED,     /* every server at max_conns: waiting in the group's queue */
     P_CONNECTING,
     P_HANDSHAKE,  /* proxy_pass https://: TLS handshake (proxy_connect_timeout) */
     P_ACTIVE,     /* connected: sending the request, reading the response */
@@ -45,6 +46,7 @@ struct fwd {
     struct slice proxy_host;
     struct slice uri;              /* request target sent upstream */
     struct timer timer;
+    struct ups_waiter wait;        /* `queue N`: while P_QUEUED */
 
     /* request toward the upstream */
     struct buf *req_head;          /* serialized head */
@@ -846,6 +848,21 @@ static void save_session(struct fwd *f)
         proxy_ssl_session_put(ps, &f->srv->addr, sess);
 }
 
+static void queue_ready(struct ups_waiter *w, bool expired)
+{
+    struct fwd *f = w->data;
+    struct exchange *ex = f->ex;
+    if (!expired) {
+        try_upstream(f);
+        return;
+    }
+    log_write(LOG_ERR, "*%llu queue timeout while connecting to upstream \"%s\"",
+              (unsigned long long)ex->id, f->group->name);
+    ex->ending = (struct ending){ .code = END_NO_SERVER, .why = "queue timeout" };
+    f->phase = P_DONE;
+    respond_status(ex, 502);
+}
+
 static void try_upstream(struct fwd *f)
 {
     struct exchange *ex = f->ex;
@@ -857,14 +874,24 @@ static void try_upstream(struct fwd *f)
                                : NULL;
     if (!s)
         s = ups_select(f->group, &pc);
+    if (!s && f->group->queue_max && ups_group_saturated(f->group, f->tried, now)) {
+        f->wait.cb = queue_ready;
+        f->wait.data = f;
+        if (ups_queue_wait(ex->worker->pool, f->group, &f->wait) == 0) {
+            f->phase = P_QUEUED;
+            return;
+        }
+    }
     if (!s) {
-        log_write(LOG_ERR, "*%llu no live upstreams while connecting to upstream \"%s\"",
-                  (unsigned long long)ex->id, f->group->name);
+        log_write(LOG_ERR, "*%llu no live upstreams while connecting to upstream \"%s\"%s",
+                  (unsigned long long)ex->id, f->group->name,
+                  f->group->queue_max ? " (queue full)" : "");
         ex->ending = (struct ending){ .code = END_NO_SERVER, .why = "no live upstreams" };
         f->phase = P_DONE;
         respond_status(ex, 502);
         return;
     }
+    f->wait.deadline_ms = 0;
     f->srv = s;
     f->tried |= 1ull << ups_server_index(f->group, s);
     f->tries++;
@@ -873,7 +900,7 @@ static void try_upstream(struct fwd *f)
         f->first_try_ms = now;
     if (ex->ntries < EX_MAX_TRIES) {
         f->cur_try = &ex->tries[ex->ntries++];
-        *f->cur_try = (struct ups_try){ .addr = s->addr_text,
+        *f->cur_try = (struct ups_try){ .addr = ups_server_addr_text(s),
                                         .connect_ms = UINT64_MAX,
                                         .header_ms = UINT64_MAX,
                                         .response_ms = UINT64_MAX };
@@ -1626,6 +1653,7 @@ void proxy_release(struct exchange *ex)
     if (!f)
         return;
     timer_cancel(&f->timer);
+    ups_queue_cancel(&f->wait);
     if (f->uc) {
         ups_conn_close(f->uc);
         f->uc = NULL;

@@ -485,6 +485,17 @@ static void probe_start(struct timer *t)
 {
     struct probe *p = t->data;
     struct ups_check *c = p->check;
+    const struct ups_server *srv = &c->group->servers[p->idx];
+    if (srv->resolve) {
+        /* re-resolved since the probe set was built: follow it */
+        in_port_t port = p->addr.sa.ss_family == AF_INET6 ? p->addr.in6.sin6_port
+                                                          : p->addr.in4.sin_port;
+        p->addr = *ups_server_addr(srv);
+        if (p->addr.sa.ss_family == AF_INET6)
+            p->addr.in6.sin6_port = port;
+        else
+            p->addr.in4.sin_port = port;
+    }
     int fd = net_connect(&p->addr);
     if (fd < 0) {
         char why[96];
@@ -586,7 +597,7 @@ static void switch_to(struct ups_group *const *groups, size_t ngroups)
                 p->check = c;
                 p->idx = i;
                 p->io.fd = -1;
-                p->addr = s->addr;
+                p->addr = *ups_server_addr(s);
                 if (c->port) {
                     if (p->addr.sa.ss_family == AF_INET6)
                         p->addr.in6.sin6_port = htons((uint16_t)c->port);

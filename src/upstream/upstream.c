@@ -71,6 +71,8 @@ static int set_server(struct cf_ctx *cx, const struct cf_node *n, const struct c
             s->backup = true;
         } else if (strcmp(a, "down") == 0) {
             s->down = true;
+        } else if (strcmp(a, "resolve") == 0) {
+            s->resolve = true;
         } else {
             return cf_error(cx, n, "invalid parameter \"%s\"", a);
         }
@@ -245,6 +247,49 @@ static int set_outlier(struct cf_ctx *cx, const struct cf_node *n, const struct 
     return 0;
 }
 
+static int set_queue(struct cf_ctx *cx, const struct cf_node *n, const struct cf_directive *d,
+                     void *conf)
+{
+    (void)d;
+    struct ups_group *g = conf;
+    int v;
+    if (g->queue_max)
+        return cf_error(cx, n, "\"queue\" directive is duplicate");
+    if (cf_parse_int(n->args[0], &v) < 0 || v < 1)
+        return cf_error(cx, n, "invalid value \"%s\" in \"queue\" directive", n->args[0]);
+    g->queue_max = v;
+    if (n->nargs == 2) {
+        uint32_t ms;
+        if (strncmp(n->args[1], "timeout=", 8) != 0 || cf_parse_msec(n->args[1] + 8, &ms) < 0 ||
+            ms == 0)
+            return cf_error(cx, n, "invalid parameter \"%s\"", n->args[1]);
+        g->queue_timeout_ms = ms;
+    }
+    return 0;
+}
+
+static int set_resolver(struct cf_ctx *cx, const struct cf_node *n, const struct cf_directive *d,
+                        void *conf)
+{
+    (void)d;
+    struct ups_group *g = conf;
+    const char *msg = NULL;
+    if (g->resolver)
+        return cf_error(cx, n, "\"resolver\" directive is duplicate");
+    if (!(g->resolver = arena_calloc(cx->arena, sizeof(*g->resolver))))
+        return cf_error(cx, n, "out of memory");
+    if (net_addr_parse(n->args[0], 53, false, g->resolver, &msg) < 0)
+        return cf_error(cx, n, "invalid resolver address \"%s\": %s", n->args[0], msg);
+    if (n->nargs == 2) {
+        uint32_t ms;
+        if (strncmp(n->args[1], "valid=", 6) != 0 || cf_parse_msec(n->args[1] + 6, &ms) < 0 ||
+            ms == 0)
+            return cf_error(cx, n, "invalid parameter \"%s\"", n->args[1]);
+        g->resolver_valid_ms = ms;
+    }
+    return 0;
+}
+
 static int set_retry_budget(struct cf_ctx *cx, const struct cf_node *n,
                             const struct cf_directive *d, void *conf)
 {
@@ -276,10 +321,12 @@ static int set_retry_budget(struct cf_ctx *cx, const struct cf_node *n,
 static const struct cf_directive ups_directives[] = {
     { "server", CF_UPSTREAM, 1, CF_ARGS_ANY, false, set_server, UPS_CONF_GROUP, 0,
       "address [weight=number] [max_fails=number] [fail_timeout=time] [max_conns=number] "
-      "[slow_start=time] [backup] [down]",
+      "[slow_start=time] [backup] [down] [resolve]",
       "-",
       "a server of the group; max_conns caps its connections in use (all workers), slow_start "
-      "ramps its weight up linearly after it recovers from failed or ejected" },
+      "ramps its weight up linearly after it recovers from failed or ejected; a name is "
+      "resolved at load, and again in the background every resolver valid time with "
+      "resolve" },
     { "least_conn", CF_UPSTREAM, 0, 0, false, set_least_conn, UPS_CONF_GROUP, 0, "", "-",
       "balance to the server with the fewest active connections per weight" },
     { "ip_hash", CF_UPSTREAM, 0, 0, false, set_ip_hash, UPS_CONF_GROUP, 0, "", "-",
@@ -308,6 +355,14 @@ static const struct cf_directive ups_directives[] = {
       "percent [interval=time]", "-",
       "retries allowed while retries stay under this percentage of requests over a sliding "
       "window (10s); at least one retry per window" },
+    { "queue", CF_UPSTREAM, 1, 2, false, set_queue, UPS_CONF_GROUP, 0, "number [timeout=time]",
+      "-",
+      "when every server is at max_conns, up to number requests per worker wait in a FIFO for "
+      "a connection to be released, at most timeout (60s); past either: 502" },
+    { "resolver", CF_UPSTREAM, 1, 2, false, set_resolver, UPS_CONF_GROUP, 0,
+      "address [valid=time]", "-",
+      "DNS server (UDP, A records) queried for the group's resolve servers every valid (30s); "
+      "without it they are looked up with the system resolver, off the workers" },
     { "keepalive", CF_UPSTREAM, 1, 1, false, set_keepalive, UPS_CONF_GROUP, 0, "connections",
       "-", "idle keep-alive connections to the servers kept by each worker" },
     { "keepalive_timeout", CF_UPSTREAM, 1, 1, false, cf_set_msec, UPS_CONF_GROUP,
@@ -330,6 +385,8 @@ static void group_defaults(struct ups_group *g)
     g->od_max_ejection_ms = 300000;
     g->od_max_ejected_percent = 50;
     g->rb_interval_ms = 10000;
+    g->queue_timeout_ms = 60000;
+    g->resolver_valid_ms = 30000;
 }
 
 int ups_group_parse(struct cf_ctx *cx, const struct cf_node *n, struct ups_group *g)
@@ -404,6 +461,8 @@ struct ups_pool {
     /* idle connections per group, by group id modulo the slots: a shared
      * slot only makes two groups share their keepalive budget */
     uint32_t group_idle[POOL_GROUP_SLOTS];
+    struct ups_waiter waiters;   /* sentinel of the queue (`queue N`), oldest first */
+    size_t nwaiting;
 };
 
 struct ups_pool *ups_pool_new(struct loop *l)
@@ -413,8 +472,11 @@ struct ups_pool *ups_pool_new(struct loop *l)
         return NULL;
     p->loop = l;
     p->head.next = p->head.prev = &p->head;
+    p->waiters.next = p->waiters.prev = &p->waiters;
     return p;
 }
+
+static void queue_wake_first(struct ups_pool *p, const void *group);
 
 static void conn_release(struct posted *po)
 {
@@ -426,6 +488,8 @@ static void conn_unbind(struct ups_conn *c)
     if (c->srv) {
         atomic_fetch_sub_explicit(&c->srv->active, 1, memory_order_relaxed);
         c->srv = NULL;
+        if (c->pool->nwaiting)
+            queue_wake_first(c->pool, c->group_key);
     }
 }
 
@@ -491,7 +555,8 @@ struct ups_conn *ups_conn_open(struct ups_pool *p, const struct ups_group *g,
     struct ups_conn *c = calloc(1, sizeof(*c));
     if (!c)
         return NULL;
-    int fd = net_connect(&s->addr);
+    const struct net_addr *sa = ups_server_addr(s);
+    int fd = net_connect(sa);
     if (fd < 0) {
         int e = errno;
         free(c);
@@ -499,7 +564,7 @@ struct ups_conn *ups_conn_open(struct ups_pool *p, const struct ups_group *g,
         return NULL;
     }
     c->io.fd = fd;
-    c->addr = s->addr;
+    c->addr = *sa;
     c->group_key = g;
     c->pool = p;
     timer_init(&c->idle_timer, idle_expire, c);
@@ -535,7 +600,7 @@ struct ups_conn *ups_pool_get(struct ups_pool *p, const struct ups_group *g,
                               struct ups_server *s)
 {
     for (struct ups_conn *c = p->head.next; c != &p->head; c = c->next) {
-        if (c->group_key == g && net_addr_equal(&c->addr, &s->addr)) {
+        if (c->group_key == g && net_addr_equal(&c->addr, ups_server_addr(s))) {
             idle_unlink(p, c);
             if (!conn_alive(c)) {
                 /* the server closed it (or sent junk) while idle */
@@ -602,4 +667,123 @@ void ups_pool_free(struct ups_pool *p)
         return;
     ups_pool_clear(p);
     free(p);
+}
+
+/* ---- the queue ---- */
+
+/* How often the first waiter of a group looks for a slot freed on another
+ * worker (a release wakes only the waiters of its own worker). */
+#define QUEUE_POLL_MS 20
+
+static void waiter_unlink(struct ups_waiter *w)
+{
+    w->prev->next = w->next;
+    w->next->prev = w->prev;
+    w->next = w->prev = NULL;
+    w->pool->nwaiting--;
+}
+
+static void waiter_run(struct posted *po)
+{
+    struct ups_waiter *w = po->data;
+    w->cb(w, false);
+}
+
+static void queue_wake(struct ups_waiter *w)
+{
+    waiter_unlink(w);
+    timer_cancel(&w->timer);
+    loop_post(w->pool->loop, &w->wake);
+}
+
+static void queue_wake_first(struct ups_pool *p, const void *group)
+{
+    for (struct ups_waiter *w = p->waiters.next; w != &p->waiters; w = w->next)
+        if (w->group == group) {
+            queue_wake(w);
+            return;
+        }
+}
+
+static bool first_of_group(const struct ups_waiter *w)
+{
+    for (const struct ups_waiter *i = w->pool->waiters.next; i != w; i = i->next)
+        if (i->group == w->group)
+            return false;
+    return true;
+}
+
+static void arm(struct ups_waiter *w, uint64_t now_ms)
+{
+    uint64_t left = w->deadline_ms > now_ms ? w->deadline_ms - now_ms : 0;
+    timer_set(w->pool->loop, &w->timer, left < QUEUE_POLL_MS ? left : QUEUE_POLL_MS);
+}
+
+static void waiter_tick(struct timer *t)
+{
+    struct ups_waiter *w = t->data;
+    uint64_t now = loop_now_ms(w->pool->loop);
+    if (now >= w->deadline_ms) {
+        waiter_unlink(w);
+        w->cb(w, true);
+        return;
+    }
+    if (first_of_group(w) &&
+        (ups_has_candidate(w->group, 0, now) || !ups_group_saturated(w->group, 0, now))) {
+        queue_wake(w);
+        return;
+    }
+    arm(w, now);
+}
+
+bool ups_group_saturated(const struct ups_group *g, uint64_t tried, uint64_t now_ms)
+{
+    (void)now_ms;
+    for (size_t i = 0; i < g->nservers; i++) {
+        const struct ups_server *s = &g->servers[i];
+        if ((tried & (1ull << i)) || s->down || !s->max_conns ||
+            atomic_load_explicit(&s->hc.down, memory_order_relaxed))
+            continue;
+        if (atomic_load_explicit(&s->active, memory_order_relaxed) >= s->max_conns)
+            return true;
+    }
+    return false;
+}
+
+int ups_queue_wait(struct ups_pool *p, const struct ups_group *g, struct ups_waiter *w)
+{
+    uint64_t now = loop_now_ms(p->loop);
+    w->pool = p;
+    w->group = g;
+    timer_init(&w->timer, waiter_tick, w);
+    posted_init(&w->wake, waiter_run, w);
+    if (!w->deadline_ms) {
+        size_t n = 0;
+        for (struct ups_waiter *i = p->waiters.next; i != &p->waiters; i = i->next)
+            n += i->group == g;
+        if (n >= (size_t)g->queue_max)
+            return -1;
+        w->deadline_ms = now + g->queue_timeout_ms;
+        w->prev = p->waiters.prev;
+        w->next = &p->waiters;
+    } else {
+        /* woken but beaten to the slot: back to the front, same deadline */
+        w->prev = &p->waiters;
+        w->next = p->waiters.next;
+    }
+    w->prev->next = w;
+    w->next->prev = w;
+    p->nwaiting++;
+    arm(w, now);
+    return 0;
+}
+
+void ups_queue_cancel(struct ups_waiter *w)
+{
+    if (!w->pool)
+        return;
+    if (w->next)
+        waiter_unlink(w);
+    timer_cancel(&w->timer);
+    posted_cancel(w->pool->loop, &w->wake);
 }

@@ -26,9 +26,18 @@ struct ups_hc {
     _Atomic uint64_t last_ms;    /* wall clock of the last check, ms since the epoch; 0 never */
 };
 
+/* An address found by re-resolving a `resolve` server (upstream/resolve.c).
+ * Immutable once published and kept until the group is released, so a
+ * reader may keep the pointer (or addr_text) for the exchange's life. */
+struct ups_addr {
+    struct net_addr addr;
+    char text[64];
+    struct ups_addr *older;  /* the ones it replaced, freed with the group */
+};
+
 struct ups_server {
     char *name;              /* as written: "127.0.0.1:8081" */
-    struct net_addr addr;
+    struct net_addr addr;    /* at load; a `resolve` server: see ups_server_addr() */
     char addr_text[64];      /* for $upstream_addr and logs */
     char sticky_id[17];      /* stable id for `sticky cookie`: hash of addr_text, hex */
     int weight;
@@ -38,6 +47,8 @@ struct ups_server {
     uint32_t slow_start_ms;  /* 0 = full weight at once after recovery */
     bool backup;
     bool down;
+    bool resolve;            /* re-resolve the name in the background */
+    _Atomic(struct ups_addr *) resolved; /* resolve: the newest address; NULL: addr */
     /* shared by every worker */
     _Atomic int fails;               /* failures in the current window */
     _Atomic uint64_t failed_until_ms;/* unavailable until this time (0 = available) */
@@ -52,6 +63,21 @@ struct ups_server {
     _Atomic uint64_t requests;       /* tries sent to it (all workers) */
     struct ups_hc hc;                /* active health checks: down while hc.down > 0 */
 };
+
+/* The address to connect to now, and its text: safe from any thread while
+ * the resolver publishes new ones. */
+static inline const struct net_addr *ups_server_addr(const struct ups_server *s)
+{
+    struct ups_addr *a = atomic_load_explicit((_Atomic(struct ups_addr *) *)&s->resolved,
+                                              memory_order_acquire);
+    return a ? &a->addr : &s->addr;
+}
+static inline const char *ups_server_addr_text(const struct ups_server *s)
+{
+    struct ups_addr *a = atomic_load_explicit((_Atomic(struct ups_addr *) *)&s->resolved,
+                                              memory_order_acquire);
+    return a ? a->text : s->addr_text;
+}
 
 struct ups_group;
 
@@ -128,6 +154,13 @@ struct ups_group {
     _Atomic uint64_t rb_window_start_ms;
     _Atomic uint32_t rb_requests[2], rb_retries[2]; /* [0] current window, [1] previous */
     struct ups_check *checks;    /* active health checks (upstream/check.h), a list */
+    /* queue N [timeout=T]: requests waiting per worker when every server is at
+     * max_conns (queue_max = 0: no queue, 502 at once) */
+    int queue_max;
+    uint32_t queue_timeout_ms;
+    /* resolver ADDRESS [valid=T]: for `resolve` servers (no address: getaddrinfo) */
+    struct net_addr *resolver;
+    uint32_t resolver_valid_ms;
 };
 
 #define UPS_MAX_SERVERS 64
@@ -191,6 +224,24 @@ int ups_ring_build(struct arena *a, struct ups_group *g);
 /* The 32-bit hash the balancers use (stable across runs and builds). */
 uint32_t ups_hash32(const void *p, size_t len);
 
+/* ---- re-resolution of `resolve` servers (upstream/resolve.c) ---- */
+
+/* One background thread for the process re-resolves the names of `resolve`
+ * servers every resolver_valid_ms (the system resolver, or a DNS query to
+ * g->resolver) and publishes changed addresses in s->resolved. Workers never
+ * block on a lookup. reload returns once the thread no longer touches the
+ * old groups. */
+int ups_resolve_start(struct ups_group *const *groups, size_t ngroups);
+void ups_resolve_reload(struct ups_group *const *groups, size_t ngroups);
+void ups_resolve_stop(void);
+/* Look `s` up once now (blocking) and publish the address if it changed;
+ * 1 changed, 0 same, -1 failed. For the thread and tests. */
+int ups_resolve_server(const struct ups_group *g, struct ups_server *s);
+/* Publish `a` as s's address (the old one is kept until release). */
+void ups_server_publish(struct ups_server *s, const struct net_addr *a);
+/* Free what the resolver published for g (when its snapshot goes). */
+void ups_group_release(struct ups_group *g);
+
 /* ---- connections and the per-worker idle pool ---- */
 
 /* A connection to one upstream server. While idle it belongs to the pool
@@ -241,5 +292,36 @@ void ups_conn_close(struct ups_conn *c);
 /* Close every idle connection (reload, shutdown). */
 void ups_pool_clear(struct ups_pool *p);
 size_t ups_pool_idle_count(const struct ups_pool *p);
+
+/* ---- the per-worker queue of `queue N` ---- */
+
+/* A request waiting for a connection slot of `group` in one worker's FIFO.
+ * Lives in its owner's state; the owner fills `cb`/`data` and must call
+ * ups_queue_cancel before the memory goes. */
+struct ups_waiter;
+typedef void ups_waiter_fn(struct ups_waiter *w, bool expired);
+
+struct ups_waiter {
+    struct ups_waiter *next, *prev; /* in the pool's FIFO while queued */
+    const struct ups_group *group;
+    uint64_t deadline_ms;        /* 0: not waiting yet (the next wait is a new one) */
+    struct timer timer;
+    struct posted wake;
+    struct ups_pool *pool;
+    ups_waiter_fn *cb;
+    void *data;
+};
+
+/* Would a server of g not in `tried` be usable but for max_conns? */
+bool ups_group_saturated(const struct ups_group *g, uint64_t tried, uint64_t now_ms);
+/* Wait for a slot of g: cb(w, false) runs (posted) when a connection of g on
+ * this worker is released, or when a poll finds a slot freed by another
+ * worker; cb(w, true) at the deadline. A new wait (deadline_ms == 0) goes
+ * last and fails with -1 when this worker already queues queue_max requests
+ * for g; a wait again after a wake keeps its place (first) and deadline.
+ * The waiter is out of the queue when cb runs. */
+int ups_queue_wait(struct ups_pool *p, const struct ups_group *g, struct ups_waiter *w);
+/* Leave the queue (no-op when not queued). */
+void ups_queue_cancel(struct ups_waiter *w);
 
 #endif

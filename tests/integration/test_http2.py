@@ -515,16 +515,21 @@ def test_idle_timeout(res):
 
 def test_graceful_stop_finishes_streams(res):
     p, o = start(res)
-    c = H2Client(p.port)
-    sid = c.request(path="/delay/800")
+    raw = RawH2(p.port)
+    raw.send(HeadersFrame(1, b"\x82\x86" + hpack_literal(":path", "/delay/800")
+                          + b"\x01" + hpack_int(9, 7) + b"localhost",
+                          flags=["END_HEADERS", "END_STREAM"]))
     wait_for(lambda: any(r["target"] == "/delay/800" for r in o.requests), 5,
              what="the request at the origin")
     p.signal(p.graceful_signal)
-    head, body = c.response(sid, timeout=10)
-    assert head[":status"] == "200"
-    goaways = [e for e in c.events if isinstance(e, h2.events.ConnectionTerminated)]
-    assert goaways and goaways[0].error_code == NO_ERROR
-    assert goaways[0].last_stream_id == sid
+    g = raw.goaway()
+    assert g is not None and g.error_code == NO_ERROR and g.last_stream_id == 1
+    done = raw.read_until(lambda: any(isinstance(f, DataFrame) and "END_STREAM" in f.flags
+                                      for f in raw.frames))
+    assert done, raw.frames
+    heads = [f for f in raw.frames if isinstance(f, HeadersFrame)]
+    import hpack
+    assert dict(hpack.Decoder().decode(heads[0].data))[":status"] == "200"
     assert p.proc.wait(10) == 0
 
 
@@ -536,6 +541,8 @@ def test_reload_sends_goaway(res):
     p.reload()
     c.pump(lambda: any(isinstance(e, h2.events.ConnectionTerminated) for e in c.events),
            timeout=5)
+    assert [e.error_code for e in c.events
+            if isinstance(e, h2.events.ConnectionTerminated)] == [NO_ERROR]
     # a new connection works with the new configuration
     c2 = H2Client(p.port)
     head, body = c2.response(c2.request(path="/local"))

@@ -1267,3 +1267,93 @@ Test(ups_algo, retry_budget_caps_retries)
     for (int i = 0; i < 10; i++)
         cr_assert(ups_budget_retry(n, 1000));
 }
+
+/* ---- resolve: the published address replaces the load-time one ---- */
+
+Test(ups_parse, resolve_and_resolver)
+{
+    struct ups_group *g = group("upstream u { server localhost:8080 resolve; "
+                                "resolver 127.0.0.1:5353 valid=2s; }");
+    cr_assert(g->servers[0].resolve);
+    cr_assert_eq(g->resolver_valid_ms, 2000);
+    cr_assert_eq(ntohs(g->resolver->in4.sin_port), 5353);
+    cr_assert_null(group_try("upstream u { server 127.0.0.1:1; resolver 127.0.0.1 valid=x; }"));
+    cr_assert(strstr(err, "invalid parameter \"valid=x\""), "%s", err);
+    g = group("upstream u { server localhost:8080 resolve; }");
+    cr_assert_eq(g->resolver_valid_ms, 30000);
+    cr_assert_null(g->resolver);
+}
+
+Test(ups_health, resolve_publish_is_seen_and_kept_until_release)
+{
+    struct ups_group *g = group("upstream u { server localhost:8080 resolve; }");
+    struct ups_server *s = &g->servers[0];
+    const char *load_text = ups_server_addr_text(s);
+    cr_assert_eq(ups_server_addr(s), &s->addr);
+    struct net_addr a;
+    const char *msg;
+    cr_assert_eq(net_addr_parse("127.0.0.9:8080", 80, false, &a, &msg), 0);
+    ups_server_publish(s, &a);
+    cr_assert(net_addr_equal(ups_server_addr(s), &a));
+    cr_assert_str_eq(ups_server_addr_text(s), "127.0.0.9:8080");
+    const char *first = ups_server_addr_text(s);
+    /* the system resolver gives localhost back: a change, published */
+    cr_assert_eq(ups_resolve_server(g, s), 1);
+    cr_assert_str_eq(ups_server_addr_text(s), load_text);
+    cr_assert_str_eq(first, "127.0.0.9:8080", "an old block stays readable");
+    cr_assert_eq(ups_resolve_server(g, s), 0, "same address: nothing published");
+    ups_group_release(g);
+    cr_assert_eq(ups_server_addr(s), &s->addr);
+}
+
+/* ---- queue: saturation seen, FIFO bound, wake on release ---- */
+
+static int woken, expired_n;
+
+static void on_wait(struct ups_waiter *w, bool expired)
+{
+    (void)w;
+    if (expired)
+        expired_n++;
+    else
+        woken++;
+}
+
+Test(ups_pool, queue_bound_and_wake_on_release)
+{
+    struct ups_group *g = group("upstream u { server 127.0.0.1:1 max_conns=1; queue 2 "
+                                "timeout=50ms; }");
+    cr_assert_eq(g->queue_max, 2);
+    cr_assert_eq(g->queue_timeout_ms, 50);
+    struct ups_server *s = &g->servers[0];
+    cr_assert_not(ups_group_saturated(g, 0, 0));
+    atomic_store(&s->active, 1);
+    cr_assert(ups_group_saturated(g, 0, 0));
+    cr_assert_not(ups_group_saturated(g, 1, 0), "tried servers do not count");
+    struct loop *l = loop_new();
+    struct ups_pool *p = ups_pool_new(l);
+    struct ups_waiter w[3] = { 0 };
+    for (int i = 0; i < 3; i++)
+        w[i].cb = on_wait;
+    cr_assert_eq(ups_queue_wait(p, g, &w[0]), 0);
+    cr_assert_eq(ups_queue_wait(p, g, &w[1]), 0);
+    cr_assert_eq(ups_queue_wait(p, g, &w[2]), -1, "queue 2: the third is refused");
+    /* a connection of the group released on this worker wakes the oldest */
+    struct ups_conn *c = calloc(1, sizeof(*c));
+    c->io.fd = -1;
+    c->pool = p;
+    c->group_key = g;
+    c->srv = s;
+    woken = expired_n = 0;
+    ups_conn_close(c);
+    loop_drain_posted(l);
+    cr_assert_eq(woken, 1);
+    cr_assert_null(w[0].next, "the woken one left the queue");
+    cr_assert_not_null(w[1].next);
+    ups_queue_cancel(&w[1]);
+    cr_assert_null(w[1].next);
+    ups_queue_cancel(&w[0]);
+    ups_pool_free(p);
+    loop_drain_posted(l);
+    loop_free(l);
+}
