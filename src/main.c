@@ -19,18 +19,17 @@
 #include "upstream/check.h"
 
 #define DEFAULT_CONF "/etc/portico/portico.conf"
-#define DEFAULT_PID "/run/portico.pid"
+#define DEFAULT_PID  "/run/portico.pid"
 
 static void usage(FILE *out)
 {
-    fprintf(out,
-            "Usage: portico [-c file] [-t | -T] [-s signal] [-v] [-h]\n"
-            "  -c file    configuration file (default " DEFAULT_CONF ")\n"
-            "  -t         check the configuration and exit\n"
-            "  -T         check the configuration, print it and exit\n"
-            "  -s signal  send a signal to the running instance: stop, quit, reload, reopen\n"
-            "  -v         print the version and exit\n"
-            "  --docs     print the directive reference (Markdown) and exit\n");
+    fprintf(out, "Usage: portico [-c file] [-t | -T] [-s signal] [-v] [-h]\n"
+                 "  -c file    configuration file (default " DEFAULT_CONF ")\n"
+                 "  -t         check the configuration and exit\n"
+                 "  -T         check the configuration, print it and exit\n"
+                 "  -s signal  send a signal to the running instance: stop, quit, reload, reopen\n"
+                 "  -v         print the version and exit\n"
+                 "  --docs     print the directive reference (Markdown) and exit\n");
 }
 
 static const char *pid_path(const struct snapshot *s)
@@ -113,9 +112,9 @@ int main(int argc, char **argv)
     bool test = false, dump = false;
     const char *sig = NULL;
     static const struct option longopts[] = {
-        { "docs", no_argument, NULL, 'D' },
-        { "help", no_argument, NULL, 'h' },
-        { NULL, 0, NULL, 0 },
+        {"docs", no_argument, NULL, 'D'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
     };
     int c;
     conf_register_all();
@@ -196,8 +195,8 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
 
     if (snap->main.worker_rlimit_nofile > 0) {
-        struct rlimit rl = { (rlim_t)snap->main.worker_rlimit_nofile,
-                             (rlim_t)snap->main.worker_rlimit_nofile };
+        struct rlimit rl = {(rlim_t)snap->main.worker_rlimit_nofile,
+                            (rlim_t)snap->main.worker_rlimit_nofile};
         if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
             log_write(LOG_WARN, "setrlimit(RLIMIT_NOFILE, %d) failed: %s",
                       snap->main.worker_rlimit_nofile, strerror(errno));

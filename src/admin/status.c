@@ -22,7 +22,7 @@ static int set_api(struct cf_ctx *cx, const struct cf_node *n, const struct cf_d
     if (n->nargs == 1 && strcmp(n->args[0], "write=off") != 0)
         return cf_error(cx, n, "%s: the api is read-only (only \"write=off\")",
                         strcmp(n->args[0], "write=on") == 0 ? "\"write=on\" is not supported"
-                                                           : "invalid parameter");
+                                                            : "invalid parameter");
     if (lc->pass || lc->return_code >= 0)
         return cf_error(cx, n, "\"api\" cannot be used with \"proxy_pass\" or \"return\"");
     lc->api = 1;
@@ -30,13 +30,13 @@ static int set_api(struct cf_ctx *cx, const struct cf_node *n, const struct cf_d
 }
 
 static const struct cf_directive admin_directives[] = {
-    { "api", CF_LOCATION, 0, 1, false, set_api, CONF_LOC, 0, "[write=off]", "-",
-      "this location answers itself with the JSON state of the upstream groups: GET "
-      "<location>, <location>/upstreams, <location>/upstreams/NAME; read-only (write=off)" },
-    { NULL, 0, 0, 0, false, NULL, 0, 0, NULL, NULL, NULL },
+    {"api", CF_LOCATION, 0, 1, false, set_api, CONF_LOC, 0, "[write=off]", "-",
+     "this location answers itself with the JSON state of the upstream groups: GET "
+     "<location>, <location>/upstreams, <location>/upstreams/NAME; read-only (write=off)"},
+    {NULL, 0, 0, 0, false, NULL, 0, 0, NULL, NULL, NULL},
 };
 
-const struct cf_module admin_cf_module = { "api", admin_directives };
+const struct cf_module admin_cf_module = {"api", admin_directives};
 
 /* ---- JSON in the exchange arena ---- */
 
@@ -159,8 +159,9 @@ static void json_group(struct jbuf *j, const struct ups_group *g, uint64_t now_m
     for (const struct ups_check *c = g->checks; c; c = c->next) {
         jf(j, "%s{\"type\":\"%s\",\"uri\":", c == g->checks ? "" : ",", c->tcp ? "tcp" : "http");
         jstr(j, c->tcp ? "" : c->uri);
-        jf(j, ",\"interval_ms\":%u,\"jitter_ms\":%u,\"fails\":%d,\"passes\":%d,\"port\":%d,"
-              "\"mandatory\":%s,\"match\":",
+        jf(j,
+           ",\"interval_ms\":%u,\"jitter_ms\":%u,\"fails\":%d,\"passes\":%d,\"port\":%d,"
+           "\"mandatory\":%s,\"match\":",
            c->interval_ms, c->jitter_ms, c->fails, c->passes, c->port,
            c->mandatory ? "true" : "false");
         if (c->match)
@@ -198,7 +199,7 @@ static void json_groups(struct jbuf *j, const struct snapshot *s, uint64_t now_m
 
 static void answer_error(struct exchange *ex, int status, const char *text)
 {
-    struct jbuf j = { .a = &ex->arena };
+    struct jbuf j = {.a = &ex->arena};
     jf(&j, "{\"error\":{\"status\":%d,\"text\":", status);
     jstr(&j, text);
     jraw(&j, "}}\n", 3);
@@ -215,8 +216,8 @@ void admin_answer(struct exchange *ex)
     /* the path below the location: "", "upstreams", "upstreams/NAME" */
     struct slice rest = ex->uri;
     const struct location *loc = ex->loc;
-    if (loc && (loc->match == LOC_PREFIX || loc->match == LOC_PREFIX_NOREGEX ||
-                loc->match == LOC_EXACT) &&
+    if (loc &&
+        (loc->match == LOC_PREFIX || loc->match == LOC_PREFIX_NOREGEX || loc->match == LOC_EXACT) &&
         slice_starts_with(rest, slice_make(loc->pattern, loc->pattern_len))) {
         rest.p += loc->pattern_len;
         rest.len -= loc->pattern_len;
@@ -227,7 +228,7 @@ void admin_answer(struct exchange *ex)
         rest.len--;
     const struct snapshot *s = ex->snap;
     uint64_t now_ms = loop_now_ms(ex->loop);
-    struct jbuf j = { .a = &ex->arena };
+    struct jbuf j = {.a = &ex->arena};
     struct slice up = SLICE_LIT("upstreams");
     if (rest.len == 0) {
         jraw(&j, "{\"portico\":", 11);

@@ -15,14 +15,14 @@
 /* One directive: `name arg...;` or `name arg... { children }`. */
 struct cf_node {
     const char *name;
-    char **args;             /* NUL-terminated strings, quotes removed, escapes applied */
-    bool *arg_quoted;        /* per arg: was it quoted (so "$x" vs $x can be told apart) */
+    char **args;      /* NUL-terminated strings, quotes removed, escapes applied */
+    bool *arg_quoted; /* per arg: was it quoted (so "$x" vs $x can be told apart) */
     size_t nargs;
-    const char *file;        /* the file it came from (include expanded) */
+    const char *file; /* the file it came from (include expanded) */
     int line;
-    bool is_block;           /* had a { } body (possibly empty) */
-    struct cf_node *children;/* first child; block bodies only */
-    struct cf_node *next;    /* next sibling */
+    bool is_block;            /* had a { } body (possibly empty) */
+    struct cf_node *children; /* first child; block bodies only */
+    struct cf_node *next;     /* next sibling */
 };
 
 /* Parse `path`, expanding `include` directives (globs, relative paths taken
@@ -33,8 +33,8 @@ struct cf_node *cf_parse_file(struct arena *a, const char *path, char *err, size
 
 /* Same from a string (`name` stands for the file name in errors). Includes
  * are relative to the current working directory. */
-struct cf_node *cf_parse_string(struct arena *a, const char *name, const char *text,
-                                size_t len, char *err, size_t errlen);
+struct cf_node *cf_parse_string(struct arena *a, const char *name, const char *text, size_t len,
+                                char *err, size_t errlen);
 
 /* Print the tree back as a config text (for `portico -T`). */
 void cf_dump(const struct cf_node *root, FILE *out);
@@ -55,12 +55,12 @@ enum cf_context {
 
 /* The state passed while a block is being applied. */
 struct cf_ctx {
-    struct arena *arena;     /* where objects that live with the snapshot go */
-    char *err;               /* "file:line: message" on failure */
+    struct arena *arena; /* where objects that live with the snapshot go */
+    char *err;           /* "file:line: message" on failure */
     size_t errlen;
-    unsigned context;        /* the enum cf_context of the block being applied */
-    void *confs[4];          /* targets, indexed by cf_directive.conf (module-defined) */
-    void *user;              /* the loader's own state */
+    unsigned context; /* the enum cf_context of the block being applied */
+    void *confs[4];   /* targets, indexed by cf_directive.conf (module-defined) */
+    void *user;       /* the loader's own state */
 };
 
 struct cf_directive;
@@ -70,20 +70,20 @@ typedef int cf_set_fn(struct cf_ctx *cx, const struct cf_node *n, const struct c
 /* One row of a module's directive table. */
 struct cf_directive {
     const char *name;
-    unsigned contexts;       /* enum cf_context bits */
+    unsigned contexts;          /* enum cf_context bits */
     uint8_t min_args, max_args; /* max CF_ARGS_ANY for "any number" */
-    bool block;              /* takes a { } body */
+    bool block;                 /* takes a { } body */
     cf_set_fn *set;
-    unsigned conf;           /* index into cf_ctx.confs of the target struct */
-    size_t offset;           /* offset of the field in that struct */
-    const char *syntax;      /* e.g. "time" or "on | off", for the docs */
-    const char *dflt;        /* default, for the docs ("-" if none) */
-    const char *help;        /* one line */
+    unsigned conf;      /* index into cf_ctx.confs of the target struct */
+    size_t offset;      /* offset of the field in that struct */
+    const char *syntax; /* e.g. "time" or "on | off", for the docs */
+    const char *dflt;   /* default, for the docs ("-" if none) */
+    const char *help;   /* one line */
 };
 
 /* A module's table: rows ending with a row whose name is NULL. */
 struct cf_module {
-    const char *name;        /* for the docs section */
+    const char *name; /* for the docs section */
     const struct cf_directive *directives;
 };
 
@@ -109,16 +109,16 @@ int cf_error(struct cf_ctx *cx, const struct cf_node *n, const char *fmt, ...)
  * can tell inherited values from explicit ones: */
 #define CF_UNSET_MSEC UINT32_MAX
 #define CF_UNSET_SIZE SIZE_MAX
-#define CF_UNSET_INT (-1)
+#define CF_UNSET_INT  (-1)
 #define CF_UNSET_FLAG (-1)
 
-cf_set_fn cf_set_flag;   /* int: on | off -> 1 | 0 */
-cf_set_fn cf_set_msec;   /* uint32_t ms: nginx time: 30, 30s, 500ms, 1m30s, 2h, 1d */
-cf_set_fn cf_set_sec;    /* uint32_t seconds, same syntax */
-cf_set_fn cf_set_size;   /* size_t bytes: 512, 16k, 1m, 2g (0 allowed) */
-cf_set_fn cf_set_int;    /* int >= 0 */
-cf_set_fn cf_set_str;    /* char *: a copy of the single argument */
-cf_set_fn cf_set_noop;   /* accepted and ignored (documented as such) */
+cf_set_fn cf_set_flag; /* int: on | off -> 1 | 0 */
+cf_set_fn cf_set_msec; /* uint32_t ms: nginx time: 30, 30s, 500ms, 1m30s, 2h, 1d */
+cf_set_fn cf_set_sec;  /* uint32_t seconds, same syntax */
+cf_set_fn cf_set_size; /* size_t bytes: 512, 16k, 1m, 2g (0 allowed) */
+cf_set_fn cf_set_int;  /* int >= 0 */
+cf_set_fn cf_set_str;  /* char *: a copy of the single argument */
+cf_set_fn cf_set_noop; /* accepted and ignored (documented as such) */
 
 /* Value parsers shared with module setters. Return 0 or -1. */
 int cf_parse_msec(const char *s, uint32_t *out);

@@ -10,10 +10,10 @@
 struct arena_chunk;
 
 struct arena {
-    struct arena_chunk *head;  /* current chunk, newest first */
-    size_t chunk_size;         /* default size of a new chunk */
-    size_t cap;                /* maximum bytes held; 0 = unlimited */
-    size_t held;               /* bytes held in chunks */
+    struct arena_chunk *head; /* current chunk, newest first */
+    size_t chunk_size;        /* default size of a new chunk */
+    size_t cap;               /* maximum bytes held; 0 = unlimited */
+    size_t held;              /* bytes held in chunks */
 };
 
 /* Initialise an empty arena; no memory is taken until the first allocation.
@@ -38,7 +38,6 @@ char *arena_strdup(struct arena *a, const char *s);
 struct slice arena_slice_dup(struct arena *a, struct slice s);
 
 /* printf into the arena. Returns NULL on failure. */
-char *arena_printf(struct arena *a, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
+char *arena_printf(struct arena *a, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 #endif

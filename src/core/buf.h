@@ -13,7 +13,7 @@
 
 struct buf {
     uint32_t refs;
-    uint32_t cap;   /* bytes of data[] */
+    uint32_t cap; /* bytes of data[] */
     struct buf *next_free;
     char data[];
 };
@@ -40,7 +40,7 @@ size_t buf_live_count(void);
 /* A byte queue of slices of segments (or of static memory), written out with
  * writev. Holds a reference on every segment it points into. */
 struct outq_item {
-    struct buf *seg;   /* NULL for static or arena memory owned elsewhere */
+    struct buf *seg; /* NULL for static or arena memory owned elsewhere */
     const char *p;
     size_t len;
 };
@@ -50,7 +50,7 @@ struct outq_item {
 struct outq {
     struct outq_item items[OUTQ_MAX];
     unsigned head, count;
-    size_t bytes;      /* bytes queued */
+    size_t bytes; /* bytes queued */
 };
 
 void outq_init(struct outq *q);

@@ -67,9 +67,9 @@ void log_vwrite(enum log_level lvl, const char *fmt, va_list ap)
     struct tm tm;
     gettimeofday(&tv, NULL);
     localtime_r(&tv.tv_sec, &tm);
-    int n = snprintf(line, sizeof(line), "%04d/%02d/%02d %02d:%02d:%02d [%s] %d: ",
-                     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
-                     tm.tm_sec, level_names[lvl], (int)getpid());
+    int n = snprintf(line, sizeof(line),
+                     "%04d/%02d/%02d %02d:%02d:%02d [%s] %d: ", tm.tm_year + 1900, tm.tm_mon + 1,
+                     tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, level_names[lvl], (int)getpid());
     int m = vsnprintf(line + n, sizeof(line) - (size_t)n - 1, fmt, ap);
     if (m < 0)
         m = 0;

@@ -13,10 +13,10 @@
 /* The wheel: WHEEL_SLOTS slots of WHEEL_TICK_MS each. A timer lands in the
  * slot of its expiry; timers further away than one turn wait in their slot
  * for later turns (their expiry is checked when the slot is swept). */
-#define WHEEL_BITS 12
-#define WHEEL_SLOTS (1u << WHEEL_BITS)
+#define WHEEL_BITS    12
+#define WHEEL_SLOTS   (1u << WHEEL_BITS)
 #define WHEEL_TICK_MS 4
-#define MAX_EVENTS 256
+#define MAX_EVENTS    256
 
 struct wheel_slot {
     struct timer head; /* sentinel */
@@ -95,7 +95,7 @@ struct loop *loop_new(void)
     l->running.next = l->running.prev = &l->running;
     loop_update_time(l);
     l->swept_tick = l->now_ms / WHEEL_TICK_MS;
-    l->wake_io = (struct io){ .fd = l->wakefd, .cb = wake_read, .data = l };
+    l->wake_io = (struct io){.fd = l->wakefd, .cb = wake_read, .data = l};
     if (loop_io_add(l, &l->wake_io) < 0)
         goto fail_wake;
     return l;
@@ -219,7 +219,7 @@ static void timers_sweep(struct loop *l)
     for (uint64_t tick = from; tick <= now_tick; tick++) {
         struct timer *head = &l->slots[tick & (WHEEL_SLOTS - 1)].head;
         /* Detach the due ones first: callbacks may re-arm into this slot. */
-        struct timer due = { .next = &due, .prev = &due };
+        struct timer due = {.next = &due, .prev = &due};
         for (struct timer *t = head->next, *next; t != head; t = next) {
             next = t->next;
             if (t->expire_ms <= l->now_ms) {

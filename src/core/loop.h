@@ -19,8 +19,8 @@ struct io {
     int fd;
     bool readable;
     bool writable;
-    bool hup;          /* peer closed or error reported */
-    bool rdhup;        /* the peer shut its writing side: EOF follows the data */
+    bool hup;   /* peer closed or error reported */
+    bool rdhup; /* the peer shut its writing side: EOF follows the data */
     io_cb *cb;
     void *data;
 };
@@ -32,7 +32,7 @@ typedef void timer_cb(struct timer *t);
 struct timer {
     struct timer *next, *prev; /* in a wheel slot; prev == NULL when unarmed */
     uint64_t expire_ms;
-    uint32_t slot;             /* wheel slot it is linked in */
+    uint32_t slot; /* wheel slot it is linked in */
     timer_cb *cb;
     void *data;
 };

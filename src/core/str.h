@@ -12,17 +12,17 @@ struct slice {
     size_t len;
 };
 
-#define SLICE_LIT(s) ((struct slice){ (s), sizeof(s) - 1 })
-#define SLICE_NULL ((struct slice){ NULL, 0 })
+#define SLICE_LIT(s) ((struct slice){(s), sizeof(s) - 1})
+#define SLICE_NULL   ((struct slice){NULL, 0})
 
 static inline struct slice slice_make(const char *p, size_t len)
 {
-    return (struct slice){ p, len };
+    return (struct slice){p, len};
 }
 
 static inline struct slice slice_cstr(const char *s)
 {
-    return (struct slice){ s, s ? strlen(s) : 0 };
+    return (struct slice){s, s ? strlen(s) : 0};
 }
 
 static inline bool slice_eq(struct slice a, struct slice b)

@@ -18,27 +18,27 @@ enum h1_result {
 
 enum h1_error {
     H1E_NONE = 0,
-    H1E_BAD_REQUEST_LINE,  /* 400 */
-    H1E_BAD_METHOD,        /* 400 */
-    H1E_BAD_TARGET,        /* 400: not origin/absolute/authority/asterisk as allowed */
-    H1E_URI_TOO_LONG,      /* 414: request line over the limit */
-    H1E_BAD_VERSION,       /* 400: not HTTP/1.0 or HTTP/1.1 syntax */
-    H1E_VERSION,           /* 505: HTTP/2.0 etc. on an HTTP/1 connection */
-    H1E_BAD_FIELD,         /* 400: bad name/value bytes, space before colon, bare CR, NUL */
-    H1E_OBS_FOLD,          /* 400: line folding */
-    H1E_HEAD_TOO_LARGE,    /* 431: head over the limit or too many fields */
-    H1E_BAD_CONTENT_LENGTH,/* 400: not 1*DIGIT, overflow, or differing repeats */
-    H1E_CL_AND_TE,         /* 400: both Content-Length and Transfer-Encoding */
-    H1E_TE_NOT_CHUNKED,    /* 501 (request) / 502 (response): final coding not chunked */
-    H1E_TE_UNKNOWN,        /* 501: a coding we do not know */
-    H1E_TE_HTTP10,         /* 400: Transfer-Encoding in an HTTP/1.0 request */
-    H1E_NO_HOST,           /* 400: HTTP/1.1 request without Host */
-    H1E_DUP_HOST,          /* 400: more than one Host */
-    H1E_BAD_HOST,          /* 400: Host value not a valid authority */
-    H1E_HOST_MISMATCH,     /* 400: absolute-form authority differs from Host */
-    H1E_BAD_STATUS_LINE,   /* response: malformed status line */
-    H1E_BAD_CHUNK,         /* chunked body: bad size line, overflow, missing CRLF */
-    H1E_TRAILER_TOO_LARGE, /* chunked body: trailer section over its limit */
+    H1E_BAD_REQUEST_LINE,   /* 400 */
+    H1E_BAD_METHOD,         /* 400 */
+    H1E_BAD_TARGET,         /* 400: not origin/absolute/authority/asterisk as allowed */
+    H1E_URI_TOO_LONG,       /* 414: request line over the limit */
+    H1E_BAD_VERSION,        /* 400: not HTTP/1.0 or HTTP/1.1 syntax */
+    H1E_VERSION,            /* 505: HTTP/2.0 etc. on an HTTP/1 connection */
+    H1E_BAD_FIELD,          /* 400: bad name/value bytes, space before colon, bare CR, NUL */
+    H1E_OBS_FOLD,           /* 400: line folding */
+    H1E_HEAD_TOO_LARGE,     /* 431: head over the limit or too many fields */
+    H1E_BAD_CONTENT_LENGTH, /* 400: not 1*DIGIT, overflow, or differing repeats */
+    H1E_CL_AND_TE,          /* 400: both Content-Length and Transfer-Encoding */
+    H1E_TE_NOT_CHUNKED,     /* 501 (request) / 502 (response): final coding not chunked */
+    H1E_TE_UNKNOWN,         /* 501: a coding we do not know */
+    H1E_TE_HTTP10,          /* 400: Transfer-Encoding in an HTTP/1.0 request */
+    H1E_NO_HOST,            /* 400: HTTP/1.1 request without Host */
+    H1E_DUP_HOST,           /* 400: more than one Host */
+    H1E_BAD_HOST,           /* 400: Host value not a valid authority */
+    H1E_HOST_MISMATCH,      /* 400: absolute-form authority differs from Host */
+    H1E_BAD_STATUS_LINE,    /* response: malformed status line */
+    H1E_BAD_CHUNK,          /* chunked body: bad size line, overflow, missing CRLF */
+    H1E_TRAILER_TOO_LARGE,  /* chunked body: trailer section over its limit */
 };
 
 /* The status to answer a client with for a request-side error. */
@@ -62,23 +62,23 @@ struct h1_limits {
 struct h1_request {
     struct slice method;
     enum http_method method_id;
-    struct slice target;      /* as sent */
+    struct slice target; /* as sent */
     enum h1_target_form target_form;
-    struct slice path;        /* origin-form part: path and query ("/" for absolute-form without path) */
-    struct slice authority;   /* absolute-form or authority-form authority, else empty */
-    int minor_version;        /* 0 or 1 */
+    struct slice path; /* origin-form part: path and query ("/" for absolute-form without path) */
+    struct slice authority; /* absolute-form or authority-form authority, else empty */
+    int minor_version;      /* 0 or 1 */
     struct http_field *fields;
     size_t nfields;
-    size_t head_len;          /* bytes up to and including the empty line */
+    size_t head_len; /* bytes up to and including the empty line */
 
     /* Derived from the fields; the parser validates them (RFC 9112 6). */
-    struct slice host;        /* Host value (absolute-form authority wins if both) */
-    int64_t content_length;   /* -1 if none */
-    bool chunked;             /* Transfer-Encoding: chunked (final coding) */
-    bool keep_alive;          /* persistent after this exchange (version + Connection) */
-    bool expect_continue;     /* Expect: 100-continue */
-    bool upgrade;             /* Connection: upgrade with an Upgrade field */
-    bool upgrade_h2c;         /* the Upgrade field names h2c */
+    struct slice host;      /* Host value (absolute-form authority wins if both) */
+    int64_t content_length; /* -1 if none */
+    bool chunked;           /* Transfer-Encoding: chunked (final coding) */
+    bool keep_alive;        /* persistent after this exchange (version + Connection) */
+    bool expect_continue;   /* Expect: 100-continue */
+    bool upgrade;           /* Connection: upgrade with an Upgrade field */
+    bool upgrade_h2c;       /* the Upgrade field names h2c */
 };
 
 /* Parse one request head from buf[0..len). On H1_DONE fills `out` (fields in
@@ -101,7 +101,7 @@ struct h1_response {
 
     int64_t content_length; /* -1 if none */
     bool chunked;
-    bool keep_alive;        /* the server lets the connection be reused */
+    bool keep_alive; /* the server lets the connection be reused */
 };
 
 /* Parse one response head; same contract as h1_parse_request. Strict like
@@ -112,21 +112,22 @@ enum h1_result h1_parse_response(const char *buf, size_t len, const struct h1_li
                                  struct h1_response *out, enum h1_error *err);
 
 enum h1_body_kind {
-    H1_BODY_NONE,          /* no body (HEAD, 1xx, 204, 304, or CL 0) */
-    H1_BODY_LENGTH,        /* content_length bytes */
+    H1_BODY_NONE,   /* no body (HEAD, 1xx, 204, 304, or CL 0) */
+    H1_BODY_LENGTH, /* content_length bytes */
     H1_BODY_CHUNKED,
-    H1_BODY_UNTIL_CLOSE,   /* response only: read until the server closes */
+    H1_BODY_UNTIL_CLOSE, /* response only: read until the server closes */
 };
 
 /* RFC 9112 6.3: how the body of `resp` is delimited, given the request method. */
-enum h1_body_kind h1_response_body_kind(const struct h1_response *resp, enum http_method req_method);
+enum h1_body_kind h1_response_body_kind(const struct h1_response *resp,
+                                        enum http_method req_method);
 
 /* Incremental chunked-body decoder (RFC 9112 7.1). */
 struct h1_chunked {
     int state;
-    uint64_t remaining;     /* bytes left in the current chunk's data */
-    size_t trailer_len;     /* trailer bytes seen so far */
-    size_t max_trailer;     /* limit for the trailer section */
+    uint64_t remaining; /* bytes left in the current chunk's data */
+    size_t trailer_len; /* trailer bytes seen so far */
+    size_t max_trailer; /* limit for the trailer section */
     size_t size_digits;
 };
 

@@ -26,22 +26,22 @@
 #include "proxy/worker.h"
 #include "tls/tls.h"
 
-#define WQ_HIGH (64 * 1024)       /* bytes queued toward the socket before nghttp2 waits */
-#define WQ_READ_PAUSE (256 * 1024) /* stop reading while the peer does not read us */
-#define BODY_COPY_BELOW 4096      /* smaller DATA chunks are copied, not pinned */
-#define STREAM_OUT_SLOTS 256      /* pieces a stream may queue before it says "full" */
-#define IOV_BATCH 64
-#define LINGER_MS 2000
+#define WQ_HIGH          (64 * 1024)  /* bytes queued toward the socket before nghttp2 waits */
+#define WQ_READ_PAUSE    (256 * 1024) /* stop reading while the peer does not read us */
+#define BODY_COPY_BELOW  4096         /* smaller DATA chunks are copied, not pinned */
+#define STREAM_OUT_SLOTS 256          /* pieces a stream may queue before it says "full" */
+#define IOV_BATCH        64
+#define LINGER_MS        2000
 
 /* Flood limits, per one-second window (GOAWAY ENHANCE_YOUR_CALM above). */
-#define FLOOD_PING 100
-#define FLOOD_SETTINGS 100
-#define FLOOD_PRIORITY 500
+#define FLOOD_PING          100
+#define FLOOD_SETTINGS      100
+#define FLOOD_PRIORITY      500
 #define FLOOD_WINDOW_UPDATE 1000
-#define FLOOD_EMPTY_DATA 100
-#define FLOOD_INVALID 100
-#define FLOOD_BIG_HEADERS 10
-#define RESET_RATE 33             /* RST_STREAM tokens regained per second (nghttp2) */
+#define FLOOD_EMPTY_DATA    100
+#define FLOOD_INVALID       100
+#define FLOOD_BIG_HEADERS   10
+#define RESET_RATE          33 /* RST_STREAM tokens regained per second (nghttp2) */
 
 /* ---- queues of byte slices ---- */
 
@@ -71,7 +71,7 @@ static int pq_push(struct pq *q, struct buf *seg, const char *p, size_t len)
         q->cap = cap;
         q->head = 0;
     }
-    q->v[(q->head + q->count) % q->cap] = (struct piece){ seg ? buf_ref(seg) : NULL, p, len };
+    q->v[(q->head + q->count) % q->cap] = (struct piece){seg ? buf_ref(seg) : NULL, p, len};
     q->count++;
     q->bytes += len;
     return 0;
@@ -118,7 +118,7 @@ static void pq_clear(struct pq *q)
     while (q->count)
         pq_pop(q);
     free(q->v);
-    *q = (struct pq){ 0 };
+    *q = (struct pq){0};
 }
 
 /* ---- sessions and streams ---- */
@@ -126,7 +126,7 @@ static void pq_clear(struct pq *q)
 struct h2_session;
 
 struct h2_stream {
-    struct exchange ex;           /* first: client ops get &ex */
+    struct exchange ex; /* first: client ops get &ex */
     struct h2_session *s;
     int32_t id;
     struct h2_stream *next, *prev;
@@ -134,38 +134,38 @@ struct h2_stream {
     /* the request head as it is decoded */
     struct http_field *fields;
     size_t nfields, cap_fields;
-    size_t hdr_bytes;             /* RFC 9113 6.5.2 accounting: name + value + 32 */
+    size_t hdr_bytes; /* RFC 9113 6.5.2 accounting: name + value + 32 */
     struct slice method, path, authority, scheme;
     bool hdr_too_large;
-    bool started;                 /* proxy_start() was called */
+    bool started; /* proxy_start() was called */
 
     /* the request body */
-    struct pq body;               /* DATA received, not yet taken by the corridor */
-    struct buf *handed;           /* segment of the last piece handed out */
+    struct pq body;     /* DATA received, not yet taken by the corridor */
+    struct buf *handed; /* segment of the last piece handed out */
     uint64_t body_total;
     bool req_eof;
     bool rb_error;
     bool sent_continue;
-    struct timer rtimer;          /* client_body_timeout */
+    struct timer rtimer; /* client_body_timeout */
 
     /* the response */
-    struct pq out;                /* body bytes not yet framed by nghttp2 */
+    struct pq out; /* body bytes not yet framed by nghttp2 */
     struct http_field *trailers;
     size_t ntrailers;
     bool head_submitted;
     bool resp_no_body;
     bool resp_end;
-    bool deferred;                /* the data provider said DEFERRED */
-    bool waiting_drain;           /* the corridor waits for proxy_client_drained() */
-    bool drained;                 /* bytes left `out` since the last notice */
+    bool deferred;      /* the data provider said DEFERRED */
+    bool waiting_drain; /* the corridor waits for proxy_client_drained() */
+    bool drained;       /* bytes left `out` since the last notice */
     bool ex_done;
-    struct timer wtimer;          /* send_timeout: no byte of this stream could leave */
+    struct timer wtimer; /* send_timeout: no byte of this stream could leave */
 };
 
 struct flood {
     uint64_t start_ms;
     uint32_t ping, settings, priority, window_update, empty_data, invalid, big_headers, reset;
-    uint32_t data_sent;           /* DATA frames we sent: each may earn two WINDOW_UPDATEs */
+    uint32_t data_sent; /* DATA frames we sent: each may earn two WINDOW_UPDATEs */
 };
 
 struct h2_session {
@@ -178,29 +178,29 @@ struct h2_session {
     struct h2_conf conf;
     uint32_t send_timeout_ms;
 
-    struct buf *rseg;             /* read buffer; DATA pieces may pin it */
+    struct buf *rseg; /* read buffer; DATA pieces may pin it */
     size_t rend;
-    struct buf *bcopy;            /* small DATA chunks are copied here */
+    struct buf *bcopy; /* small DATA chunks are copied here */
     size_t bcopy_used;
-    struct pq wq;                 /* frames toward the client */
-    struct buf *scratch;          /* copies of what nghttp2 serialises */
+    struct pq wq;        /* frames toward the client */
+    struct buf *scratch; /* copies of what nghttp2 serialises */
     size_t scratch_used;
 
     struct h2_stream *streams;
     size_t nstreams;
     uint64_t conn_number;
     int requests;
-    uint64_t last_data_ms;        /* when a DATA byte last left */
+    uint64_t last_data_ms; /* when a DATA byte last left */
     struct flood fl;
 
     struct timer idle_timer;
-    struct timer wtimer;          /* the socket takes nothing */
+    struct timer wtimer; /* the socket takes nothing */
     struct posted flush_post;
     struct posted release_post;
     bool closed;
-    bool calm;                    /* terminated for abuse: read nothing more */
+    bool calm; /* terminated for abuse: read nothing more */
     bool going_away;
-    bool lingering;               /* GOAWAY sent, write side shut, draining */
+    bool lingering; /* GOAWAY sent, write side shut, draining */
 };
 
 static _Thread_local struct h2_session *tl_sessions;
@@ -237,7 +237,7 @@ static bool flood(struct h2_session *s, uint32_t *counter, uint32_t limit, const
 {
     uint64_t now = loop_now_ms(s->w->loop);
     if (now - s->fl.start_ms >= 1000) {
-        s->fl = (struct flood){ .start_ms = now };
+        s->fl = (struct flood){.start_ms = now};
     }
     if (++*counter <= limit)
         return false;
@@ -323,7 +323,7 @@ static int wq_write(struct h2_session *s)
         int n = 0;
         for (uint32_t i = 0; i < s->wq.count && n < IOV_BATCH; i++) {
             struct piece *p = &s->wq.v[(s->wq.head + i) % s->wq.cap];
-            iov[n++] = (struct iovec){ (void *)p->p, p->len };
+            iov[n++] = (struct iovec){(void *)p->p, p->len};
         }
         ssize_t w = sess_writev(s, iov, n);
         if (w < 0) {
@@ -417,10 +417,9 @@ static ssize_t cb_read_data(nghttp2_session *ng, int32_t id, uint8_t *buf, size_
             nghttp2_nv nva[64];
             size_t k = 0;
             for (size_t i = 0; i < st->ntrailers && k < 64; i++, k++)
-                nva[k] = (nghttp2_nv){ (uint8_t *)st->trailers[i].name.p,
-                                       (uint8_t *)st->trailers[i].value.p,
-                                       st->trailers[i].name.len, st->trailers[i].value.len,
-                                       NGHTTP2_NV_FLAG_NONE };
+                nva[k] = (nghttp2_nv){(uint8_t *)st->trailers[i].name.p,
+                                      (uint8_t *)st->trailers[i].value.p, st->trailers[i].name.len,
+                                      st->trailers[i].value.len, NGHTTP2_NV_FLAG_NONE};
             if (nghttp2_submit_trailer(ng, id, nva, k) == 0)
                 *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
         }
@@ -465,13 +464,12 @@ static int add_field(struct h2_stream *st, struct slice name, struct slice value
         st->fields = v;
         st->cap_fields = cap;
     }
-    st->fields[st->nfields++] = (struct http_field){ name, value };
+    st->fields[st->nfields++] = (struct http_field){name, value};
     return 0;
 }
 
 static int cb_header(nghttp2_session *ng, const nghttp2_frame *frame, const uint8_t *name,
-                     size_t namelen, const uint8_t *value, size_t valuelen, uint8_t flags,
-                     void *ud)
+                     size_t namelen, const uint8_t *value, size_t valuelen, uint8_t flags, void *ud)
 {
     (void)flags;
     struct h2_session *s = ud;
@@ -573,7 +571,7 @@ static int translate_fields(struct h2_stream *st)
     size_t n = 0, co = 0;
     struct slice host = st->authority;
     if (host.len)
-        ex->req_fields[n++] = (struct http_field){ SLICE_LIT("host"), host };
+        ex->req_fields[n++] = (struct http_field){SLICE_LIT("host"), host};
     for (size_t i = 0; i < st->nfields; i++) {
         struct http_field *f = &st->fields[i];
         if (slice_eq(f->name, SLICE_LIT("cookie"))) {
@@ -600,7 +598,7 @@ static int translate_fields(struct h2_stream *st)
         ex->req_fields[n++] = *f;
     }
     if (ncookie)
-        ex->req_fields[n++] = (struct http_field){ SLICE_LIT("cookie"), slice_make(cookie, co) };
+        ex->req_fields[n++] = (struct http_field){SLICE_LIT("cookie"), slice_make(cookie, co)};
     ex->nreq_fields = n;
     ex->host = normalize_host(&ex->arena, host);
     return 0;
@@ -784,7 +782,8 @@ static int cb_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, void *
     case NGHTTP2_RST_STREAM: {
         /* CVE-2023-44487: streams opened and reset faster than served.
          * nghttp2's token bucket (INTERNAL_ERROR) is the slower backstop */
-        uint32_t limit = s->conf.max_concurrent_streams < 100 ? 100 : s->conf.max_concurrent_streams;
+        uint32_t limit =
+            s->conf.max_concurrent_streams < 100 ? 100 : s->conf.max_concurrent_streams;
         flood(s, &s->fl.reset, limit, "rapid reset (RST_STREAM flood)");
         break;
     }
@@ -860,8 +859,8 @@ static void stream_free(struct h2_stream *st)
     if (st->started) {
         if (!st->ex_done) {
             if (!ex->ending.code)
-                ex->ending = (struct ending){ .code = END_CLIENT_CLOSED,
-                                              .why = "client closed the connection" };
+                ex->ending = (struct ending){.code = END_CLIENT_CLOSED,
+                                             .why = "client closed the connection"};
             proxy_abort(ex);
             if (!ex->head_sent)
                 ex->status = 499;
@@ -897,7 +896,7 @@ static struct h2_stream *ST(struct exchange *ex)
 
 static nghttp2_nv nv_make(struct slice n, struct slice v)
 {
-    return (nghttp2_nv){ (uint8_t *)n.p, (uint8_t *)v.p, n.len, v.len, NGHTTP2_NV_FLAG_NONE };
+    return (nghttp2_nv){(uint8_t *)n.p, (uint8_t *)v.p, n.len, v.len, NGHTTP2_NV_FLAG_NONE};
 }
 
 /* Response fields for HTTP/2: lower-case names, nothing connection-specific. */
@@ -936,8 +935,8 @@ static int op_send_head(struct exchange *ex, const struct resp_head *h)
         has_date |= slice_eq_lit_ci(h->fields[i].name, "date");
     }
     if (!has_server)
-        nva[n++] = nv_make(SLICE_LIT("server"), lc->server_tokens ? SLICE_LIT(PORTICO_SERVER)
-                                                                  : SLICE_LIT("portico"));
+        nva[n++] = nv_make(SLICE_LIT("server"),
+                           lc->server_tokens ? SLICE_LIT(PORTICO_SERVER) : SLICE_LIT("portico"));
     if (!has_date)
         nva[n++] = nv_make(SLICE_LIT("date"), vars_http_date());
     n = response_nva(ex, h->fields, h->nfields, nva, n);
@@ -946,7 +945,7 @@ static int op_send_head(struct exchange *ex, const struct resp_head *h)
         nva[n++] = nv_make(SLICE_LIT("content-length"),
                            slice_make(cl, u64_to_dec((uint64_t)h->content_length, cl)));
     st->resp_no_body = no_body || h->content_length == 0;
-    nghttp2_data_provider prd = { .source.ptr = st, .read_callback = cb_read_data };
+    nghttp2_data_provider prd = {.source.ptr = st, .read_callback = cb_read_data};
     if (nghttp2_submit_response(s->ng, st->id, nva, n, st->resp_no_body ? NULL : &prd) != 0)
         return -1;
     st->head_submitted = true;
@@ -1040,7 +1039,7 @@ static void op_continue_100(struct exchange *ex)
 
 static enum body_status body_fail(struct h2_stream *st, enum ending_code code, const char *why)
 {
-    st->ex.ending = (struct ending){ .code = code, .why = why };
+    st->ex.ending = (struct ending){.code = code, .why = why};
     st->rb_error = true;
     timer_cancel(&st->rtimer);
     return BODY_ERROR;
@@ -1066,7 +1065,7 @@ static enum body_status op_body_read(struct exchange *ex, struct body_piece *pie
     if (st->handed)
         buf_unref(st->handed);
     st->handed = p->seg ? buf_ref(p->seg) : NULL;
-    *piece = (struct body_piece){ p->seg, p->p, p->len };
+    *piece = (struct body_piece){p->seg, p->p, p->len};
     size_t len = p->len;
     pq_pop(&st->body);
     st->body_total += len;
@@ -1132,7 +1131,7 @@ static void stream_wtimer_cb(struct timer *t)
     LOG(LOG_INFO, "client %s timed out (send_timeout) while sending the response on stream %d",
         peer, st->id);
     if (!st->ex_done) {
-        st->ex.ending = (struct ending){ .code = END_CLIENT_TIMEOUT, .why = "send_timeout" };
+        st->ex.ending = (struct ending){.code = END_CLIENT_TIMEOUT, .why = "send_timeout"};
         proxy_abort(&st->ex);
         st->ex_done = true;
     }
@@ -1288,8 +1287,8 @@ static void feed_failed(struct h2_session *s, int rv)
 {
     bool abuse = rv == NGHTTP2_ERR_FLOODED || rv == NGHTTP2_ERR_TOO_MANY_CONTINUATIONS;
     s->calm = true;
-    if (nghttp2_session_terminate_session(
-            s->ng, abuse ? NGHTTP2_ENHANCE_YOUR_CALM : NGHTTP2_PROTOCOL_ERROR) != 0)
+    if (nghttp2_session_terminate_session(s->ng, abuse ? NGHTTP2_ENHANCE_YOUR_CALM
+                                                       : NGHTTP2_PROTOCOL_ERROR) != 0)
         sess_close(s);
 }
 
@@ -1437,10 +1436,10 @@ static int ng_new(struct h2_session *s)
     if (rv != 0)
         return -1;
     nghttp2_settings_entry iv[] = {
-        { NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, s->conf.max_concurrent_streams },
-        { NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, s->conf.initial_window_size },
-        { NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, s->conf.max_header_size },
-        { NGHTTP2_SETTINGS_NO_RFC7540_PRIORITIES, 1 },
+        {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, s->conf.max_concurrent_streams},
+        {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, s->conf.initial_window_size},
+        {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, s->conf.max_header_size},
+        {NGHTTP2_SETTINGS_NO_RFC7540_PRIORITIES, 1},
     };
     if (nghttp2_submit_settings(s->ng, NGHTTP2_FLAG_NONE, iv, sizeof(iv) / sizeof(iv[0])) != 0 ||
         nghttp2_session_set_local_window_size(s->ng, NGHTTP2_FLAG_NONE, 0,
@@ -1459,7 +1458,7 @@ void h2_session_start(struct worker *w, int fd, const struct net_addr *peer,
     const struct listen_set *ls = find_lset(worker_snapshot(w), local);
     if (!s || !ls || npreread > BUF_SEG_SIZE)
         goto fail;
-    s->io = (struct io){ .fd = fd, .cb = sess_io, .data = s, .readable = true, .writable = true };
+    s->io = (struct io){.fd = fd, .cb = sess_io, .data = s, .readable = true, .writable = true};
     s->tls = tls;
     s->w = w;
     s->peer = *peer;

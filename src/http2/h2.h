@@ -45,7 +45,7 @@ bool h2_listen_enabled(const struct listen_set *ls);
 
 /* The 24-byte client connection preface; a plain connection on an HTTP/2
  * listener whose first bytes are these speaks h2c. */
-#define H2_PREFACE "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+#define H2_PREFACE     "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 #define H2_PREFACE_LEN 24
 
 /* ---- pure helpers (unit-tested) ---- */

@@ -8,8 +8,8 @@
 #include "http2/h2.h"
 #include "proxy/conf.h"
 
-#define OFF_H2(f) (offsetof(struct srv_conf, h2) + offsetof(struct h2_conf, f))
-#define H2_BIT(off) (1u << (((off) - offsetof(struct srv_conf, h2)) / sizeof(uint32_t)))
+#define OFF_H2(f)   (offsetof(struct srv_conf, h2) + offsetof(struct h2_conf, f))
+#define H2_BIT(off) (1u << (((off)-offsetof(struct srv_conf, h2)) / sizeof(uint32_t)))
 
 static uint32_t *h2_field(const struct cf_directive *d, void *conf, struct h2_conf **h2)
 {
@@ -44,8 +44,10 @@ static int set_h2_flag(struct cf_ctx *cx, const struct cf_node *n, const struct 
     else if (strcasecmp(n->args[0], "off") == 0)
         *f = 0;
     else
-        return cf_error(cx, n, "invalid value \"%s\" in \"%s\" directive, it must be \"on\" or "
-                        "\"off\"", n->args[0], n->name);
+        return cf_error(cx, n,
+                        "invalid value \"%s\" in \"%s\" directive, it must be \"on\" or "
+                        "\"off\"",
+                        n->args[0], n->name);
     return 0;
 }
 
@@ -97,26 +99,25 @@ static int set_h2_msec(struct cf_ctx *cx, const struct cf_node *n, const struct 
 #define H2_CTX (CF_HTTP | CF_SERVER)
 
 static const struct cf_directive h2_directives[] = {
-    { "http2", H2_CTX, 1, 1, false, set_h2_flag, CONF_SRV, OFF_H2(enable), "on | off", "off",
-      "HTTP/2 for this server: ALPN h2 on TLS listeners, h2c with prior knowledge on plain ones" },
-    { "http2_max_concurrent_streams", H2_CTX, 1, 1, false, set_h2_count, CONF_SRV,
-      OFF_H2(max_concurrent_streams), "number", "128",
-      "streams one connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS)" },
-    { "http2_initial_window_size", H2_CTX, 1, 1, false, set_h2_size, CONF_SRV,
-      OFF_H2(initial_window_size), "size", "64k",
-      "request body bytes a stream may send before the proxy reads them (stream window)" },
-    { "http2_body_preread", H2_CTX, 1, 1, false, set_h2_size, CONF_SRV, OFF_H2(body_preread),
-      "size", "1m",
-      "request body bytes all streams of a connection may have unread (connection window)" },
-    { "http2_max_header_size", H2_CTX, 1, 1, false, set_h2_size, CONF_SRV,
-      OFF_H2(max_header_size), "size", "32k",
-      "largest request header list after HPACK decoding (431 above, GOAWAY far above)" },
-    { "http2_idle_timeout", H2_CTX, 1, 1, false, set_h2_msec, CONF_SRV, OFF_H2(idle_timeout_ms),
-      "time", "3m", "how long a connection without open streams is kept" },
-    { NULL, 0, 0, 0, false, NULL, 0, 0, NULL, NULL, NULL },
+    {"http2", H2_CTX, 1, 1, false, set_h2_flag, CONF_SRV, OFF_H2(enable), "on | off", "off",
+     "HTTP/2 for this server: ALPN h2 on TLS listeners, h2c with prior knowledge on plain ones"},
+    {"http2_max_concurrent_streams", H2_CTX, 1, 1, false, set_h2_count, CONF_SRV,
+     OFF_H2(max_concurrent_streams), "number", "128",
+     "streams one connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS)"},
+    {"http2_initial_window_size", H2_CTX, 1, 1, false, set_h2_size, CONF_SRV,
+     OFF_H2(initial_window_size), "size", "64k",
+     "request body bytes a stream may send before the proxy reads them (stream window)"},
+    {"http2_body_preread", H2_CTX, 1, 1, false, set_h2_size, CONF_SRV, OFF_H2(body_preread), "size",
+     "1m", "request body bytes all streams of a connection may have unread (connection window)"},
+    {"http2_max_header_size", H2_CTX, 1, 1, false, set_h2_size, CONF_SRV, OFF_H2(max_header_size),
+     "size", "32k",
+     "largest request header list after HPACK decoding (431 above, GOAWAY far above)"},
+    {"http2_idle_timeout", H2_CTX, 1, 1, false, set_h2_msec, CONF_SRV, OFF_H2(idle_timeout_ms),
+     "time", "3m", "how long a connection without open streams is kept"},
+    {NULL, 0, 0, 0, false, NULL, 0, 0, NULL, NULL, NULL},
 };
 
-const struct cf_module h2_cf_module = { "http2", h2_directives };
+const struct cf_module h2_cf_module = {"http2", h2_directives};
 
 static const struct h2_conf h2_defaults = {
     .enable = 0,

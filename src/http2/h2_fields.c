@@ -35,15 +35,14 @@ size_t h2_parse_trailers(struct slice text, char *lower, struct http_field *out,
         if (!colon)
             continue;
         struct slice name = slice_make(line, (size_t)(colon - line));
-        struct slice value =
-            slice_trim_ows(slice_make(colon + 1, len - name.len - 1));
+        struct slice value = slice_trim_ows(slice_make(colon + 1, len - name.len - 1));
         if (!valid_name(name) || h2_field_is_connection_specific(name) ||
             slice_eq_lit_ci(name, "content-length"))
             continue;
         char *l = lower + (line - text.p);
         for (size_t i = 0; i < name.len; i++)
             l[i] = ascii_lower(name.p[i]);
-        out[n++] = (struct http_field){ slice_make(l, name.len), value };
+        out[n++] = (struct http_field){slice_make(l, name.len), value};
     }
     return n;
 }

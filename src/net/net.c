@@ -102,7 +102,7 @@ int net_addr_parse(const char *text, int default_port, bool allow_resolve, struc
         *errmsg = "host is not a numeric address";
         return -1;
     }
-    struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM };
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
     struct addrinfo *res = NULL;
     if (getaddrinfo(host, NULL, &hints, &res) != 0 || !res) {
         *errmsg = "host not found";
@@ -152,8 +152,8 @@ size_t net_addr_format(const struct net_addr *a, char *buf, size_t len)
 {
     char ip[INET6_ADDRSTRLEN];
     net_addr_ip(a, ip, sizeof(ip));
-    int n = snprintf(buf, len, a->sa.ss_family == AF_INET6 ? "[%s]:%d" : "%s:%d", ip,
-                     net_addr_port(a));
+    int n =
+        snprintf(buf, len, a->sa.ss_family == AF_INET6 ? "[%s]:%d" : "%s:%d", ip, net_addr_port(a));
     return n < 0 ? 0 : ((size_t)n < len ? (size_t)n : len - 1);
 }
 

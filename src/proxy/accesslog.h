@@ -14,10 +14,10 @@ struct access_log {
     char *path;
     _Atomic int fd;
     const struct log_format *format;
-    size_t buffer_size;     /* 0: one write per line */
+    size_t buffer_size; /* 0: one write per line */
     uint32_t flush_ms;
-    size_t index;           /* slot in each worker's buffers */
-    bool borrowed;          /* fd belongs to an older snapshot's log of the same path */
+    size_t index;  /* slot in each worker's buffers */
+    bool borrowed; /* fd belongs to an older snapshot's log of the same path */
 };
 
 /* Open every log file of a snapshot; files that an older snapshot already

@@ -154,33 +154,33 @@ static int set_body(struct cf_ctx *cx, const struct cf_node *n, const struct cf_
 }
 
 static const struct cf_directive check_directives[] = {
-    { "health_check", CF_LOCATION, 0, 10, false, set_health_check, CONF_LOC, 0,
-      "[interval=time] [jitter=time] [fails=number] [passes=number] [uri=uri] [port=number] "
-      "[match=name] [type=http|tcp] [mandatory [persistent]]",
-      "-",
-      "active checks of every server of the upstream group this location's proxy_pass names, "
-      "from one checker thread: a GET of uri (/) every interval (5s) plus up to jitter (0), "
-      "answer awaited at most interval; fails (1) failures in a row take a server out, passes "
-      "(1) successes bring it back (then slow_start); match names the conditions (default: "
-      "status 2xx or 3xx); type=tcp: a connect is the check; mandatory: servers start "
-      "\"checking\" and get no traffic until a first check passes; the state of a server "
-      "carries over a reload (persistent is accepted for NGINX Plus configs)" },
-    { "match", CF_HTTP, 1, 1, true, set_match, CONF_LOC, 0, "name { ... }", "-",
-      "conditions a health check response must meet, all of them; an empty block accepts any "
-      "well-formed response" },
-    { "status", CF_MATCH, 1, CHECK_MAX_RANGES + 1, false, set_status, CONF_LOC, 0,
-      "[!] code | lo-hi ...", "-",
-      "in match: the status is (! is not) one of these codes or ranges" },
-    { "header", CF_MATCH, 1, 3, false, set_header, CONF_LOC, 0,
-      "name | ! name | name = value | name != value | name ~ regex | name !~ regex", "-",
-      "in match: a response header is present, absent, equal (case-sensitive), different, "
-      "matching or not matching a regex; != and !~ need the header present" },
-    { "body", CF_MATCH, 2, 2, false, set_body, CONF_LOC, 0, "~ regex | !~ regex", "-",
-      "in match: the first 64k of the (de-chunked) body match (or not) the regex" },
-    { NULL, 0, 0, 0, false, NULL, 0, 0, NULL, NULL, NULL },
+    {"health_check", CF_LOCATION, 0, 10, false, set_health_check, CONF_LOC, 0,
+     "[interval=time] [jitter=time] [fails=number] [passes=number] [uri=uri] [port=number] "
+     "[match=name] [type=http|tcp] [mandatory [persistent]]",
+     "-",
+     "active checks of every server of the upstream group this location's proxy_pass names, "
+     "from one checker thread: a GET of uri (/) every interval (5s) plus up to jitter (0), "
+     "answer awaited at most interval; fails (1) failures in a row take a server out, passes "
+     "(1) successes bring it back (then slow_start); match names the conditions (default: "
+     "status 2xx or 3xx); type=tcp: a connect is the check; mandatory: servers start "
+     "\"checking\" and get no traffic until a first check passes; the state of a server "
+     "carries over a reload (persistent is accepted for NGINX Plus configs)"},
+    {"match", CF_HTTP, 1, 1, true, set_match, CONF_LOC, 0, "name { ... }", "-",
+     "conditions a health check response must meet, all of them; an empty block accepts any "
+     "well-formed response"},
+    {"status", CF_MATCH, 1, CHECK_MAX_RANGES + 1, false, set_status, CONF_LOC, 0,
+     "[!] code | lo-hi ...", "-",
+     "in match: the status is (! is not) one of these codes or ranges"},
+    {"header", CF_MATCH, 1, 3, false, set_header, CONF_LOC, 0,
+     "name | ! name | name = value | name != value | name ~ regex | name !~ regex", "-",
+     "in match: a response header is present, absent, equal (case-sensitive), different, "
+     "matching or not matching a regex; != and !~ need the header present"},
+    {"body", CF_MATCH, 2, 2, false, set_body, CONF_LOC, 0, "~ regex | !~ regex", "-",
+     "in match: the first 64k of the (de-chunked) body match (or not) the regex"},
+    {NULL, 0, 0, 0, false, NULL, 0, 0, NULL, NULL, NULL},
 };
 
-const struct cf_module check_cf_module = { "health_check", check_directives };
+const struct cf_module check_cf_module = {"health_check", check_directives};
 
 int check_attach(struct snapshot *s, struct location *loc, char *err, size_t errlen)
 {
@@ -200,12 +200,12 @@ int check_attach(struct snapshot *s, struct location *loc, char *err, size_t err
             if (strcmp(m->name, c->match_name) == 0)
                 c->match = m;
         if (!c->match) {
-            snprintf(err, errlen, "%s:%d: match \"%s\" not found", c->file, c->line,
-                     c->match_name);
+            snprintf(err, errlen, "%s:%d: match \"%s\" not found", c->file, c->line, c->match_name);
             return -1;
         }
         if (c->tcp && c->match->nconds) {
-            snprintf(err, errlen, "%s:%d: a \"type=tcp\" health check cannot use match \"%s\" "
+            snprintf(err, errlen,
+                     "%s:%d: a \"type=tcp\" health check cannot use match \"%s\" "
                      "(it has conditions on the HTTP response)",
                      c->file, c->line, c->match_name);
             return -1;

@@ -358,12 +358,16 @@ static int set_next_upstream(struct cf_ctx *cx, const struct cf_node *n,
         const char *name;
         uint32_t bit;
     } words[] = {
-        { "error", NEXT_UPS_ERROR },     { "timeout", NEXT_UPS_TIMEOUT },
-        { "invalid_header", NEXT_UPS_INVALID_HEADER },
-        { "http_500", NEXT_UPS_500 },    { "http_502", NEXT_UPS_502 },
-        { "http_503", NEXT_UPS_503 },    { "http_504", NEXT_UPS_504 },
-        { "http_429", NEXT_UPS_429 },    { "non_idempotent", NEXT_UPS_NON_IDEMPOTENT },
-        { "off", NEXT_UPS_OFF },
+        {"error", NEXT_UPS_ERROR},
+        {"timeout", NEXT_UPS_TIMEOUT},
+        {"invalid_header", NEXT_UPS_INVALID_HEADER},
+        {"http_500", NEXT_UPS_500},
+        {"http_502", NEXT_UPS_502},
+        {"http_503", NEXT_UPS_503},
+        {"http_504", NEXT_UPS_504},
+        {"http_429", NEXT_UPS_429},
+        {"non_idempotent", NEXT_UPS_NON_IDEMPOTENT},
+        {"off", NEXT_UPS_OFF},
     };
     struct loc_conf *lc = conf;
     if (lc->next_upstream != NEXT_UPS_UNSET)
@@ -375,13 +379,11 @@ static int set_next_upstream(struct cf_ctx *cx, const struct cf_node *n,
             if (strcmp(n->args[i], words[k].name) == 0)
                 break;
         if (k == sizeof(words) / sizeof(words[0]))
-            return cf_error(cx, n, "invalid value \"%s\" in \"%s\" directive", n->args[i],
-                            n->name);
+            return cf_error(cx, n, "invalid value \"%s\" in \"%s\" directive", n->args[i], n->name);
         bits |= words[k].bit;
     }
     if ((bits & NEXT_UPS_OFF) && bits != NEXT_UPS_OFF)
-        return cf_error(cx, n, "\"off\" cannot be combined with other values in \"%s\"",
-                        n->name);
+        return cf_error(cx, n, "\"off\" cannot be combined with other values in \"%s\"", n->name);
     lc->next_upstream = bits;
     return 0;
 }
@@ -391,7 +393,7 @@ static int set_error_page(struct cf_ctx *cx, const struct cf_node *n, const stru
 {
     (void)d;
     struct loc_conf *lc = conf;
-    struct error_page ep = { .override = 0 };
+    struct error_page ep = {.override = 0};
     size_t last = n->nargs - 1;
     for (size_t i = 0; i < last; i++) {
         const char *a = n->args[i];
@@ -600,8 +602,9 @@ static int set_daemon(struct cf_ctx *cx, const struct cf_node *n, const struct c
     (void)d;
     (void)conf;
     if (strcmp(n->args[0], "on") != 0 && strcmp(n->args[0], "off") != 0)
-        return cf_error(cx, n, "invalid value \"%s\" in \"daemon\" directive, it must be \"on\" or "
-                               "\"off\"",
+        return cf_error(cx, n,
+                        "invalid value \"%s\" in \"daemon\" directive, it must be \"on\" or "
+                        "\"off\"",
                         n->args[0]);
     return 0;
 }
@@ -658,8 +661,8 @@ static int set_listen(struct cf_ctx *cx, const struct cf_node *n, const struct c
     return 0;
 }
 
-static int set_server_name(struct cf_ctx *cx, const struct cf_node *n,
-                           const struct cf_directive *d, void *conf)
+static int set_server_name(struct cf_ctx *cx, const struct cf_node *n, const struct cf_directive *d,
+                           void *conf)
 {
     (void)d;
     struct srv_conf *sc = conf;
@@ -710,8 +713,7 @@ static int set_location(struct cf_ctx *cx, const struct cf_node *n, const struct
     (void)conf;
     struct load_state *ls = LS(cx);
     if (ls->cur_loc)
-        return apply_location(cx, n, ls->cur_loc, &ls->cur_loc->children,
-                              &ls->cur_loc->nchildren);
+        return apply_location(cx, n, ls->cur_loc, &ls->cur_loc->children, &ls->cur_loc->nchildren);
     return apply_location(cx, n, NULL, &ls->cur_srv->locs, &ls->cur_srv->nlocs);
 }
 
@@ -888,154 +890,143 @@ static int set_http(struct cf_ctx *cx, const struct cf_node *n, const struct cf_
     return cf_apply_block(&sub, n);
 }
 
-#define LOC_ANY (CF_HTTP | CF_SERVER | CF_LOCATION)
-#define OFF_LOC(f) offsetof(struct loc_conf, f)
-#define OFF_SRV(f) offsetof(struct srv_conf, f)
+#define LOC_ANY     (CF_HTTP | CF_SERVER | CF_LOCATION)
+#define OFF_LOC(f)  offsetof(struct loc_conf, f)
+#define OFF_SRV(f)  offsetof(struct srv_conf, f)
 #define OFF_MAIN(f) offsetof(struct main_conf, f)
 
 static const struct cf_directive core_directives[] = {
-    { "worker_processes", CF_MAIN, 1, 1, false, set_worker_processes, CONF_MAIN, 0,
-      "number | auto", "1", "worker threads, each with its own event loop and listening sockets" },
-    { "pid", CF_MAIN, 1, 1, false, cf_set_str, CONF_MAIN, OFF_MAIN(pid_path), "file",
-      "/run/portico.pid", "file holding the process id, used by -s" },
-    { "error_log", CF_MAIN, 1, 2, false, set_error_log, CONF_MAIN, 0, "file [level]",
-      "stderr error", "where the error log goes and from which level (debug .. emerg)" },
-    { "worker_shutdown_timeout", CF_MAIN, 1, 1, false, cf_set_msec, CONF_MAIN,
-      OFF_MAIN(worker_shutdown_timeout_ms), "time", "10s",
-      "how long a stop waits for in-flight requests" },
-    { "worker_rlimit_nofile", CF_MAIN, 1, 1, false, cf_set_int, CONF_MAIN,
-      OFF_MAIN(worker_rlimit_nofile), "number", "-", "raise the open-files limit at start" },
-    { "daemon", CF_MAIN, 1, 1, false, set_daemon, CONF_MAIN, 0, "on | off", "off",
-      "accepted for nginx configs; Portico always runs in the foreground (use a service "
-      "manager)" },
-    { "events", CF_MAIN, 0, 0, true, set_events, CONF_MAIN, 0, "{ ... }", "-",
-      "event loop settings" },
-    { "worker_connections", CF_EVENTS, 1, 1, false, cf_set_int, CONF_MAIN,
-      OFF_MAIN(worker_connections), "number", "10240",
-      "client connections each worker accepts at most" },
-    { "http", CF_MAIN, 0, 0, true, set_http, CONF_MAIN, 0, "{ ... }", "-",
-      "the HTTP proxy: upstreams, servers, locations" },
-    { NULL, 0, 0, 0, false, NULL, 0, 0, NULL, NULL, NULL },
+    {"worker_processes", CF_MAIN, 1, 1, false, set_worker_processes, CONF_MAIN, 0, "number | auto",
+     "1", "worker threads, each with its own event loop and listening sockets"},
+    {"pid", CF_MAIN, 1, 1, false, cf_set_str, CONF_MAIN, OFF_MAIN(pid_path), "file",
+     "/run/portico.pid", "file holding the process id, used by -s"},
+    {"error_log", CF_MAIN, 1, 2, false, set_error_log, CONF_MAIN, 0, "file [level]", "stderr error",
+     "where the error log goes and from which level (debug .. emerg)"},
+    {"worker_shutdown_timeout", CF_MAIN, 1, 1, false, cf_set_msec, CONF_MAIN,
+     OFF_MAIN(worker_shutdown_timeout_ms), "time", "10s",
+     "how long a stop waits for in-flight requests"},
+    {"worker_rlimit_nofile", CF_MAIN, 1, 1, false, cf_set_int, CONF_MAIN,
+     OFF_MAIN(worker_rlimit_nofile), "number", "-", "raise the open-files limit at start"},
+    {"daemon", CF_MAIN, 1, 1, false, set_daemon, CONF_MAIN, 0, "on | off", "off",
+     "accepted for nginx configs; Portico always runs in the foreground (use a service "
+     "manager)"},
+    {"events", CF_MAIN, 0, 0, true, set_events, CONF_MAIN, 0, "{ ... }", "-",
+     "event loop settings"},
+    {"worker_connections", CF_EVENTS, 1, 1, false, cf_set_int, CONF_MAIN,
+     OFF_MAIN(worker_connections), "number", "10240",
+     "client connections each worker accepts at most"},
+    {"http", CF_MAIN, 0, 0, true, set_http, CONF_MAIN, 0, "{ ... }", "-",
+     "the HTTP proxy: upstreams, servers, locations"},
+    {NULL, 0, 0, 0, false, NULL, 0, 0, NULL, NULL, NULL},
 };
 
 static const struct cf_directive http_directives[] = {
-    { "server", CF_HTTP, 0, 0, true, set_server, CONF_LOC, 0, "{ ... }", "-", "a virtual server" },
-    { "upstream", CF_HTTP, 1, 1, true, set_upstream, CONF_LOC, 0, "name { ... }", "-",
-      "a group of servers to proxy to" },
-    { "listen", CF_SERVER, 1, CF_ARGS_ANY, false, set_listen, CONF_SRV, 0,
-      "address[:port] [default_server] [reuseport] [backlog=number]", "*:80",
-      "address and port to accept connections on" },
-    { "server_name", CF_SERVER, 1, CF_ARGS_ANY, false, set_server_name, CONF_SRV, 0,
-      "name ...", "\"\"",
-      "names of the virtual server: exact, *.wildcard, wildcard.*, ~regex" },
-    { "location", CF_SERVER | CF_LOCATION, 1, 2, true, set_location, CONF_LOC, 0,
-      "[ = | ~ | ~* | ^~ ] uri { ... } | @name { ... }", "-",
-      "settings for requests whose URI matches" },
-    { "client_header_timeout", CF_HTTP | CF_SERVER, 1, 1, false, cf_set_msec, CONF_SRV,
-      OFF_SRV(client_header_timeout_ms), "time", "60s",
-      "time to receive a request head (408 after it)" },
-    { "client_header_buffer_size", CF_HTTP | CF_SERVER, 1, 1, false, cf_set_size, CONF_SRV,
-      OFF_SRV(client_header_buffer_size), "size", "1k", "first buffer for a request head" },
-    { "large_client_header_buffers", CF_HTTP | CF_SERVER, 2, 2, false, set_large_buffers,
-      CONF_SRV, 0, "number size", "4 8k",
-      "a request line longer than size is 414; a head larger than number*size is 431" },
-    { "merge_slashes", CF_HTTP | CF_SERVER, 1, 1, false, cf_set_flag, CONF_SRV,
-      OFF_SRV(merge_slashes), "on | off", "on", "merge \"//\" in the URI used for routing" },
-    { "log_format", CF_HTTP, 2, CF_ARGS_ANY, false, set_log_format, CONF_LOC, 0,
-      "name [escape=default|json|none] string ...", "combined \"...\"",
-      "a named access log line format with variables" },
-    { "access_log", LOC_ANY, 1, 4, false, set_access_log, CONF_LOC, 0,
-      "path [format [buffer=size] [flush=time]] | off", "logs/access.log combined",
-      "where request lines are logged" },
-    { "proxy_pass", CF_LOCATION, 1, 1, false, set_proxy_pass, CONF_LOC, 0, "URL", "-",
-      "forward to an upstream group or address; with a URI part, the matched location prefix is "
-      "replaced by it" },
-    { "return", CF_SERVER | CF_LOCATION, 1, 2, false, set_return, CONF_LOC, 0,
-      "code [text] | code URL | URL", "-", "answer at once with a status, body or redirect" },
-    { "error_page", LOC_ANY, 2, CF_ARGS_ANY, false, set_error_page, CONF_LOC, 0,
-      "code ... [=[response]] uri", "-",
-      "on these statuses answer with another URI (internal redirect), a named location or a "
-      "redirect" },
-    { "proxy_set_header", LOC_ANY, 2, 2, false, set_proxy_set_header, CONF_LOC, 0,
-      "field value", "Host $proxy_host; Connection close",
-      "set a request header sent upstream (an empty value removes it)" },
-    { "proxy_hide_header", LOC_ANY, 1, 1, false, set_hide_header, CONF_LOC, 0, "field", "-",
-      "do not pass this upstream response header to the client" },
-    { "proxy_pass_header", LOC_ANY, 1, 1, false, set_pass_header, CONF_LOC, 0, "field", "-",
-      "pass a header hidden by default (Server, Date, X-Accel-*)" },
-    { "proxy_pass_request_headers", LOC_ANY, 1, 1, false, cf_set_flag, CONF_LOC,
-      OFF_LOC(pass_request_headers), "on | off", "on", "forward the client's request headers" },
-    { "proxy_pass_request_body", LOC_ANY, 1, 1, false, cf_set_flag, CONF_LOC,
-      OFF_LOC(pass_request_body), "on | off", "on", "forward the client's request body" },
-    { "add_header", LOC_ANY, 2, 3, false, set_add_header, CONF_LOC, 0, "name value [always]", "-",
-      "add a response header (to 2xx/3xx answers, or to all with always)" },
-    { "server_tokens", LOC_ANY, 1, 1, false, cf_set_flag, CONF_LOC, OFF_LOC(server_tokens),
-      "on | off", "on", "send the version in Server and error pages" },
-    { "default_type", LOC_ANY, 1, 1, false, set_default_type, CONF_LOC, 0, "mime-type",
-      "text/plain", "Content-Type of bodies sent with return" },
-    { "proxy_http_version", LOC_ANY, 1, 1, false, set_http_version, CONF_LOC, 0, "1.0 | 1.1",
-      "1.1", "HTTP version spoken to upstreams (1.1 allows keep-alive and chunked bodies)" },
-    { "proxy_connect_timeout", LOC_ANY, 1, 1, false, cf_set_msec, CONF_LOC,
-      OFF_LOC(connect_timeout_ms), "time", "60s", "time to connect to an upstream (504 after)" },
-    { "proxy_read_timeout", LOC_ANY, 1, 1, false, cf_set_msec, CONF_LOC, OFF_LOC(read_timeout_ms),
-      "time", "60s", "longest silence between two reads from the upstream (504 after)" },
-    { "proxy_send_timeout", LOC_ANY, 1, 1, false, cf_set_msec, CONF_LOC, OFF_LOC(send_timeout_ms),
-      "time", "60s", "longest stall between two writes to the upstream" },
-    { "proxy_buffering", LOC_ANY, 1, 1, false, cf_set_flag, CONF_LOC, OFF_LOC(buffering),
-      "on | off", "on",
-      "read the upstream response ahead of a slow client (bounded by proxy_buffer_size)" },
-    { "proxy_request_buffering", LOC_ANY, 1, 1, false, cf_set_flag, CONF_LOC,
-      OFF_LOC(request_buffering), "on | off", "on",
-      "wait for up to client_body_buffer_size of the body before connecting upstream" },
-    { "proxy_buffer_size", LOC_ANY, 1, 1, false, cf_set_size, CONF_LOC,
-      OFF_LOC(proxy_buffer_size), "size", "16k",
-      "response bytes read ahead of the client before reading stops" },
-    { "proxy_intercept_errors", LOC_ANY, 1, 1, false, cf_set_flag, CONF_LOC,
-      OFF_LOC(intercept_errors), "on | off", "off",
-      "apply error_page to upstream responses of status >= 300" },
-    { "proxy_next_upstream", LOC_ANY, 1, CF_ARGS_ANY, false, set_next_upstream, CONF_LOC, 0,
-      "error | timeout | invalid_header | http_500 | http_502 | http_503 | http_504 | http_429 | "
-      "non_idempotent | off ...",
-      "error timeout",
-      "when to try the next server (never once bytes reached the client)" },
-    { "proxy_next_upstream_tries", LOC_ANY, 1, 1, false, cf_set_int, CONF_LOC,
-      OFF_LOC(next_upstream_tries), "number", "0", "tries at most (0: every server once)" },
-    { "proxy_next_upstream_timeout", LOC_ANY, 1, 1, false, cf_set_msec, CONF_LOC,
-      OFF_LOC(next_upstream_timeout_ms), "time", "0", "time for all tries (0: no limit)" },
-    { "client_max_body_size", LOC_ANY, 1, 1, false, cf_set_size, CONF_LOC,
-      OFF_LOC(client_max_body_size), "size", "1m",
-      "largest request body (413 above it; 0: no limit)" },
-    { "client_body_buffer_size", LOC_ANY, 1, 1, false, cf_set_size, CONF_LOC,
-      OFF_LOC(client_body_buffer_size), "size", "16k",
-      "request body held before it is streamed upstream" },
-    { "client_body_timeout", LOC_ANY, 1, 1, false, cf_set_msec, CONF_LOC,
-      OFF_LOC(client_body_timeout_ms), "time", "60s",
-      "longest silence between two reads of the request body (408)" },
-    { "keepalive_timeout", LOC_ANY, 1, 1, false, cf_set_msec, CONF_LOC,
-      OFF_LOC(keepalive_timeout_ms), "time", "75s",
-      "how long an idle client connection stays open (0 disables keep-alive)" },
-    { "keepalive_requests", LOC_ANY, 1, 1, false, cf_set_int, CONF_LOC,
-      OFF_LOC(keepalive_requests), "number", "1000",
-      "requests served on one client connection before it is closed" },
-    { "send_timeout", LOC_ANY, 1, 1, false, cf_set_msec, CONF_LOC,
-      OFF_LOC(send_timeout_client_ms), "time", "60s",
-      "longest stall between two writes to the client" },
-    { NULL, 0, 0, 0, false, NULL, 0, 0, NULL, NULL, NULL },
+    {"server", CF_HTTP, 0, 0, true, set_server, CONF_LOC, 0, "{ ... }", "-", "a virtual server"},
+    {"upstream", CF_HTTP, 1, 1, true, set_upstream, CONF_LOC, 0, "name { ... }", "-",
+     "a group of servers to proxy to"},
+    {"listen", CF_SERVER, 1, CF_ARGS_ANY, false, set_listen, CONF_SRV, 0,
+     "address[:port] [default_server] [reuseport] [backlog=number]", "*:80",
+     "address and port to accept connections on"},
+    {"server_name", CF_SERVER, 1, CF_ARGS_ANY, false, set_server_name, CONF_SRV, 0, "name ...",
+     "\"\"", "names of the virtual server: exact, *.wildcard, wildcard.*, ~regex"},
+    {"location", CF_SERVER | CF_LOCATION, 1, 2, true, set_location, CONF_LOC, 0,
+     "[ = | ~ | ~* | ^~ ] uri { ... } | @name { ... }", "-",
+     "settings for requests whose URI matches"},
+    {"client_header_timeout", CF_HTTP | CF_SERVER, 1, 1, false, cf_set_msec, CONF_SRV,
+     OFF_SRV(client_header_timeout_ms), "time", "60s",
+     "time to receive a request head (408 after it)"},
+    {"client_header_buffer_size", CF_HTTP | CF_SERVER, 1, 1, false, cf_set_size, CONF_SRV,
+     OFF_SRV(client_header_buffer_size), "size", "1k", "first buffer for a request head"},
+    {"large_client_header_buffers", CF_HTTP | CF_SERVER, 2, 2, false, set_large_buffers, CONF_SRV,
+     0, "number size", "4 8k",
+     "a request line longer than size is 414; a head larger than number*size is 431"},
+    {"merge_slashes", CF_HTTP | CF_SERVER, 1, 1, false, cf_set_flag, CONF_SRV,
+     OFF_SRV(merge_slashes), "on | off", "on", "merge \"//\" in the URI used for routing"},
+    {"log_format", CF_HTTP, 2, CF_ARGS_ANY, false, set_log_format, CONF_LOC, 0,
+     "name [escape=default|json|none] string ...", "combined \"...\"",
+     "a named access log line format with variables"},
+    {"access_log", LOC_ANY, 1, 4, false, set_access_log, CONF_LOC, 0,
+     "path [format [buffer=size] [flush=time]] | off", "logs/access.log combined",
+     "where request lines are logged"},
+    {"proxy_pass", CF_LOCATION, 1, 1, false, set_proxy_pass, CONF_LOC, 0, "URL", "-",
+     "forward to an upstream group or address; with a URI part, the matched location prefix is "
+     "replaced by it"},
+    {"return", CF_SERVER | CF_LOCATION, 1, 2, false, set_return, CONF_LOC, 0,
+     "code [text] | code URL | URL", "-", "answer at once with a status, body or redirect"},
+    {"error_page", LOC_ANY, 2, CF_ARGS_ANY, false, set_error_page, CONF_LOC, 0,
+     "code ... [=[response]] uri", "-",
+     "on these statuses answer with another URI (internal redirect), a named location or a "
+     "redirect"},
+    {"proxy_set_header", LOC_ANY, 2, 2, false, set_proxy_set_header, CONF_LOC, 0, "field value",
+     "Host $proxy_host; Connection close",
+     "set a request header sent upstream (an empty value removes it)"},
+    {"proxy_hide_header", LOC_ANY, 1, 1, false, set_hide_header, CONF_LOC, 0, "field", "-",
+     "do not pass this upstream response header to the client"},
+    {"proxy_pass_header", LOC_ANY, 1, 1, false, set_pass_header, CONF_LOC, 0, "field", "-",
+     "pass a header hidden by default (Server, Date, X-Accel-*)"},
+    {"proxy_pass_request_headers", LOC_ANY, 1, 1, false, cf_set_flag, CONF_LOC,
+     OFF_LOC(pass_request_headers), "on | off", "on", "forward the client's request headers"},
+    {"proxy_pass_request_body", LOC_ANY, 1, 1, false, cf_set_flag, CONF_LOC,
+     OFF_LOC(pass_request_body), "on | off", "on", "forward the client's request body"},
+    {"add_header", LOC_ANY, 2, 3, false, set_add_header, CONF_LOC, 0, "name value [always]", "-",
+     "add a response header (to 2xx/3xx answers, or to all with always)"},
+    {"server_tokens", LOC_ANY, 1, 1, false, cf_set_flag, CONF_LOC, OFF_LOC(server_tokens),
+     "on | off", "on", "send the version in Server and error pages"},
+    {"default_type", LOC_ANY, 1, 1, false, set_default_type, CONF_LOC, 0, "mime-type", "text/plain",
+     "Content-Type of bodies sent with return"},
+    {"proxy_http_version", LOC_ANY, 1, 1, false, set_http_version, CONF_LOC, 0, "1.0 | 1.1", "1.1",
+     "HTTP version spoken to upstreams (1.1 allows keep-alive and chunked bodies)"},
+    {"proxy_connect_timeout", LOC_ANY, 1, 1, false, cf_set_msec, CONF_LOC,
+     OFF_LOC(connect_timeout_ms), "time", "60s", "time to connect to an upstream (504 after)"},
+    {"proxy_read_timeout", LOC_ANY, 1, 1, false, cf_set_msec, CONF_LOC, OFF_LOC(read_timeout_ms),
+     "time", "60s", "longest silence between two reads from the upstream (504 after)"},
+    {"proxy_send_timeout", LOC_ANY, 1, 1, false, cf_set_msec, CONF_LOC, OFF_LOC(send_timeout_ms),
+     "time", "60s", "longest stall between two writes to the upstream"},
+    {"proxy_buffering", LOC_ANY, 1, 1, false, cf_set_flag, CONF_LOC, OFF_LOC(buffering), "on | off",
+     "on", "read the upstream response ahead of a slow client (bounded by proxy_buffer_size)"},
+    {"proxy_request_buffering", LOC_ANY, 1, 1, false, cf_set_flag, CONF_LOC,
+     OFF_LOC(request_buffering), "on | off", "on",
+     "wait for up to client_body_buffer_size of the body before connecting upstream"},
+    {"proxy_buffer_size", LOC_ANY, 1, 1, false, cf_set_size, CONF_LOC, OFF_LOC(proxy_buffer_size),
+     "size", "16k", "response bytes read ahead of the client before reading stops"},
+    {"proxy_intercept_errors", LOC_ANY, 1, 1, false, cf_set_flag, CONF_LOC,
+     OFF_LOC(intercept_errors), "on | off", "off",
+     "apply error_page to upstream responses of status >= 300"},
+    {"proxy_next_upstream", LOC_ANY, 1, CF_ARGS_ANY, false, set_next_upstream, CONF_LOC, 0,
+     "error | timeout | invalid_header | http_500 | http_502 | http_503 | http_504 | http_429 | "
+     "non_idempotent | off ...",
+     "error timeout", "when to try the next server (never once bytes reached the client)"},
+    {"proxy_next_upstream_tries", LOC_ANY, 1, 1, false, cf_set_int, CONF_LOC,
+     OFF_LOC(next_upstream_tries), "number", "0", "tries at most (0: every server once)"},
+    {"proxy_next_upstream_timeout", LOC_ANY, 1, 1, false, cf_set_msec, CONF_LOC,
+     OFF_LOC(next_upstream_timeout_ms), "time", "0", "time for all tries (0: no limit)"},
+    {"client_max_body_size", LOC_ANY, 1, 1, false, cf_set_size, CONF_LOC,
+     OFF_LOC(client_max_body_size), "size", "1m",
+     "largest request body (413 above it; 0: no limit)"},
+    {"client_body_buffer_size", LOC_ANY, 1, 1, false, cf_set_size, CONF_LOC,
+     OFF_LOC(client_body_buffer_size), "size", "16k",
+     "request body held before it is streamed upstream"},
+    {"client_body_timeout", LOC_ANY, 1, 1, false, cf_set_msec, CONF_LOC,
+     OFF_LOC(client_body_timeout_ms), "time", "60s",
+     "longest silence between two reads of the request body (408)"},
+    {"keepalive_timeout", LOC_ANY, 1, 1, false, cf_set_msec, CONF_LOC,
+     OFF_LOC(keepalive_timeout_ms), "time", "75s",
+     "how long an idle client connection stays open (0 disables keep-alive)"},
+    {"keepalive_requests", LOC_ANY, 1, 1, false, cf_set_int, CONF_LOC, OFF_LOC(keepalive_requests),
+     "number", "1000", "requests served on one client connection before it is closed"},
+    {"send_timeout", LOC_ANY, 1, 1, false, cf_set_msec, CONF_LOC, OFF_LOC(send_timeout_client_ms),
+     "time", "60s", "longest stall between two writes to the client"},
+    {NULL, 0, 0, 0, false, NULL, 0, 0, NULL, NULL, NULL},
 };
 
-static const struct cf_module core_cf_module = { "core", core_directives };
-static const struct cf_module http_cf_module = { "http", http_directives };
+static const struct cf_module core_cf_module = {"core", core_directives};
+static const struct cf_module http_cf_module = {"http", http_directives};
 
 void conf_register_all(void)
 {
     static const struct cf_module *const mods[] = {
-        &core_cf_module,
-        &http_cf_module,
-        &ssl_cf_module,
-        &h2_cf_module,
-        &ups_cf_module,
-        &check_cf_module,
-        &admin_cf_module,
+        &core_cf_module, &http_cf_module,  &ssl_cf_module,   &h2_cf_module,
+        &ups_cf_module,  &check_cf_module, &admin_cf_module,
     };
     cf_register(mods, sizeof(mods) / sizeof(mods[0]));
 }
@@ -1132,8 +1123,8 @@ static int finalize_location(struct snapshot *s, struct load_state *ls, struct l
                          lc->line, pp->host, msg ? msg : "out of memory");
                 return -1;
             }
-            struct ups_group **slot = push(&s->arena, (void **)&ls->groups, &ls->ngroups,
-                                           &ls->cap_groups, sizeof(*slot));
+            struct ups_group **slot =
+                push(&s->arena, (void **)&ls->groups, &ls->ngroups, &ls->cap_groups, sizeof(*slot));
             if (!slot)
                 return -1;
             g->id = ls->ngroups - 1;
@@ -1229,8 +1220,8 @@ static int build_listens(struct snapshot *s, struct load_state *ls, char *err, s
         if (!set->dflt)
             set->dflt = set->servers[0];
         char msg2[256];
-        set->vhosts = router_vhosts_build(&s->arena, vh, set->nservers, dflt_idx, msg2,
-                                          sizeof(msg2));
+        set->vhosts =
+            router_vhosts_build(&s->arena, vh, set->nservers, dflt_idx, msg2, sizeof(msg2));
         if (!set->vhosts) {
             snprintf(err, errlen, "%s: %s", set->text, msg2);
             return -1;
@@ -1300,8 +1291,7 @@ static void release_regexes(struct location **locs, size_t n)
         router_location_deinit(locs[i]);
 }
 
-struct snapshot *conf_load(const char *path, const struct snapshot *reuse, char *err,
-                           size_t errlen)
+struct snapshot *conf_load(const char *path, const struct snapshot *reuse, char *err, size_t errlen)
 {
     static _Atomic uint64_t generation;
     struct snapshot *s = calloc(1, sizeof(*s));
@@ -1312,7 +1302,7 @@ struct snapshot *conf_load(const char *path, const struct snapshot *reuse, char 
     atomic_init(&s->refs, 1);
     arena_init(&s->arena, 64 * 1024, 0);
     s->generation = ++generation;
-    struct load_state ls = { .snap = s };
+    struct load_state ls = {.snap = s};
     s->path = arena_strdup(&s->arena, path);
     struct cf_node *root = cf_parse_file(&s->arena, path, err, errlen);
     if (!root)
@@ -1336,11 +1326,11 @@ struct snapshot *conf_load(const char *path, const struct snapshot *reuse, char 
 
     /* the predefined "combined" format */
     {
-        struct cf_ctx cx0 = { .arena = &s->arena, .err = err, .errlen = errlen, .user = &ls };
-        struct cf_node fake = { .name = "log_format", .file = path, .line = 0 };
-        char *args[] = { "combined",
-                         "$remote_addr - $remote_user [$time_local] \"$request\" $status "
-                         "$body_bytes_sent \"$http_referer\" \"$http_user_agent\"" };
+        struct cf_ctx cx0 = {.arena = &s->arena, .err = err, .errlen = errlen, .user = &ls};
+        struct cf_node fake = {.name = "log_format", .file = path, .line = 0};
+        char *args[] = {"combined",
+                        "$remote_addr - $remote_user [$time_local] \"$request\" $status "
+                        "$body_bytes_sent \"$http_referer\" \"$http_user_agent\""};
         fake.args = args;
         fake.nargs = 2;
         if (set_log_format(&cx0, &fake, NULL, NULL) < 0)

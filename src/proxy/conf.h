@@ -22,21 +22,21 @@ enum { CONF_MAIN = 0, CONF_SRV = 1, CONF_LOC = 2 /* UPS_CONF_GROUP = 3 */ };
 /* A string with variables, compiled once ("$scheme://$host$request_uri"). */
 struct tmpl_part {
     bool is_var;
-    struct slice lit;       /* literal text, or the variable's argument ($http_X -> "x") */
-    int var;                /* variable id (vars.h) */
+    struct slice lit; /* literal text, or the variable's argument ($http_X -> "x") */
+    int var;          /* variable id (vars.h) */
 };
 
 struct tmpl {
     struct tmpl_part *parts;
     size_t nparts;
-    bool is_const;          /* no variables: parts[0].lit is the value */
+    bool is_const; /* no variables: parts[0].lit is the value */
     const char *src;
 };
 
 struct hdr_rule {
     struct slice name;
     struct tmpl *value;
-    bool always;            /* add_header ... always */
+    bool always; /* add_header ... always */
 };
 
 struct hdr_rules {
@@ -47,46 +47,46 @@ struct hdr_rules {
 struct error_page {
     int codes[16];
     size_t ncodes;
-    int override;           /* =code, 0 to keep the status, -1: use the subrequest's */
+    int override; /* =code, 0 to keep the status, -1: use the subrequest's */
     struct tmpl *uri;
 };
 
 struct proxy_pass {
     bool is_https;
-    struct tmpl *dynamic;        /* proxy_pass with variables: the whole URL */
-    struct ups_group *group;     /* named upstream or implicit host:port group */
-    char *host;                  /* as written after the scheme: $proxy_host */
-    bool has_uri;                /* a URI part after host (even "/") */
-    struct slice uri;            /* the URI part */
+    struct tmpl *dynamic;    /* proxy_pass with variables: the whole URL */
+    struct ups_group *group; /* named upstream or implicit host:port group */
+    char *host;              /* as written after the scheme: $proxy_host */
+    bool has_uri;            /* a URI part after host (even "/") */
+    struct slice uri;        /* the URI part */
 };
 
 struct access_log;
 struct log_format;
 
-#define NEXT_UPS_ERROR (1u << 0)
-#define NEXT_UPS_TIMEOUT (1u << 1)
+#define NEXT_UPS_ERROR          (1u << 0)
+#define NEXT_UPS_TIMEOUT        (1u << 1)
 #define NEXT_UPS_INVALID_HEADER (1u << 2)
-#define NEXT_UPS_500 (1u << 3)
-#define NEXT_UPS_502 (1u << 4)
-#define NEXT_UPS_503 (1u << 5)
-#define NEXT_UPS_504 (1u << 6)
-#define NEXT_UPS_429 (1u << 7)
+#define NEXT_UPS_500            (1u << 3)
+#define NEXT_UPS_502            (1u << 4)
+#define NEXT_UPS_503            (1u << 5)
+#define NEXT_UPS_504            (1u << 6)
+#define NEXT_UPS_429            (1u << 7)
 #define NEXT_UPS_NON_IDEMPOTENT (1u << 8)
-#define NEXT_UPS_OFF (1u << 9)
-#define NEXT_UPS_UNSET UINT32_MAX
+#define NEXT_UPS_OFF            (1u << 9)
+#define NEXT_UPS_UNSET          UINT32_MAX
 
 /* proxy_ssl_* (upstream TLS) as written at one level; ints -1 and pointers
  * NULL when unset, merged down by proxy_ssl_conf_merge(). */
 struct proxy_ssl_conf {
-    int verify;                      /* proxy_ssl_verify, default off */
-    int server_name;                 /* proxy_ssl_server_name: send SNI; default off */
-    int session_reuse;               /* default on */
-    int verify_depth;                /* default 1 */
-    unsigned protocols;              /* TLS_PROTO_* bits, 0 = TLSv1.2 TLSv1.3 */
+    int verify;         /* proxy_ssl_verify, default off */
+    int server_name;    /* proxy_ssl_server_name: send SNI; default off */
+    int session_reuse;  /* default on */
+    int verify_depth;   /* default 1 */
+    unsigned protocols; /* TLS_PROTO_* bits, 0 = TLSv1.2 TLSv1.3 */
     const char *trusted_certificate;
     const char *ciphers;
-    const char *name;                /* proxy_ssl_name, NULL = the host of proxy_pass */
-    const char *cert, *key;          /* mTLS toward the upstream */
+    const char *name;       /* proxy_ssl_name, NULL = the host of proxy_pass */
+    const char *cert, *key; /* mTLS toward the upstream */
 };
 
 /* A location's upstream TLS at run time (conf_tls.c): its client context and
@@ -96,10 +96,10 @@ struct proxy_ssl;
 /* Settings of http, server and location levels (one shape, merged down). */
 struct loc_conf {
     struct proxy_pass *pass;
-    int return_code;             /* -1 unset */
-    struct tmpl *return_text;    /* body, or Location for 3xx */
+    int return_code;          /* -1 unset */
+    struct tmpl *return_text; /* body, or Location for 3xx */
 
-    struct hdr_rules set_headers;/* proxy_set_header (inherited whole if none here) */
+    struct hdr_rules set_headers; /* proxy_set_header (inherited whole if none here) */
     bool set_headers_set;
     struct hdr_rules add_headers;
     bool add_headers_set;
@@ -119,7 +119,7 @@ struct loc_conf {
     int request_buffering;
     int intercept_errors;
     int server_tokens;
-    int http_version_minor;      /* proxy_http_version 1.0 | 1.1 */
+    int http_version_minor; /* proxy_http_version 1.0 | 1.1 */
     uint32_t connect_timeout_ms;
     uint32_t read_timeout_ms;
     uint32_t send_timeout_ms;
@@ -133,20 +133,20 @@ struct loc_conf {
     uint32_t next_upstream;
     int next_upstream_tries;
     uint32_t next_upstream_timeout_ms;
-    char *request_id_header;     /* proxy_request_id_header NAME: send $request_id upstream */
+    char *request_id_header; /* proxy_request_id_header NAME: send $request_id upstream */
     struct proxy_ssl_conf proxy_ssl;
-    struct proxy_ssl *proxy_ssl_rt; /* built for proxy_pass https:// locations, else NULL */
-    struct ups_check *health_check;      /* health_check (proxy/check_conf.c), not inherited */
-    struct check_match *check_matches;   /* http level: the match blocks */
-    int api;                             /* api: answered by admin/ (not inherited) */
+    struct proxy_ssl *proxy_ssl_rt;    /* built for proxy_pass https:// locations, else NULL */
+    struct ups_check *health_check;    /* health_check (proxy/check_conf.c), not inherited */
+    struct check_match *check_matches; /* http level: the match blocks */
+    int api;                           /* api: answered by admin/ (not inherited) */
 
-    struct access_log **logs;    /* access_log lines; NULL when none at this level */
+    struct access_log **logs; /* access_log lines; NULL when none at this level */
     size_t nlogs;
     bool logs_set;
     bool log_off;
     int log_not_found;
     const char *default_type;
-    const char *file;            /* where this level was defined */
+    const char *file; /* where this level was defined */
     int line;
 };
 
@@ -154,7 +154,7 @@ struct listen_conf {
     struct net_addr addr;
     char text[80];
     bool ssl;
-    bool http2;                  /* listen ... http2: h2c prior knowledge, h2 in ALPN */
+    bool http2; /* listen ... http2: h2c prior knowledge, h2 in ALPN */
     bool default_server;
     bool reuseport;
     int backlog;
@@ -179,7 +179,7 @@ struct ssl_srv_conf {
  * inherited from the http level, then defaulted. */
 struct h2_conf {
     uint32_t set;
-    uint32_t enable;                 /* http2 on | off */
+    uint32_t enable; /* http2 on | off */
     uint32_t max_concurrent_streams;
     uint32_t initial_window_size;
     uint32_t max_header_size;
@@ -192,8 +192,8 @@ struct srv_conf {
     size_t nlistens;
     const char **names;
     size_t nnames;
-    struct loc_conf *lc;          /* server-level settings */
-    struct location **locs;       /* top-level locations in file order */
+    struct loc_conf *lc;    /* server-level settings */
+    struct location **locs; /* top-level locations in file order */
     size_t nlocs;
     struct location_set *locset;
     struct vhost vhost;
@@ -204,7 +204,7 @@ struct srv_conf {
     int merge_slashes;
     int underscores_in_headers;
     struct ssl_srv_conf ssl;
-    struct tls_ctx *tls_ctx;      /* NULL when the server has no certificate */
+    struct tls_ctx *tls_ctx; /* NULL when the server has no certificate */
     bool http2;
     struct h2_conf h2;
     const char *file;
@@ -218,7 +218,7 @@ struct listen_set {
     int backlog;
     bool reuseport;
     bool ssl;
-    bool http2;                  /* some listen of this address says http2 */
+    bool http2; /* some listen of this address says http2 */
     struct srv_conf **servers;
     size_t nservers;
     struct vhost_table *vhosts;
@@ -233,7 +233,7 @@ struct log_format {
 };
 
 struct main_conf {
-    int worker_processes;         /* 0 = auto */
+    int worker_processes; /* 0 = auto */
     char *pid_path;
     char *error_log_path;
     int error_log_level;
@@ -245,7 +245,7 @@ struct main_conf {
 struct snapshot {
     _Atomic int refs;
     struct arena arena;
-    char *path;                    /* the main config file */
+    char *path; /* the main config file */
     struct main_conf main;
     struct loc_conf *http_lc;
     struct srv_conf http_srv_defaults; /* server settings given at http level */
@@ -257,7 +257,7 @@ struct snapshot {
     size_t nlistens;
     struct log_format **formats;
     size_t nformats;
-    struct access_log **all_logs;  /* every access log file, opened once */
+    struct access_log **all_logs; /* every access log file, opened once */
     size_t nall_logs;
     bool has_http;
     uint64_t generation;

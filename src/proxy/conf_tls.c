@@ -55,10 +55,10 @@ static int parse_protocols(struct cf_ctx *cx, const struct cf_node *n, unsigned 
     static const struct {
         const char *name;
         unsigned bit;
-    } names[] = { { "TLSv1", TLS_PROTO_TLSv1 },
-                  { "TLSv1.1", TLS_PROTO_TLSv1_1 },
-                  { "TLSv1.2", TLS_PROTO_TLSv1_2 },
-                  { "TLSv1.3", TLS_PROTO_TLSv1_3 } };
+    } names[] = {{"TLSv1", TLS_PROTO_TLSv1},
+                 {"TLSv1.1", TLS_PROTO_TLSv1_1},
+                 {"TLSv1.2", TLS_PROTO_TLSv1_2},
+                 {"TLSv1.3", TLS_PROTO_TLSv1_3}};
     unsigned bits = 0;
     for (size_t i = 0; i < n->nargs; i++) {
         size_t k;
@@ -66,8 +66,7 @@ static int parse_protocols(struct cf_ctx *cx, const struct cf_node *n, unsigned 
             if (strcmp(n->args[i], names[k].name) == 0)
                 break;
         if (k == sizeof(names) / sizeof(names[0]))
-            return cf_error(cx, n, "invalid value \"%s\" in \"%s\" directive", n->args[i],
-                            n->name);
+            return cf_error(cx, n, "invalid value \"%s\" in \"%s\" directive", n->args[i], n->name);
         bits |= names[k].bit;
     }
     *out = bits;
@@ -100,8 +99,9 @@ static int set_flag(struct cf_ctx *cx, const struct cf_node *n, const struct cf_
     else if (strcmp(n->args[0], "off") == 0)
         *field = 0;
     else
-        return cf_error(cx, n, "invalid value \"%s\" in \"%s\" directive, it must be \"on\" or "
-                               "\"off\"",
+        return cf_error(cx, n,
+                        "invalid value \"%s\" in \"%s\" directive, it must be \"on\" or "
+                        "\"off\"",
                         n->args[0], n->name);
     return 0;
 }
@@ -222,19 +222,23 @@ static int set_proxy_verify_depth(struct cf_ctx *cx, const struct cf_node *n,
 {
     int v;
     if (cf_parse_int(n->args[0], &v) < 0 || v < 1 || v > 100)
-        return cf_error(cx, n, "invalid value \"%s\" in \"%s\" directive", n->args[0],
-                        n->name);
+        return cf_error(cx, n, "invalid value \"%s\" in \"%s\" directive", n->args[0], n->name);
     *(int *)((char *)conf + d->offset) = v;
     return 0;
 }
 
 #define PSSL_OFF(f) (offsetof(struct loc_conf, proxy_ssl) + offsetof(struct proxy_ssl_conf, f))
-#define PROW(name, min, max, fn, off, syn, dflt, help)                                            \
-    { name, CF_HTTP | CF_SERVER | CF_LOCATION, min, max, false, fn, CONF_LOC, off, syn, dflt, help }
+#define PROW(name, min, max, fn, off, syn, dflt, help)                                             \
+    {                                                                                              \
+        name, CF_HTTP | CF_SERVER | CF_LOCATION, min, max, false, fn, CONF_LOC, off, syn, dflt,    \
+            help                                                                                   \
+    }
 
 #define SRV_HTTP (CF_HTTP | CF_SERVER)
-#define ROW(name, min, max, fn, off, syn, dflt, help)                                             \
-    { name, SRV_HTTP, min, max, false, fn, CONF_SRV, off, syn, dflt, help }
+#define ROW(name, min, max, fn, off, syn, dflt, help)                                              \
+    {                                                                                              \
+        name, SRV_HTTP, min, max, false, fn, CONF_SRV, off, syn, dflt, help                        \
+    }
 
 static const struct cf_directive ssl_directives[] = {
     ROW("ssl_certificate", 1, 1, set_certificate, 0, "file", "-",
@@ -285,10 +289,10 @@ static const struct cf_directive ssl_directives[] = {
     /* upstream TLS (proxy_pass https://...): location-level settings */
     PROW("proxy_ssl_verify", 1, 1, cf_set_flag, PSSL_OFF(verify), "on | off", "off",
          "verify the upstream's certificate (chain and name)"),
-    PROW("proxy_ssl_trusted_certificate", 1, 1, cf_set_str, PSSL_OFF(trusted_certificate),
-         "file", "-", "CA certificates (PEM) to verify upstream certificates with"),
-    PROW("proxy_ssl_verify_depth", 1, 1, set_proxy_verify_depth, PSSL_OFF(verify_depth),
-         "number", "1", "longest upstream certificate chain"),
+    PROW("proxy_ssl_trusted_certificate", 1, 1, cf_set_str, PSSL_OFF(trusted_certificate), "file",
+         "-", "CA certificates (PEM) to verify upstream certificates with"),
+    PROW("proxy_ssl_verify_depth", 1, 1, set_proxy_verify_depth, PSSL_OFF(verify_depth), "number",
+         "1", "longest upstream certificate chain"),
     PROW("proxy_ssl_server_name", 1, 1, cf_set_flag, PSSL_OFF(server_name), "on | off", "off",
          "send the proxy_ssl_name as SNI"),
     PROW("proxy_ssl_name", 1, 1, cf_set_str, PSSL_OFF(name), "name", "$proxy_host",
@@ -305,10 +309,10 @@ static const struct cf_directive ssl_directives[] = {
          "the key of proxy_ssl_certificate"),
     PROW("proxy_ssl_session_reuse", 1, 1, cf_set_flag, PSSL_OFF(session_reuse), "on | off", "on",
          "resume TLS sessions with upstreams (the newest session per upstream address)"),
-    { NULL, 0, 0, 0, false, NULL, 0, 0, NULL, NULL, NULL },
+    {NULL, 0, 0, 0, false, NULL, 0, 0, NULL, NULL, NULL},
 };
 
-const struct cf_module ssl_cf_module = { "ssl", ssl_directives };
+const struct cf_module ssl_cf_module = {"ssl", ssl_directives};
 
 void ssl_srv_conf_init(struct ssl_srv_conf *sc)
 {
@@ -566,8 +570,7 @@ struct tls_session *proxy_ssl_session_get(struct proxy_ssl *ps, const struct net
     return s;
 }
 
-void proxy_ssl_session_put(struct proxy_ssl *ps, const struct net_addr *addr,
-                           struct tls_session *s)
+void proxy_ssl_session_put(struct proxy_ssl *ps, const struct net_addr *addr, struct tls_session *s)
 {
     struct tls_session *old = NULL;
     pthread_mutex_lock(&ps->lock);

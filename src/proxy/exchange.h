@@ -28,10 +28,10 @@ struct body_piece {
 };
 
 enum body_status {
-    BODY_DATA = 1,    /* *piece filled */
-    BODY_AGAIN = 0,   /* nothing now: the side calls proxy_request_body_ready() later */
-    BODY_END = 2,     /* body complete */
-    BODY_ERROR = -1,  /* the client broke framing or timed out: ex->ending says how */
+    BODY_DATA = 1,   /* *piece filled */
+    BODY_AGAIN = 0,  /* nothing now: the side calls proxy_request_body_ready() later */
+    BODY_END = 2,    /* body complete */
+    BODY_ERROR = -1, /* the client broke framing or timed out: ex->ending says how */
 };
 
 /* The response head as the client side receives it. */
@@ -39,8 +39,8 @@ struct resp_head {
     int status;
     struct http_field *fields; /* already filtered: no hop-by-hop, framing excluded */
     size_t nfields;
-    int64_t content_length;    /* -1 unknown (stream) */
-    bool no_body;              /* HEAD, 204, 304, 1xx */
+    int64_t content_length; /* -1 unknown (stream) */
+    bool no_body;           /* HEAD, 204, 304, 1xx */
 };
 
 /* What the client session does for the corridor. */
@@ -67,33 +67,33 @@ struct client_ops {
 
 enum ending_code {
     END_OK = 0,
-    END_CLIENT_CLOSED,      /* client went away (499) */
-    END_CLIENT_TIMEOUT,     /* 408 */
-    END_CLIENT_BAD_BODY,    /* 400 */
-    END_BODY_TOO_LARGE,     /* 413 */
-    END_CONNECT_REFUSED,    /* 502 */
-    END_CONNECT_TIMEOUT,    /* 504 */
-    END_UPSTREAM_RESET,     /* 502 */
-    END_UPSTREAM_CLOSED,    /* 502: closed before a whole response */
-    END_UPSTREAM_BAD_HEAD,  /* 502 */
-    END_UPSTREAM_BAD_BODY,  /* 502 after the head: the client connection is cut */
-    END_SEND_TIMEOUT,       /* 504 */
-    END_READ_TIMEOUT,       /* 504 */
-    END_NO_SERVER,          /* 502 */
-    END_INTERNAL,           /* 500 */
-    END_UPSTREAM_TLS,       /* 502: the TLS handshake with the upstream failed */
+    END_CLIENT_CLOSED,     /* client went away (499) */
+    END_CLIENT_TIMEOUT,    /* 408 */
+    END_CLIENT_BAD_BODY,   /* 400 */
+    END_BODY_TOO_LARGE,    /* 413 */
+    END_CONNECT_REFUSED,   /* 502 */
+    END_CONNECT_TIMEOUT,   /* 504 */
+    END_UPSTREAM_RESET,    /* 502 */
+    END_UPSTREAM_CLOSED,   /* 502: closed before a whole response */
+    END_UPSTREAM_BAD_HEAD, /* 502 */
+    END_UPSTREAM_BAD_BODY, /* 502 after the head: the client connection is cut */
+    END_SEND_TIMEOUT,      /* 504 */
+    END_READ_TIMEOUT,      /* 504 */
+    END_NO_SERVER,         /* 502 */
+    END_INTERNAL,          /* 500 */
+    END_UPSTREAM_TLS,      /* 502: the TLS handshake with the upstream failed */
 };
 
 struct ending {
     enum ending_code code;
-    const char *why;        /* static text for the error log */
+    const char *why; /* static text for the error log */
     bool retryable;
 };
 
 /* One try at an upstream, for $upstream_addr and friends. */
 struct ups_try {
     const char *addr;
-    int status;             /* 0 when no response (502/504 recorded by the log) */
+    int status; /* 0 when no response (502/504 recorded by the log) */
     uint64_t connect_ms, header_ms, response_ms;
 };
 
@@ -101,12 +101,12 @@ struct ups_try {
 
 struct exchange {
     struct arena arena;
-    struct snapshot *snap;          /* referenced */
+    struct snapshot *snap; /* referenced */
     struct worker *worker;
     const struct client_ops *client;
-    void *session;                  /* the client session's own state */
+    void *session; /* the client session's own state */
     struct loop *loop;
-    uint64_t id;                    /* per worker */
+    uint64_t id; /* per worker */
     char request_id[33];
 
     /* the connection */
@@ -120,40 +120,40 @@ struct exchange {
     /* the request (slices live as long as the exchange) */
     struct slice method;
     enum http_method method_id;
-    struct slice request_uri;       /* target as sent */
-    struct slice uri;               /* normalised path ($uri) */
-    struct slice args;              /* query without '?' */
+    struct slice request_uri; /* target as sent */
+    struct slice uri;         /* normalised path ($uri) */
+    struct slice args;        /* query without '?' */
     bool has_args;
-    struct slice host;              /* lower-case, no port */
+    struct slice host; /* lower-case, no port */
     struct slice request_line;
-    int minor_version;              /* 1.x; 2 for HTTP/2 */
+    int minor_version; /* 1.x; 2 for HTTP/2 */
     struct http_field *req_fields;
     size_t nreq_fields;
-    int64_t req_content_length;     /* -1 unknown */
+    int64_t req_content_length; /* -1 unknown */
     bool req_chunked;
     bool req_has_body;
     bool expect_continue;
-    size_t request_length;          /* head + body bytes read */
+    size_t request_length; /* head + body bytes read */
 
     /* routing */
     const struct srv_conf *srv;
     const struct location *loc;
     const struct loc_conf *lc;
-    struct route_captures caps;     /* location regex */
-    struct route_captures host_caps;/* server_name regex */
+    struct route_captures caps;      /* location regex */
+    struct route_captures host_caps; /* server_name regex */
 
     /* the response */
     int status;
     struct http_field *resp_fields; /* as sent to the client ($sent_http_) */
     size_t nresp_fields;
-    struct http_field *ups_fields;  /* as received ($upstream_http_) */
+    struct http_field *ups_fields; /* as received ($upstream_http_) */
     size_t nups_fields;
     bool head_sent;
-    bool close_conn;                /* the client connection cannot be reused */
-    bool redirected;                /* went through error_page already */
-    const char *error_detail;       /* a line for the built-in error page, or NULL */
-    struct tls_conn *tls;           /* the client's TLS connection, or NULL */
-    int error_status;               /* status error_page imposes (0: the target's) */
+    bool close_conn;          /* the client connection cannot be reused */
+    bool redirected;          /* went through error_page already */
+    const char *error_detail; /* a line for the built-in error page, or NULL */
+    struct tls_conn *tls;     /* the client's TLS connection, or NULL */
+    int error_status;         /* status error_page imposes (0: the target's) */
     uint64_t body_bytes_sent;
     uint64_t bytes_sent;
 
@@ -163,10 +163,10 @@ struct exchange {
     struct ending ending;
 
     /* timing */
-    uint64_t start_ms;              /* monotonic */
-    uint64_t start_real_us;         /* wall clock, for $msec and $time_local */
+    uint64_t start_ms;      /* monotonic */
+    uint64_t start_real_us; /* wall clock, for $msec and $time_local */
 
-    void *proxy;                    /* the corridor's state (proxy.c) */
+    void *proxy; /* the corridor's state (proxy.c) */
 };
 
 /* Status to answer for an ending (502, 504, ...). */

@@ -14,17 +14,17 @@
 #include "proxy/vars.h"
 #include "proxy/worker.h"
 
-#define UPS_MAX_FIELDS 100
-#define MAX_PRE_PIECES 16
-#define UPS_SEND_HIGH (64 * 1024)
+#define UPS_MAX_FIELDS       100
+#define MAX_PRE_PIECES       16
+#define UPS_SEND_HIGH        (64 * 1024)
 #define CLIENT_HIGH_BUFFERED (64 * 1024)
 
 enum fwd_phase {
-    P_COLLECT,    /* reading the request body before connecting */
-    P_QUEUED,     /* every server at max_conns: waiting in the group's queue */
+    P_COLLECT, /* reading the request body before connecting */
+    P_QUEUED,  /* every server at max_conns: waiting in the group's queue */
     P_CONNECTING,
-    P_HANDSHAKE,  /* proxy_pass https://: TLS handshake (proxy_connect_timeout) */
-    P_ACTIVE,     /* connected: sending the request, reading the response */
+    P_HANDSHAKE, /* proxy_pass https://: TLS handshake (proxy_connect_timeout) */
+    P_ACTIVE,    /* connected: sending the request, reading the response */
     P_DONE,
 };
 
@@ -41,24 +41,24 @@ struct fwd {
     uint64_t first_try_ms;
     uint64_t try_start_ms;
     struct ups_try *cur_try;
-    struct slice hash_key;         /* the group's evaluated `hash` key */
-    struct slice sticky;           /* the request's sticky cookie value */
+    struct slice hash_key; /* the group's evaluated `hash` key */
+    struct slice sticky;   /* the request's sticky cookie value */
     struct slice proxy_host;
-    struct slice uri;              /* request target sent upstream */
+    struct slice uri; /* request target sent upstream */
     struct timer timer;
-    struct ups_waiter wait;        /* `queue N`: while P_QUEUED */
+    struct ups_waiter wait; /* `queue N`: while P_QUEUED */
 
     /* request toward the upstream */
-    struct buf *req_head;          /* serialized head */
+    struct buf *req_head; /* serialized head */
     size_t req_head_len;
     struct body_piece pre[MAX_PRE_PIECES];
     size_t npre;
     size_t pre_bytes;
-    bool body_collected;           /* the whole body is in pre[] */
-    bool body_eof;                 /* the client's body ended */
-    bool body_streamed;            /* bytes beyond pre[] went upstream: no replay */
-    bool send_chunked;             /* length unknown: chunked toward the upstream */
-    bool req_sent;                 /* everything (head, body, last chunk) queued */
+    bool body_collected; /* the whole body is in pre[] */
+    bool body_eof;       /* the client's body ended */
+    bool body_streamed;  /* bytes beyond pre[] went upstream: no replay */
+    bool send_chunked;   /* length unknown: chunked toward the upstream */
+    bool req_sent;       /* everything (head, body, last chunk) queued */
     struct outq out;
     struct buf *scratch;
     size_t scratch_used;
@@ -68,15 +68,15 @@ struct fwd {
     size_t rstart, rend;
     struct buf *head_seg;
     bool head_done;
-    bool got_bytes;                /* any response byte arrived on this try */
+    bool got_bytes; /* any response byte arrived on this try */
     struct h1_response resp;
     enum h1_body_kind body_kind;
     uint64_t body_left;
     struct h1_chunked dec;
     bool resp_done;
     bool upstream_reusable;
-    int error_page_status;         /* status forced by error_page, 0 if none */
-    char tls_why[192];             /* a failed upstream handshake, for the log and ending */
+    int error_page_status; /* status forced by error_page, 0 if none */
+    char tls_why[192];     /* a failed upstream handshake, for the log and ending */
 };
 
 static void fwd_run(struct fwd *f);
@@ -140,7 +140,15 @@ static void route(struct exchange *ex)
 static bool add_header_applies(int status)
 {
     switch (status) {
-    case 200: case 201: case 204: case 206: case 301: case 302: case 303: case 304: case 307:
+    case 200:
+    case 201:
+    case 204:
+    case 206:
+    case 301:
+    case 302:
+    case 303:
+    case 304:
+    case 307:
     case 308:
         return true;
     default:
@@ -163,7 +171,7 @@ static size_t apply_add_headers(struct exchange *ex, int status, struct http_fie
         struct slice v = tmpl_eval(ex, r->value, ESC_NONE);
         if (!v.len)
             continue;
-        fields[n++] = (struct http_field){ r->name, v };
+        fields[n++] = (struct http_field){r->name, v};
     }
     return n;
 }
@@ -182,9 +190,9 @@ static void send_local(struct exchange *ex, int status, struct slice ctype, stru
         return;
     }
     if (ctype.len)
-        fields[n++] = (struct http_field){ SLICE_LIT("Content-Type"), ctype };
+        fields[n++] = (struct http_field){SLICE_LIT("Content-Type"), ctype};
     if (location.len)
-        fields[n++] = (struct http_field){ SLICE_LIT("Location"), location };
+        fields[n++] = (struct http_field){SLICE_LIT("Location"), location};
     n = apply_add_headers(ex, status, fields, n);
     struct resp_head h = {
         .status = status,
@@ -200,7 +208,7 @@ static void send_local(struct exchange *ex, int status, struct slice ctype, stru
         return;
     }
     if (body.len && !h.no_body) {
-        struct body_piece piece = { NULL, body.p, body.len };
+        struct body_piece piece = {NULL, body.p, body.len};
         ex->client->send_body(ex, &piece);
     }
     ex->client->send_end(ex, SLICE_NULL);
@@ -216,7 +224,7 @@ static struct slice absolute_location(struct exchange *ex, struct slice loc)
 {
     if (!loc.len || loc.p[0] != '/')
         return loc;
-    struct slice host = ex->host.len ? ex->host
+    struct slice host = ex->host.len                   ? ex->host
                         : (ex->srv && ex->srv->nnames) ? slice_cstr(ex->srv->names[0])
                                                        : SLICE_NULL;
     char ipbuf[64];
@@ -360,8 +368,9 @@ static struct slice upstream_uri(struct exchange *ex, const struct proxy_pass *p
     } else if (pp->has_uri) {
         const struct location *loc = ex->loc;
         size_t skip = 0;
-        if (loc && (loc->match == LOC_PREFIX || loc->match == LOC_PREFIX_NOREGEX ||
-                    loc->match == LOC_EXACT) &&
+        if (loc &&
+            (loc->match == LOC_PREFIX || loc->match == LOC_PREFIX_NOREGEX ||
+             loc->match == LOC_EXACT) &&
             !ex->redirected)
             skip = loc->pattern_len <= ex->uri.len ? loc->pattern_len : ex->uri.len;
         struct slice rest = slice_make(ex->uri.p + skip, ex->uri.len - skip);
@@ -633,8 +642,7 @@ static bool may_retry(struct fwd *f, uint32_t kind)
 }
 
 /* This try failed before the response head reached the client. */
-static void fail_try(struct fwd *f, enum ending_code code, const char *why, int err,
-                     uint32_t kind)
+static void fail_try(struct fwd *f, enum ending_code code, const char *why, int err, uint32_t kind)
 {
     struct exchange *ex = f->ex;
     bool stale = f->uc_reused && !f->got_bytes && kind == NEXT_UPS_ERROR && !f->stale_retry_used;
@@ -661,7 +669,7 @@ static void fail_try(struct fwd *f, enum ending_code code, const char *why, int 
         ups_server_failed(f->srv, loop_now_ms(ex->loop));
         ups_outlier_report(f->group, f->srv, true, loop_now_ms(ex->loop));
     }
-    ex->ending = (struct ending){ .code = code, .why = why, .retryable = true };
+    ex->ending = (struct ending){.code = code, .why = why, .retryable = true};
     if (may_retry(f, kind)) {
         reset_try_state(f);
         try_upstream(f);
@@ -684,7 +692,7 @@ static void fwd_timer(struct timer *t)
         if (f->head_done) {
             /* the head went to the client: all we can do is cut it */
             log_upstream_error(f, "timed out (110: Connection timed out)", 0);
-            f->ex->ending = (struct ending){ .code = END_READ_TIMEOUT, .why = "read timeout" };
+            f->ex->ending = (struct ending){.code = END_READ_TIMEOUT, .why = "read timeout"};
             release_conn(f, false);
             f->phase = P_DONE;
             f->ex->client->done(f->ex, true);
@@ -858,7 +866,7 @@ static void queue_ready(struct ups_waiter *w, bool expired)
     }
     log_write(LOG_ERR, "*%llu queue timeout while connecting to upstream \"%s\"",
               (unsigned long long)ex->id, f->group->name);
-    ex->ending = (struct ending){ .code = END_NO_SERVER, .why = "queue timeout" };
+    ex->ending = (struct ending){.code = END_NO_SERVER, .why = "queue timeout"};
     f->phase = P_DONE;
     respond_status(ex, 502);
 }
@@ -867,11 +875,10 @@ static void try_upstream(struct fwd *f)
 {
     struct exchange *ex = f->ex;
     uint64_t now = loop_now_ms(ex->loop);
-    struct ups_pick_ctx pc = { .tried = f->tried, .now_ms = now, .client = ex->peer,
-                               .key = f->hash_key };
-    struct ups_server *s = f->sticky.len && !f->tries
-                               ? ups_sticky_find(f->group, f->sticky, f->tried, now)
-                               : NULL;
+    struct ups_pick_ctx pc = {
+        .tried = f->tried, .now_ms = now, .client = ex->peer, .key = f->hash_key};
+    struct ups_server *s =
+        f->sticky.len && !f->tries ? ups_sticky_find(f->group, f->sticky, f->tried, now) : NULL;
     if (!s)
         s = ups_select(f->group, &pc);
     if (!s && f->group->queue_max && ups_group_saturated(f->group, f->tried, now)) {
@@ -886,7 +893,7 @@ static void try_upstream(struct fwd *f)
         log_write(LOG_ERR, "*%llu no live upstreams while connecting to upstream \"%s\"%s",
                   (unsigned long long)ex->id, f->group->name,
                   f->group->queue_max ? " (queue full)" : "");
-        ex->ending = (struct ending){ .code = END_NO_SERVER, .why = "no live upstreams" };
+        ex->ending = (struct ending){.code = END_NO_SERVER, .why = "no live upstreams"};
         f->phase = P_DONE;
         respond_status(ex, 502);
         return;
@@ -900,10 +907,10 @@ static void try_upstream(struct fwd *f)
         f->first_try_ms = now;
     if (ex->ntries < EX_MAX_TRIES) {
         f->cur_try = &ex->tries[ex->ntries++];
-        *f->cur_try = (struct ups_try){ .addr = ups_server_addr_text(s),
-                                        .connect_ms = UINT64_MAX,
-                                        .header_ms = UINT64_MAX,
-                                        .response_ms = UINT64_MAX };
+        *f->cur_try = (struct ups_try){.addr = ups_server_addr_text(s),
+                                       .connect_ms = UINT64_MAX,
+                                       .header_ms = UINT64_MAX,
+                                       .response_ms = UINT64_MAX};
     } else {
         f->cur_try = NULL;
     }
@@ -1052,12 +1059,23 @@ static int ensure_rseg(struct fwd *f)
 static bool retry_status(const struct fwd *f, int status, uint32_t *kind)
 {
     switch (status) {
-    case 500: *kind = NEXT_UPS_500; break;
-    case 502: *kind = NEXT_UPS_502; break;
-    case 503: *kind = NEXT_UPS_503; break;
-    case 504: *kind = NEXT_UPS_504; break;
-    case 429: *kind = NEXT_UPS_429; break;
-    default: return false;
+    case 500:
+        *kind = NEXT_UPS_500;
+        break;
+    case 502:
+        *kind = NEXT_UPS_502;
+        break;
+    case 503:
+        *kind = NEXT_UPS_503;
+        break;
+    case 504:
+        *kind = NEXT_UPS_504;
+        break;
+    case 429:
+        *kind = NEXT_UPS_429;
+        break;
+    default:
+        return false;
     }
     return (f->ex->lc->next_upstream & *kind) != 0;
 }
@@ -1115,10 +1133,10 @@ static int deliver_head(struct fwd *f)
         /* no cookie, or its server could not be used: name the one that answered */
         char *v = arena_printf(&ex->arena, "%s=%s%s", st->cookie, f->srv->sticky_id, st->attrs);
         if (v)
-            out[n++] = (struct http_field){ SLICE_LIT("Set-Cookie"), slice_cstr(v) };
+            out[n++] = (struct http_field){SLICE_LIT("Set-Cookie"), slice_cstr(v)};
     }
     n = apply_add_headers(ex, status, out, n);
-    struct resp_head h = { .status = status, .fields = out, .nfields = n, .content_length = -1 };
+    struct resp_head h = {.status = status, .fields = out, .nfields = n, .content_length = -1};
     switch (f->body_kind) {
     case H1_BODY_NONE:
         h.no_body = true;
@@ -1147,13 +1165,13 @@ static int read_head_step(struct fwd *f)
 {
     struct exchange *ex = f->ex;
     struct http_field fields[UPS_MAX_FIELDS];
-    struct h1_limits lim = { .max_request_line = 8192,
-                             .max_head = ex->lc->proxy_buffer_size,
-                             .max_fields = UPS_MAX_FIELDS };
+    struct h1_limits lim = {.max_request_line = 8192,
+                            .max_head = ex->lc->proxy_buffer_size,
+                            .max_fields = UPS_MAX_FIELDS};
     for (;;) {
         enum h1_error err = H1E_NONE;
-        enum h1_result res = h1_parse_response(f->rseg->data + f->rstart, f->rend - f->rstart,
-                                               &lim, fields, UPS_MAX_FIELDS, &f->resp, &err);
+        enum h1_result res = h1_parse_response(f->rseg->data + f->rstart, f->rend - f->rstart, &lim,
+                                               fields, UPS_MAX_FIELDS, &f->resp, &err);
         if (res == H1_INCOMPLETE) {
             if (f->rend - f->rstart >= lim.max_head) {
                 fail_try(f, END_UPSTREAM_BAD_HEAD, "sent too big header", 0,
@@ -1173,8 +1191,8 @@ static int read_head_step(struct fwd *f)
         struct h1_response *r = &f->resp;
         if (r->status >= 100 && r->status < 200) {
             if (r->status == 101) {
-                fail_try(f, END_UPSTREAM_BAD_HEAD, "sent an unexpected 101 Switching Protocols",
-                         0, NEXT_UPS_INVALID_HEADER);
+                fail_try(f, END_UPSTREAM_BAD_HEAD, "sent an unexpected 101 Switching Protocols", 0,
+                         NEXT_UPS_INVALID_HEADER);
                 return 1;
             }
             if (!(r->status == 100 && !ex->expect_continue)) {
@@ -1182,9 +1200,9 @@ static int read_head_step(struct fwd *f)
                 struct http_field *keep = arena_alloc(&ex->arena, (r->nfields + 1) * sizeof(*keep));
                 for (size_t i = 0; keep && i < r->nfields; i++)
                     if (!http_is_hop_by_hop(r->fields[i].name))
-                        keep[n++] = (struct http_field){
-                            arena_slice_dup(&ex->arena, r->fields[i].name),
-                            arena_slice_dup(&ex->arena, r->fields[i].value) };
+                        keep[n++] =
+                            (struct http_field){arena_slice_dup(&ex->arena, r->fields[i].name),
+                                                arena_slice_dup(&ex->arena, r->fields[i].value)};
                 if (keep && !(r->status == 100 && ex->minor_version == 0))
                     ex->client->send_interim(ex, r->status, keep, n);
             }
@@ -1227,8 +1245,8 @@ static void complete_response(struct fwd *f, struct slice trailers)
     if (f->cur_try)
         f->cur_try->response_ms = loop_now_ms(ex->loop) - f->try_start_ms;
     ups_server_time(f->srv, UPS_TIME_LAST_BYTE, loop_now_ms(ex->loop) - f->try_start_ms);
-    bool reusable = f->upstream_reusable && f->req_sent && f->out.count == 0 &&
-                    f->rstart == f->rend;
+    bool reusable =
+        f->upstream_reusable && f->req_sent && f->out.count == 0 && f->rstart == f->rend;
     if (f->uc && f->uc->tls && !f->uc_reused)
         save_session(f);
     release_conn(f, reusable);
@@ -1242,7 +1260,7 @@ static void complete_response(struct fwd *f, struct slice trailers)
 static void body_broken(struct fwd *f, enum ending_code code, const char *why, int err)
 {
     log_upstream_error(f, why, err);
-    f->ex->ending = (struct ending){ .code = code, .why = why };
+    f->ex->ending = (struct ending){.code = code, .why = why};
     release_conn(f, false);
     f->phase = P_DONE;
     f->ex->client->done(f->ex, true);
@@ -1260,7 +1278,7 @@ static int relay_body(struct fwd *f)
         if (f->rstart < f->rend) {
             char *base = f->rseg->data + f->rstart;
             size_t have = f->rend - f->rstart;
-            struct body_piece piece = { f->rseg, base, 0 };
+            struct body_piece piece = {f->rseg, base, 0};
             if (f->body_kind == H1_BODY_LENGTH) {
                 piece.len = have < f->body_left ? have : (size_t)f->body_left;
                 f->body_left -= piece.len;
@@ -1510,7 +1528,7 @@ static void forward(struct exchange *ex)
                 log_write(LOG_ERR, "*%llu no upstream \"%.*s\" and it is not an address (%s)",
                           (unsigned long long)ex->id, (int)host.len, host.p,
                           msg ? msg : "out of memory");
-                ex->ending = (struct ending){ .code = END_NO_SERVER, .why = "no upstream" };
+                ex->ending = (struct ending){.code = END_NO_SERVER, .why = "no upstream"};
                 respond_status(ex, 502);
                 return;
             }

@@ -21,15 +21,15 @@
 #include "tls/tls.h"
 #include "http2/h2.h"
 
-#define MAX_FIELDS 100
+#define MAX_FIELDS        100
 #define LINGER_TIMEOUT_MS 5000
-#define LINGER_MAX_MS 30000
+#define LINGER_MAX_MS     30000
 
 enum sess_state {
     S_HANDSHAKE, /* TLS handshake in progress */
-    S_HEAD,     /* waiting for (the rest of) a request head */
-    S_EXCHANGE, /* a request is being served */
-    S_LINGER,   /* response sent, write side shut, draining the client's bytes */
+    S_HEAD,      /* waiting for (the rest of) a request head */
+    S_EXCHANGE,  /* a request is being served */
+    S_LINGER,    /* response sent, write side shut, draining the client's bytes */
     S_CLOSED,
 };
 
@@ -37,26 +37,26 @@ enum rb_kind { RB_NONE, RB_LENGTH, RB_CHUNKED };
 
 struct h1_session {
     struct io io;
-    struct tls_conn *tls;        /* NULL on plain connections */
+    struct tls_conn *tls; /* NULL on plain connections */
     struct worker *w;
     struct net_addr peer, local;
     struct h1_session *next, *prev;
-    struct snapshot *snap;       /* for the head being read */
+    struct snapshot *snap; /* for the head being read */
     const struct listen_set *lset;
     enum sess_state state;
 
-    struct buf *rseg;            /* read buffer: unconsumed bytes are [rstart, rend) */
+    struct buf *rseg; /* read buffer: unconsumed bytes are [rstart, rend) */
     size_t rstart, rend;
-    size_t scanned;              /* head bytes already searched for the blank line */
-    bool head_started;           /* bytes of the next head have arrived */
+    size_t scanned;    /* head bytes already searched for the blank line */
+    bool head_started; /* bytes of the next head have arrived */
     bool checked_line_limit;
 
-    struct h1_busy *b;           /* exchange and output queue; NULL while idle */
-    struct buf *scratch;         /* small framing strings (chunk sizes) */
+    struct h1_busy *b;   /* exchange and output queue; NULL while idle */
+    struct buf *scratch; /* small framing strings (chunk sizes) */
     size_t scratch_used;
 
-    struct timer rtimer;         /* header, keep-alive, body, linger */
-    struct timer wtimer;         /* send_timeout */
+    struct timer rtimer; /* header, keep-alive, body, linger */
+    struct timer wtimer; /* send_timeout */
     struct posted flush_post;
     struct posted resume_post;
     struct posted release_post;
@@ -64,7 +64,7 @@ struct h1_session {
 
     uint64_t conn_number;
     int requests;
-    bool close_after;            /* close once the output is written */
+    bool close_after; /* close once the output is written */
     bool shutting_down;
 
     /* the exchange in flight */
@@ -72,12 +72,12 @@ struct h1_session {
     bool ex_done;
     bool ex_broken;
     bool waiting_drain;
-    struct buf *head_seg;        /* holds the request head the exchange points into */
+    struct buf *head_seg; /* holds the request head the exchange points into */
     enum rb_kind rb_kind;
     uint64_t rb_left;
     uint64_t rb_total;
     bool rb_done;
-    bool rb_error;               /* the body broke or timed out: ex->ending says how */
+    bool rb_error; /* the body broke or timed out: ex->ending says how */
     struct h1_chunked rb_dec;
     bool sent_continue;
     bool resp_chunked;
@@ -686,7 +686,8 @@ static void start_exchange(struct h1_session *s, struct h1_request *req)
     const char *crlf = memchr(req->method.p, '\r', req->head_len - (size_t)(req->method.p - base));
     ex->request_line = slice_make(req->method.p, crlf ? (size_t)(crlf - req->method.p) : 0);
     ex->nreq_fields = req->nfields;
-    ex->req_fields = arena_alloc(&ex->arena, (req->nfields ? req->nfields : 1) * sizeof(*ex->req_fields));
+    ex->req_fields =
+        arena_alloc(&ex->arena, (req->nfields ? req->nfields : 1) * sizeof(*ex->req_fields));
     if (!ex->req_fields)
         goto oom;
     memcpy(ex->req_fields, req->fields, req->nfields * sizeof(*ex->req_fields));
@@ -965,7 +966,7 @@ static void op_continue_100(struct exchange *ex)
 
 static enum body_status body_fail(struct h1_session *s, enum ending_code code, const char *why)
 {
-    s->b->ex.ending = (struct ending){ .code = code, .why = why };
+    s->b->ex.ending = (struct ending){.code = code, .why = why};
     s->b->ex.close_conn = true;
     s->close_after = true;
     s->rb_error = true;
@@ -986,7 +987,7 @@ static enum body_status op_body_read(struct exchange *ex, struct body_piece *pie
             size_t have = s->rend - s->rstart;
             if (s->rb_kind == RB_LENGTH) {
                 size_t n = have < s->rb_left ? have : (size_t)s->rb_left;
-                *piece = (struct body_piece){ s->rseg, base, n };
+                *piece = (struct body_piece){s->rseg, base, n};
                 s->rstart += n;
                 s->rb_left -= n;
                 s->rb_total += n;
@@ -1011,7 +1012,7 @@ static enum body_status op_body_read(struct exchange *ex, struct body_piece *pie
                 s->rb_total += data.len;
                 if (lc->client_max_body_size && s->rb_total > lc->client_max_body_size)
                     return body_fail(s, END_BODY_TOO_LARGE, "request body too large");
-                *piece = (struct body_piece){ s->rseg, data.p, data.len };
+                *piece = (struct body_piece){s->rseg, data.p, data.len};
                 timer_cancel(&s->rtimer);
                 return BODY_DATA;
             }
@@ -1208,8 +1209,8 @@ static void sess_close(struct h1_session *s)
         struct exchange *ex = &s->b->ex;
         if (!s->ex_done) {
             if (!ex->ending.code)
-                ex->ending = (struct ending){ .code = END_CLIENT_CLOSED,
-                                              .why = "client closed the connection" };
+                ex->ending = (struct ending){.code = END_CLIENT_CLOSED,
+                                             .why = "client closed the connection"};
             proxy_abort(ex);
             if (!ex->head_sent)
                 ex->status = 499;
@@ -1247,8 +1248,7 @@ static void sess_close(struct h1_session *s)
 void h1_session_shutdown(struct h1_session *s)
 {
     s->shutting_down = true;
-    if (s->state == S_HEAD && !s->active && (!s->rseg || s->rstart == s->rend) &&
-        out_count(s) == 0)
+    if (s->state == S_HEAD && !s->active && (!s->rseg || s->rstart == s->rend) && out_count(s) == 0)
         sess_close(s);
 }
 

@@ -76,61 +76,61 @@ struct var_def {
 };
 
 static const struct var_def var_defs[] = {
-    { "host", V_HOST, false },
-    { "http_", V_HTTP_, true },
-    { "cookie_", V_COOKIE_, true },
-    { "arg_", V_ARG_, true },
-    { "sent_http_", V_SENT_HTTP_, true },
-    { "upstream_http_", V_UPSTREAM_HTTP_, true },
-    { "args", V_ARGS, false },
-    { "query_string", V_ARGS, false },
-    { "is_args", V_IS_ARGS, false },
-    { "uri", V_URI, false },
-    { "document_uri", V_URI, false },
-    { "request_uri", V_REQUEST_URI, false },
-    { "request_method", V_REQUEST_METHOD, false },
-    { "request", V_REQUEST, false },
-    { "scheme", V_SCHEME, false },
-    { "server_name", V_SERVER_NAME, false },
-    { "server_port", V_SERVER_PORT, false },
-    { "server_addr", V_SERVER_ADDR, false },
-    { "server_protocol", V_SERVER_PROTOCOL, false },
-    { "remote_addr", V_REMOTE_ADDR, false },
-    { "binary_remote_addr", V_REMOTE_ADDR, false },
-    { "remote_port", V_REMOTE_PORT, false },
-    { "proxy_add_x_forwarded_for", V_PROXY_ADD_XFF, false },
-    { "proxy_host", V_PROXY_HOST, false },
-    { "request_id", V_REQUEST_ID, false },
-    { "status", V_STATUS, false },
-    { "body_bytes_sent", V_BODY_BYTES_SENT, false },
-    { "bytes_sent", V_BYTES_SENT, false },
-    { "request_length", V_REQUEST_LENGTH, false },
-    { "request_time", V_REQUEST_TIME, false },
-    { "upstream_addr", V_UPSTREAM_ADDR, false },
-    { "upstream_status", V_UPSTREAM_STATUS, false },
-    { "upstream_connect_time", V_UPSTREAM_CONNECT_TIME, false },
-    { "upstream_header_time", V_UPSTREAM_HEADER_TIME, false },
-    { "upstream_response_time", V_UPSTREAM_RESPONSE_TIME, false },
-    { "time_local", V_TIME_LOCAL, false },
-    { "time_iso8601", V_TIME_ISO8601, false },
-    { "msec", V_MSEC, false },
-    { "connection", V_CONNECTION, false },
-    { "connection_requests", V_CONNECTION_REQUESTS, false },
-    { "pid", V_PID, false },
-    { "hostname", V_HOSTNAME, false },
-    { "content_length", V_CONTENT_LENGTH, false },
-    { "content_type", V_CONTENT_TYPE, false },
-    { "http2", V_HTTP2, false },
-    { "remote_user", V_REMOTE_USER, false },
-    { "https", V_HTTPS, false },
-    { "ssl_protocol", V_SSL_PROTOCOL, false },
-    { "ssl_cipher", V_SSL_CIPHER, false },
-    { "ssl_session_reused", V_SSL_SESSION_REUSED, false },
-    { "ssl_server_name", V_SSL_SERVER_NAME, false },
-    { "ssl_client_verify", V_SSL_CLIENT_VERIFY, false },
-    { "ssl_client_s_dn", V_SSL_CLIENT_S_DN, false },
-    { "ssl_client_fingerprint", V_SSL_CLIENT_FINGERPRINT, false },
-    { "ssl_alpn_protocol", V_SSL_ALPN_PROTOCOL, false },
+    {"host", V_HOST, false},
+    {"http_", V_HTTP_, true},
+    {"cookie_", V_COOKIE_, true},
+    {"arg_", V_ARG_, true},
+    {"sent_http_", V_SENT_HTTP_, true},
+    {"upstream_http_", V_UPSTREAM_HTTP_, true},
+    {"args", V_ARGS, false},
+    {"query_string", V_ARGS, false},
+    {"is_args", V_IS_ARGS, false},
+    {"uri", V_URI, false},
+    {"document_uri", V_URI, false},
+    {"request_uri", V_REQUEST_URI, false},
+    {"request_method", V_REQUEST_METHOD, false},
+    {"request", V_REQUEST, false},
+    {"scheme", V_SCHEME, false},
+    {"server_name", V_SERVER_NAME, false},
+    {"server_port", V_SERVER_PORT, false},
+    {"server_addr", V_SERVER_ADDR, false},
+    {"server_protocol", V_SERVER_PROTOCOL, false},
+    {"remote_addr", V_REMOTE_ADDR, false},
+    {"binary_remote_addr", V_REMOTE_ADDR, false},
+    {"remote_port", V_REMOTE_PORT, false},
+    {"proxy_add_x_forwarded_for", V_PROXY_ADD_XFF, false},
+    {"proxy_host", V_PROXY_HOST, false},
+    {"request_id", V_REQUEST_ID, false},
+    {"status", V_STATUS, false},
+    {"body_bytes_sent", V_BODY_BYTES_SENT, false},
+    {"bytes_sent", V_BYTES_SENT, false},
+    {"request_length", V_REQUEST_LENGTH, false},
+    {"request_time", V_REQUEST_TIME, false},
+    {"upstream_addr", V_UPSTREAM_ADDR, false},
+    {"upstream_status", V_UPSTREAM_STATUS, false},
+    {"upstream_connect_time", V_UPSTREAM_CONNECT_TIME, false},
+    {"upstream_header_time", V_UPSTREAM_HEADER_TIME, false},
+    {"upstream_response_time", V_UPSTREAM_RESPONSE_TIME, false},
+    {"time_local", V_TIME_LOCAL, false},
+    {"time_iso8601", V_TIME_ISO8601, false},
+    {"msec", V_MSEC, false},
+    {"connection", V_CONNECTION, false},
+    {"connection_requests", V_CONNECTION_REQUESTS, false},
+    {"pid", V_PID, false},
+    {"hostname", V_HOSTNAME, false},
+    {"content_length", V_CONTENT_LENGTH, false},
+    {"content_type", V_CONTENT_TYPE, false},
+    {"http2", V_HTTP2, false},
+    {"remote_user", V_REMOTE_USER, false},
+    {"https", V_HTTPS, false},
+    {"ssl_protocol", V_SSL_PROTOCOL, false},
+    {"ssl_cipher", V_SSL_CIPHER, false},
+    {"ssl_session_reused", V_SSL_SESSION_REUSED, false},
+    {"ssl_server_name", V_SSL_SERVER_NAME, false},
+    {"ssl_client_verify", V_SSL_CLIENT_VERIFY, false},
+    {"ssl_client_s_dn", V_SSL_CLIENT_S_DN, false},
+    {"ssl_client_fingerprint", V_SSL_CLIENT_FINGERPRINT, false},
+    {"ssl_alpn_protocol", V_SSL_ALPN_PROTOCOL, false},
 };
 
 static bool var_char(char c)
@@ -212,8 +212,8 @@ struct tmpl *tmpl_compile(struct arena *a, const char *src, const char *const *e
             return NULL;
         }
         if (i > lit_start)
-            t->parts[n++] = (struct tmpl_part){ false, slice_make(src + lit_start, i - lit_start),
-                                                0 };
+            t->parts[n++] =
+                (struct tmpl_part){false, slice_make(src + lit_start, i - lit_start), 0};
         struct slice arg;
         int id = lookup_var(src + name_start, name_len, &arg, extra_names);
         if (id < 0) {
@@ -229,13 +229,12 @@ struct tmpl *tmpl_compile(struct arena *a, const char *src, const char *const *e
                 lower[k] = lower[k] == '_' ? '-' : ascii_lower(lower[k]);
             arg = slice_make(lower, arg.len);
         }
-        t->parts[n++] = (struct tmpl_part){ true, arg, id };
+        t->parts[n++] = (struct tmpl_part){true, arg, id};
         i = end;
         lit_start = end;
     }
     if (len > lit_start || n == 0)
-        t->parts[n++] =
-            (struct tmpl_part){ false, slice_make(src + lit_start, len - lit_start), 0 };
+        t->parts[n++] = (struct tmpl_part){false, slice_make(src + lit_start, len - lit_start), 0};
     t->nparts = n;
     t->is_const = (n == 1 && !t->parts[0].is_var);
     return t;
@@ -375,7 +374,8 @@ static struct slice pair_value(struct slice list, struct slice name, char sep, b
     return SLICE_NULL;
 }
 
-static struct slice fmt(struct exchange *ex, const char *f, ...) __attribute__((format(printf, 2, 3)));
+static struct slice fmt(struct exchange *ex, const char *f, ...)
+    __attribute__((format(printf, 2, 3)));
 static struct slice fmt(struct exchange *ex, const char *f, ...)
 {
     char tmp[256];
@@ -463,7 +463,8 @@ static struct slice named_capture(const struct route_captures *c, struct slice n
 static struct slice basic_user(struct exchange *ex)
 {
     bool found;
-    struct slice a = fields_get(ex->req_fields, ex->nreq_fields, SLICE_LIT("authorization"), &found);
+    struct slice a =
+        fields_get(ex->req_fields, ex->nreq_fields, SLICE_LIT("authorization"), &found);
     if (!found || a.len < 7 || !slice_eq_ci(slice_make(a.p, 6), SLICE_LIT("basic ")))
         return SLICE_NULL;
     struct slice b64 = slice_trim_ows(slice_make(a.p + 6, a.len - 6));
@@ -562,8 +563,8 @@ struct slice var_value(struct exchange *ex, int var, struct slice arg)
     case V_PROXY_ADD_XFF: {
         char ip[64];
         size_t ipl = net_addr_ip(ex->peer, ip, sizeof(ip));
-        struct slice xff = field_joined(ex, ex->req_fields, ex->nreq_fields,
-                                        SLICE_LIT("x-forwarded-for"));
+        struct slice xff =
+            field_joined(ex, ex->req_fields, ex->nreq_fields, SLICE_LIT("x-forwarded-for"));
         if (!xff.len)
             return arena_slice_dup(&ex->arena, slice_make(ip, ipl));
         /* never truncated: the address we append is the one hop we vouch for */

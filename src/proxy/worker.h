@@ -20,9 +20,9 @@ struct listener {
     struct io io;
     struct net_addr addr;
     struct worker *w;
-    struct posted more;        /* continue a long accept batch next round */
-    bool keep;                 /* still wanted after a reload */
-    bool wildcard;             /* bound to 0.0.0.0 or [::]: ask each socket its address */
+    struct posted more; /* continue a long accept batch next round */
+    bool keep;          /* still wanted after a reload */
+    bool wildcard;      /* bound to 0.0.0.0 or [::]: ask each socket its address */
 };
 
 #define WORKER_MAX_LISTENERS 64
@@ -34,11 +34,11 @@ struct worker {
     struct ups_pool *pool;
     struct listener *listeners[WORKER_MAX_LISTENERS];
     size_t nlisteners;
-    struct snapshot *snap;     /* this worker's reference to the current snapshot */
+    struct snapshot *snap; /* this worker's reference to the current snapshot */
     uint64_t seen_generation;
     struct h1_session *sessions; /* every open client connection */
     size_t nsessions;
-    size_t nactive;            /* sessions with an exchange in flight */
+    size_t nactive; /* sessions with an exchange in flight */
     uint64_t next_conn_number;
     uint64_t next_exchange_id;
     bool stopping;
@@ -47,7 +47,7 @@ struct worker {
     struct posted stop_post;
     struct timer flush_timer;
     _Atomic bool started;
-    _Atomic int start_error;   /* errno of a failed start */
+    _Atomic int start_error; /* errno of a failed start */
 };
 
 /* The snapshot every new request uses; swapped by the main thread. */

@@ -29,7 +29,7 @@ uint32_t ups_hash32(const void *p, size_t len)
 
 static uint32_t rehash(uint32_t h, uint32_t n)
 {
-    uint32_t v[2] = { h, n };
+    uint32_t v[2] = {h, n};
     return ups_hash32(v, sizeof(v));
 }
 
@@ -39,8 +39,8 @@ static uint64_t rand64(void)
     if (!state) {
         struct timespec ts;
         clock_gettime(CLOCK_MONOTONIC, &ts);
-        state = ((uint64_t)(uintptr_t)&state * 0x9e3779b97f4a7c15ull) ^
-                (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 32) ^ 1;
+        state = ((uint64_t)(uintptr_t)&state * 0x9e3779b97f4a7c15ull) ^ (uint64_t)ts.tv_nsec ^
+                ((uint64_t)ts.tv_sec << 32) ^ 1;
     }
     state ^= state >> 12;
     state ^= state << 25;
@@ -147,8 +147,8 @@ static struct ups_server *least_pick(struct ups_group *g, const struct ups_pick_
         double active = atomic_load_explicit(&s->active, memory_order_relaxed);
         double score;
         if (timed) {
-            _Atomic uint32_t *e = g->least_time == UPS_TIME_HEADER ? &s->ewma_header_x16
-                                                                   : &s->ewma_last_byte_x16;
+            _Atomic uint32_t *e =
+                g->least_time == UPS_TIME_HEADER ? &s->ewma_header_x16 : &s->ewma_last_byte_x16;
             double t = atomic_load_explicit(e, memory_order_relaxed);
             score = (t + 16) * (active + 1) / ups_server_weight(s, cx->now_ms);
         } else {
@@ -205,8 +205,7 @@ static struct ups_server *hash_key_pick(struct ups_group *g, const struct ups_pi
     return rr_tier(g, cx, false, false);
 }
 
-static struct ups_server *hash_pick(struct ups_group *g, const struct ups_pick_ctx *cx,
-                                    bool backup)
+static struct ups_server *hash_pick(struct ups_group *g, const struct ups_pick_ctx *cx, bool backup)
 {
     if (backup)
         return rr_tier(g, cx, true, false);
@@ -347,14 +346,14 @@ static struct ups_server *random_two_pick(struct ups_group *g, const struct ups_
     return lb * a->weight < la * b->weight ? b : a;
 }
 
-const struct ups_balancer ups_round_robin = { "round_robin", rr_pick };
-const struct ups_balancer ups_least_conn = { "least_conn", lc_pick };
-const struct ups_balancer ups_least_time = { "least_time", lt_pick };
-const struct ups_balancer ups_ip_hash = { "ip_hash", ip_hash_pick };
-const struct ups_balancer ups_hash = { "hash", hash_pick };
-const struct ups_balancer ups_hash_consistent = { "hash_consistent", chash_pick };
-const struct ups_balancer ups_random = { "random", random_pick };
-const struct ups_balancer ups_random_two = { "random_two", random_two_pick };
+const struct ups_balancer ups_round_robin = {"round_robin", rr_pick};
+const struct ups_balancer ups_least_conn = {"least_conn", lc_pick};
+const struct ups_balancer ups_least_time = {"least_time", lt_pick};
+const struct ups_balancer ups_ip_hash = {"ip_hash", ip_hash_pick};
+const struct ups_balancer ups_hash = {"hash", hash_pick};
+const struct ups_balancer ups_hash_consistent = {"hash_consistent", chash_pick};
+const struct ups_balancer ups_random = {"random", random_pick};
+const struct ups_balancer ups_random_two = {"random_two", random_two_pick};
 
 /* ---- selection ---- */
 
@@ -372,7 +371,7 @@ struct ups_server *ups_select(struct ups_group *g, const struct ups_pick_ctx *cx
 
 struct ups_server *ups_pick(struct ups_group *g, uint64_t tried, uint64_t now_ms)
 {
-    struct ups_pick_ctx cx = { .tried = tried, .now_ms = now_ms };
+    struct ups_pick_ctx cx = {.tried = tried, .now_ms = now_ms};
     return ups_select(g, &cx);
 }
 

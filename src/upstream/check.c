@@ -488,8 +488,8 @@ static void probe_start(struct timer *t)
     const struct ups_server *srv = &c->group->servers[p->idx];
     if (srv->resolve) {
         /* re-resolved since the probe set was built: follow it */
-        in_port_t port = p->addr.sa.ss_family == AF_INET6 ? p->addr.in6.sin6_port
-                                                          : p->addr.in4.sin_port;
+        in_port_t port =
+            p->addr.sa.ss_family == AF_INET6 ? p->addr.in6.sin6_port : p->addr.in4.sin_port;
         p->addr = *ups_server_addr(srv);
         if (p->addr.sa.ss_family == AF_INET6)
             p->addr.in6.sin6_port = port;

@@ -88,8 +88,9 @@ void ups_outlier_report(struct ups_group *g, struct ups_server *s, bool failed, 
     }
     atomic_store_explicit(&g->od_lock, 0, memory_order_release);
     if (eject)
-        LOG(LOG_WARN, "upstream server %s ejected for %llums after %d consecutive failures "
-                      "(ejection %d)",
+        LOG(LOG_WARN,
+            "upstream server %s ejected for %llums after %d consecutive failures "
+            "(ejection %d)",
             s->addr_text, (unsigned long long)ms, c, k);
 }
 

@@ -56,7 +56,7 @@ static int split_name(const char *name, char *host, size_t cap, int *port)
 
 static int lookup_system(const char *host, struct net_addr *out)
 {
-    struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM };
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
     struct addrinfo *res = NULL;
     if (getaddrinfo(host, NULL, &hints, &res) != 0 || !res)
         return -1;
@@ -92,8 +92,8 @@ static int lookup_dns(const struct net_addr *server, const char *host, struct ne
     size_t o = 12;
     memset(q, 0, 12);
     q[0] = (unsigned char)(id >> 8), q[1] = (unsigned char)id;
-    q[2] = 0x01;  /* recursion desired */
-    q[5] = 1;     /* one question */
+    q[2] = 0x01; /* recursion desired */
+    q[5] = 1;    /* one question */
     for (const char *l = host; *l;) {
         const char *dot = strchr(l, '.');
         size_t n = dot ? (size_t)(dot - l) : strlen(l);
@@ -112,7 +112,7 @@ static int lookup_dns(const struct net_addr *server, const char *host, struct ne
         return -1;
     int len = -1;
     if (sendto(fd, q, o, 0, (const struct sockaddr *)&server->sa, server->len) == (ssize_t)o) {
-        struct pollfd pfd = { .fd = fd, .events = POLLIN };
+        struct pollfd pfd = {.fd = fd, .events = POLLIN};
         if (poll(&pfd, 1, 1000) == 1)
             len = (int)recv(fd, m, sizeof(m), 0);
     }
@@ -177,8 +177,8 @@ static struct {
     bool running, stop;
     struct ups_group **groups;
     size_t ngroups;
-    uint64_t *due;               /* per group: next pass, ms (CLOCK_MONOTONIC) */
-} R = { .lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER };
+    uint64_t *due; /* per group: next pass, ms (CLOCK_MONOTONIC) */
+} R = {.lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER};
 
 static uint64_t mono_ms(void)
 {

@@ -93,7 +93,6 @@ static int set_keepalive(struct cf_ctx *cx, const struct cf_node *n, const struc
     return 0;
 }
 
-
 static int set_method(struct cf_ctx *cx, const struct cf_node *n, struct ups_group *g,
                       const struct ups_balancer *b)
 {
@@ -103,8 +102,8 @@ static int set_method(struct cf_ctx *cx, const struct cf_node *n, struct ups_gro
     return 0;
 }
 
-static int set_least_conn(struct cf_ctx *cx, const struct cf_node *n,
-                          const struct cf_directive *d, void *conf)
+static int set_least_conn(struct cf_ctx *cx, const struct cf_node *n, const struct cf_directive *d,
+                          void *conf)
 {
     (void)d;
     return set_method(cx, n, conf, &ups_least_conn);
@@ -149,8 +148,8 @@ static int set_random(struct cf_ctx *cx, const struct cf_node *n, const struct c
     return set_method(cx, n, conf, b);
 }
 
-static int set_least_time(struct cf_ctx *cx, const struct cf_node *n,
-                          const struct cf_directive *d, void *conf)
+static int set_least_time(struct cf_ctx *cx, const struct cf_node *n, const struct cf_directive *d,
+                          void *conf)
 {
     (void)d;
     struct ups_group *g = conf;
@@ -177,7 +176,8 @@ static int set_sticky(struct cf_ctx *cx, const struct cf_node *n, const struct c
     char attrs[512];
     size_t o = 0;
     attrs[0] = '\0';
-#define ADD(...) o += (size_t)snprintf(attrs + o, o < sizeof(attrs) ? sizeof(attrs) - o : 0, __VA_ARGS__)
+#define ADD(...)                                                                                   \
+    o += (size_t)snprintf(attrs + o, o < sizeof(attrs) ? sizeof(attrs) - o : 0, __VA_ARGS__)
     for (size_t i = 2; i < n->nargs; i++) {
         const char *a = n->args[i];
         uint32_t ms;
@@ -233,8 +233,8 @@ static int set_outlier(struct cf_ctx *cx, const struct cf_node *n, const struct 
             g->od_interval_ms = ms;
         } else if (strncmp(a, "max_ejection=", 13) == 0 && cf_parse_msec(a + 13, &ms) == 0) {
             g->od_max_ejection_ms = ms;
-        } else if (strncmp(a, "max_ejected_percent=", 20) == 0 &&
-                   cf_parse_int(a + 20, &v) == 0 && v <= 100) {
+        } else if (strncmp(a, "max_ejected_percent=", 20) == 0 && cf_parse_int(a + 20, &v) == 0 &&
+                   v <= 100) {
             g->od_max_ejected_percent = v;
         } else {
             return cf_error(cx, n, "invalid parameter \"%s\"", a);
@@ -319,62 +319,60 @@ static int set_retry_budget(struct cf_ctx *cx, const struct cf_node *n,
 }
 
 static const struct cf_directive ups_directives[] = {
-    { "server", CF_UPSTREAM, 1, CF_ARGS_ANY, false, set_server, UPS_CONF_GROUP, 0,
-      "address [weight=number] [max_fails=number] [fail_timeout=time] [max_conns=number] "
-      "[slow_start=time] [backup] [down] [resolve]",
-      "-",
-      "a server of the group; max_conns caps its connections in use (all workers), slow_start "
-      "ramps its weight up linearly after it recovers from failed or ejected; a name is "
-      "resolved at load, and again in the background every resolver valid time with "
-      "resolve" },
-    { "least_conn", CF_UPSTREAM, 0, 0, false, set_least_conn, UPS_CONF_GROUP, 0, "", "-",
-      "balance to the server with the fewest active connections per weight" },
-    { "ip_hash", CF_UPSTREAM, 0, 0, false, set_ip_hash, UPS_CONF_GROUP, 0, "", "-",
-      "balance by client address (first three octets of IPv4, whole IPv6)" },
-    { "hash", CF_UPSTREAM, 1, 2, false, set_hash, UPS_CONF_GROUP, 0, "key [consistent]", "-",
-      "balance by a key with variables; consistent: ketama ring, 160 points per weight" },
-    { "random", CF_UPSTREAM, 0, 2, false, set_random, UPS_CONF_GROUP, 0, "[two [least_conn]]",
-      "-", "balance at random by weight; two: of two random servers, the less loaded" },
-    { "least_time", CF_UPSTREAM, 1, 1, false, set_least_time, UPS_CONF_GROUP, 0,
-      "header | last_byte", "-",
-      "balance by moving average of response header (or whole response) time times active "
-      "connections, per weight" },
-    { "sticky", CF_UPSTREAM, 2, CF_ARGS_ANY, false, set_sticky, UPS_CONF_GROUP, 0,
-      "cookie name [expires=time|max] [domain=domain] [path=path] [httponly] [secure] "
-      "[samesite=strict|lax|none]",
-      "-",
-      "keep a client on one server with a cookie naming it; the proxy sets it when missing or "
-      "when its server is unusable" },
-    { "outlier_detection", CF_UPSTREAM, 1, 4, false, set_outlier, UPS_CONF_GROUP, 0,
-      "consecutive=number [interval=time] [max_ejection=time] [max_ejected_percent=number]",
-      "-",
-      "eject a server after that many connect failures, timeouts or 5xx in a row, for interval "
-      "(10s) times its ejection count, at most max_ejection (300s); never more than "
-      "max_ejected_percent (50) of the group, but at least one server" },
-    { "retry_budget", CF_UPSTREAM, 1, 2, false, set_retry_budget, UPS_CONF_GROUP, 0,
-      "percent [interval=time]", "-",
-      "retries allowed while retries stay under this percentage of requests over a sliding "
-      "window (10s); at least one retry per window" },
-    { "queue", CF_UPSTREAM, 1, 2, false, set_queue, UPS_CONF_GROUP, 0, "number [timeout=time]",
-      "-",
-      "when every server is at max_conns, up to number requests per worker wait in a FIFO for "
-      "a connection to be released, at most timeout (60s); past either: 502" },
-    { "resolver", CF_UPSTREAM, 1, 2, false, set_resolver, UPS_CONF_GROUP, 0,
-      "address [valid=time]", "-",
-      "DNS server (UDP, A records) queried for the group's resolve servers every valid (30s); "
-      "without it they are looked up with the system resolver, off the workers" },
-    { "keepalive", CF_UPSTREAM, 1, 1, false, set_keepalive, UPS_CONF_GROUP, 0, "connections",
-      "-", "idle keep-alive connections to the servers kept by each worker" },
-    { "keepalive_timeout", CF_UPSTREAM, 1, 1, false, cf_set_msec, UPS_CONF_GROUP,
-      offsetof(struct ups_group, keepalive_timeout_ms), "time", "60s",
-      "how long an idle upstream connection is kept" },
-    { "keepalive_requests", CF_UPSTREAM, 1, 1, false, cf_set_int, UPS_CONF_GROUP,
-      offsetof(struct ups_group, keepalive_requests), "number", "1000",
-      "requests served over one upstream connection before it is closed" },
-    { NULL, 0, 0, 0, false, NULL, 0, 0, NULL, NULL, NULL },
+    {"server", CF_UPSTREAM, 1, CF_ARGS_ANY, false, set_server, UPS_CONF_GROUP, 0,
+     "address [weight=number] [max_fails=number] [fail_timeout=time] [max_conns=number] "
+     "[slow_start=time] [backup] [down] [resolve]",
+     "-",
+     "a server of the group; max_conns caps its connections in use (all workers), slow_start "
+     "ramps its weight up linearly after it recovers from failed or ejected; a name is "
+     "resolved at load, and again in the background every resolver valid time with "
+     "resolve"},
+    {"least_conn", CF_UPSTREAM, 0, 0, false, set_least_conn, UPS_CONF_GROUP, 0, "", "-",
+     "balance to the server with the fewest active connections per weight"},
+    {"ip_hash", CF_UPSTREAM, 0, 0, false, set_ip_hash, UPS_CONF_GROUP, 0, "", "-",
+     "balance by client address (first three octets of IPv4, whole IPv6)"},
+    {"hash", CF_UPSTREAM, 1, 2, false, set_hash, UPS_CONF_GROUP, 0, "key [consistent]", "-",
+     "balance by a key with variables; consistent: ketama ring, 160 points per weight"},
+    {"random", CF_UPSTREAM, 0, 2, false, set_random, UPS_CONF_GROUP, 0, "[two [least_conn]]", "-",
+     "balance at random by weight; two: of two random servers, the less loaded"},
+    {"least_time", CF_UPSTREAM, 1, 1, false, set_least_time, UPS_CONF_GROUP, 0,
+     "header | last_byte", "-",
+     "balance by moving average of response header (or whole response) time times active "
+     "connections, per weight"},
+    {"sticky", CF_UPSTREAM, 2, CF_ARGS_ANY, false, set_sticky, UPS_CONF_GROUP, 0,
+     "cookie name [expires=time|max] [domain=domain] [path=path] [httponly] [secure] "
+     "[samesite=strict|lax|none]",
+     "-",
+     "keep a client on one server with a cookie naming it; the proxy sets it when missing or "
+     "when its server is unusable"},
+    {"outlier_detection", CF_UPSTREAM, 1, 4, false, set_outlier, UPS_CONF_GROUP, 0,
+     "consecutive=number [interval=time] [max_ejection=time] [max_ejected_percent=number]", "-",
+     "eject a server after that many connect failures, timeouts or 5xx in a row, for interval "
+     "(10s) times its ejection count, at most max_ejection (300s); never more than "
+     "max_ejected_percent (50) of the group, but at least one server"},
+    {"retry_budget", CF_UPSTREAM, 1, 2, false, set_retry_budget, UPS_CONF_GROUP, 0,
+     "percent [interval=time]", "-",
+     "retries allowed while retries stay under this percentage of requests over a sliding "
+     "window (10s); at least one retry per window"},
+    {"queue", CF_UPSTREAM, 1, 2, false, set_queue, UPS_CONF_GROUP, 0, "number [timeout=time]", "-",
+     "when every server is at max_conns, up to number requests per worker wait in a FIFO for "
+     "a connection to be released, at most timeout (60s); past either: 502"},
+    {"resolver", CF_UPSTREAM, 1, 2, false, set_resolver, UPS_CONF_GROUP, 0, "address [valid=time]",
+     "-",
+     "DNS server (UDP, A records) queried for the group's resolve servers every valid (30s); "
+     "without it they are looked up with the system resolver, off the workers"},
+    {"keepalive", CF_UPSTREAM, 1, 1, false, set_keepalive, UPS_CONF_GROUP, 0, "connections", "-",
+     "idle keep-alive connections to the servers kept by each worker"},
+    {"keepalive_timeout", CF_UPSTREAM, 1, 1, false, cf_set_msec, UPS_CONF_GROUP,
+     offsetof(struct ups_group, keepalive_timeout_ms), "time", "60s",
+     "how long an idle upstream connection is kept"},
+    {"keepalive_requests", CF_UPSTREAM, 1, 1, false, cf_set_int, UPS_CONF_GROUP,
+     offsetof(struct ups_group, keepalive_requests), "number", "1000",
+     "requests served over one upstream connection before it is closed"},
+    {NULL, 0, 0, 0, false, NULL, 0, 0, NULL, NULL, NULL},
 };
 
-const struct cf_module ups_cf_module = { "upstream", ups_directives };
+const struct cf_module ups_cf_module = {"upstream", ups_directives};
 
 static void group_defaults(struct ups_group *g)
 {
@@ -461,7 +459,7 @@ struct ups_pool {
     /* idle connections per group, by group id modulo the slots: a shared
      * slot only makes two groups share their keepalive budget */
     uint32_t group_idle[POOL_GROUP_SLOTS];
-    struct ups_waiter waiters;   /* sentinel of the queue (`queue N`), oldest first */
+    struct ups_waiter waiters; /* sentinel of the queue (`queue N`), oldest first */
     size_t nwaiting;
 };
 
@@ -549,8 +547,7 @@ static void idle_expire(struct timer *t)
     ups_conn_close(c);
 }
 
-struct ups_conn *ups_conn_open(struct ups_pool *p, const struct ups_group *g,
-                               struct ups_server *s)
+struct ups_conn *ups_conn_open(struct ups_pool *p, const struct ups_group *g, struct ups_server *s)
 {
     struct ups_conn *c = calloc(1, sizeof(*c));
     if (!c)
@@ -596,8 +593,7 @@ static bool conn_alive(struct ups_conn *c)
     return false;
 }
 
-struct ups_conn *ups_pool_get(struct ups_pool *p, const struct ups_group *g,
-                              struct ups_server *s)
+struct ups_conn *ups_pool_get(struct ups_pool *p, const struct ups_group *g, struct ups_server *s)
 {
     for (struct ups_conn *c = p->head.next; c != &p->head; c = c->next) {
         if (c->group_key == g && net_addr_equal(&c->addr, ups_server_addr(s))) {

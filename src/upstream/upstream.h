@@ -16,14 +16,14 @@
 /* Active health check state of one server (upstream/check.c). Written by the
  * checker thread only, read by every worker and the status API. */
 struct ups_hc {
-    _Atomic int down;            /* checks now failing it (mandatory: until its first pass) */
-    _Atomic bool checking;       /* mandatory and not checked yet */
-    _Atomic uint32_t checks;     /* checks made */
-    _Atomic uint32_t fails;      /* checks failed */
-    _Atomic uint32_t unhealthy;  /* times it turned unhealthy */
-    _Atomic int last_status;     /* HTTP status of the last check; 0: none (TCP, or no answer) */
+    _Atomic int down;           /* checks now failing it (mandatory: until its first pass) */
+    _Atomic bool checking;      /* mandatory and not checked yet */
+    _Atomic uint32_t checks;    /* checks made */
+    _Atomic uint32_t fails;     /* checks failed */
+    _Atomic uint32_t unhealthy; /* times it turned unhealthy */
+    _Atomic int last_status;    /* HTTP status of the last check; 0: none (TCP, or no answer) */
     _Atomic bool last_ok;
-    _Atomic uint64_t last_ms;    /* wall clock of the last check, ms since the epoch; 0 never */
+    _Atomic uint64_t last_ms; /* wall clock of the last check, ms since the epoch; 0 never */
 };
 
 /* An address found by re-resolving a `resolve` server (upstream/resolve.c).
@@ -32,50 +32,50 @@ struct ups_hc {
 struct ups_addr {
     struct net_addr addr;
     char text[64];
-    struct ups_addr *older;  /* the ones it replaced, freed with the group */
+    struct ups_addr *older; /* the ones it replaced, freed with the group */
 };
 
 struct ups_server {
-    char *name;              /* as written: "127.0.0.1:8081" */
-    struct net_addr addr;    /* at load; a `resolve` server: see ups_server_addr() */
-    char addr_text[64];      /* for $upstream_addr and logs */
-    char sticky_id[17];      /* stable id for `sticky cookie`: hash of addr_text, hex */
+    char *name;           /* as written: "127.0.0.1:8081" */
+    struct net_addr addr; /* at load; a `resolve` server: see ups_server_addr() */
+    char addr_text[64];   /* for $upstream_addr and logs */
+    char sticky_id[17];   /* stable id for `sticky cookie`: hash of addr_text, hex */
     int weight;
-    int max_fails;           /* 0 = never marked failed */
+    int max_fails; /* 0 = never marked failed */
     uint32_t fail_timeout_ms;
-    int max_conns;           /* 0 = no limit */
-    uint32_t slow_start_ms;  /* 0 = full weight at once after recovery */
+    int max_conns;          /* 0 = no limit */
+    uint32_t slow_start_ms; /* 0 = full weight at once after recovery */
     bool backup;
     bool down;
-    bool resolve;            /* re-resolve the name in the background */
+    bool resolve;                        /* re-resolve the name in the background */
     _Atomic(struct ups_addr *) resolved; /* resolve: the newest address; NULL: addr */
     /* shared by every worker */
-    _Atomic int fails;               /* failures in the current window */
-    _Atomic uint64_t failed_until_ms;/* unavailable until this time (0 = available) */
+    _Atomic int fails;                /* failures in the current window */
+    _Atomic uint64_t failed_until_ms; /* unavailable until this time (0 = available) */
     _Atomic uint64_t window_start_ms;
-    _Atomic int active;              /* connections in use (all workers) */
-    _Atomic uint64_t ramp_start_ms;  /* slow start: when it became usable again */
-    _Atomic int consecutive;         /* outlier detection: failures in a row */
-    _Atomic int ejections;           /* times ejected (the ejection grows with it) */
+    _Atomic int active;             /* connections in use (all workers) */
+    _Atomic uint64_t ramp_start_ms; /* slow start: when it became usable again */
+    _Atomic int consecutive;        /* outlier detection: failures in a row */
+    _Atomic int ejections;          /* times ejected (the ejection grows with it) */
     _Atomic uint64_t ejected_until_ms;
-    _Atomic uint32_t ewma_header_x16;   /* least_time: EWMA of header time, ms * 16 */
-    _Atomic uint32_t ewma_last_byte_x16;/* least_time: EWMA of whole response time */
-    _Atomic uint64_t requests;       /* tries sent to it (all workers) */
-    struct ups_hc hc;                /* active health checks: down while hc.down > 0 */
+    _Atomic uint32_t ewma_header_x16;    /* least_time: EWMA of header time, ms * 16 */
+    _Atomic uint32_t ewma_last_byte_x16; /* least_time: EWMA of whole response time */
+    _Atomic uint64_t requests;           /* tries sent to it (all workers) */
+    struct ups_hc hc;                    /* active health checks: down while hc.down > 0 */
 };
 
 /* The address to connect to now, and its text: safe from any thread while
  * the resolver publishes new ones. */
 static inline const struct net_addr *ups_server_addr(const struct ups_server *s)
 {
-    struct ups_addr *a = atomic_load_explicit((_Atomic(struct ups_addr *) *)&s->resolved,
-                                              memory_order_acquire);
+    struct ups_addr *a =
+        atomic_load_explicit((_Atomic(struct ups_addr *) *)&s->resolved, memory_order_acquire);
     return a ? &a->addr : &s->addr;
 }
 static inline const char *ups_server_addr_text(const struct ups_server *s)
 {
-    struct ups_addr *a = atomic_load_explicit((_Atomic(struct ups_addr *) *)&s->resolved,
-                                              memory_order_acquire);
+    struct ups_addr *a =
+        atomic_load_explicit((_Atomic(struct ups_addr *) *)&s->resolved, memory_order_acquire);
     return a ? a->text : s->addr_text;
 }
 
@@ -83,10 +83,10 @@ struct ups_group;
 
 /* What a pick may depend on besides the group's own state. */
 struct ups_pick_ctx {
-    uint64_t tried;                  /* a bit per server index: not these */
+    uint64_t tried; /* a bit per server index: not these */
     uint64_t now_ms;
-    const struct net_addr *client;   /* ip_hash; NULL hashes as empty */
-    struct slice key;                /* hash: the evaluated key */
+    const struct net_addr *client; /* ip_hash; NULL hashes as empty */
+    struct slice key;              /* hash: the evaluated key */
 };
 
 /* One balancer: how a group picks its next server. Every algorithm has the
@@ -110,12 +110,16 @@ struct ups_ring_point {
 
 enum ups_time_kind { UPS_TIME_HEADER, UPS_TIME_LAST_BYTE };
 
-enum ups_samesite { UPS_SAMESITE_NONE_SET, UPS_SAMESITE_STRICT, UPS_SAMESITE_LAX,
-                    UPS_SAMESITE_NONE };
+enum ups_samesite {
+    UPS_SAMESITE_NONE_SET,
+    UPS_SAMESITE_STRICT,
+    UPS_SAMESITE_LAX,
+    UPS_SAMESITE_NONE
+};
 
 struct ups_sticky {
-    char *cookie;                /* NULL: no sticky sessions */
-    char *attrs;                 /* "; Max-Age=...; Path=/..." appended to the value */
+    char *cookie; /* NULL: no sticky sessions */
+    char *attrs;  /* "; Max-Age=...; Path=/..." appended to the value */
 };
 
 struct ups_group {
@@ -124,23 +128,23 @@ struct ups_group {
     size_t nservers;
     const struct ups_balancer *balancer;
     /* keep-alive pool settings */
-    int keepalive;               /* idle connections kept per worker; 0 = none */
+    int keepalive; /* idle connections kept per worker; 0 = none */
     uint32_t keepalive_timeout_ms;
     int keepalive_requests;
     const char *file;
     int line;
-    bool implicit;               /* made for a proxy_pass host:port */
+    bool implicit; /* made for a proxy_pass host:port */
     /* round-robin state (smooth weighted), shared: guarded by a spin flag */
     _Atomic int rr_lock;
     int *rr_current;
-    size_t id;                   /* index among groups: per-worker pools use it */
+    size_t id; /* index among groups: per-worker pools use it */
     /* hash KEY [consistent]: the proxy compiles hash_key into hash_tmpl */
     char *hash_key;
     void *hash_tmpl;
     struct ups_ring_point *ring;
     size_t nring;
     enum ups_time_kind least_time;
-    _Atomic uint32_t lc_start;   /* least_conn/least_time: rotating start for ties */
+    _Atomic uint32_t lc_start; /* least_conn/least_time: rotating start for ties */
     struct ups_sticky sticky;
     /* outlier_detection (consecutive = 0: off) */
     int od_consecutive;
@@ -153,7 +157,7 @@ struct ups_group {
     uint32_t rb_interval_ms;
     _Atomic uint64_t rb_window_start_ms;
     _Atomic uint32_t rb_requests[2], rb_retries[2]; /* [0] current window, [1] previous */
-    struct ups_check *checks;    /* active health checks (upstream/check.h), a list */
+    struct ups_check *checks; /* active health checks (upstream/check.h), a list */
     /* queue N [timeout=T]: requests waiting per worker when every server is at
      * max_conns (queue_max = 0: no queue, 502 at once) */
     int queue_max;
@@ -253,14 +257,14 @@ void ups_group_release(struct ups_group *g);
 struct ups_conn {
     struct io io;
     struct net_addr addr;
-    const void *group_key;       /* the group it was opened for */
+    const void *group_key; /* the group it was opened for */
     size_t group_id;
-    int requests;                /* requests made on it so far */
-    struct ups_conn *next, *prev;/* pool list */
+    int requests;                 /* requests made on it so far */
+    struct ups_conn *next, *prev; /* pool list */
     struct timer idle_timer;
     struct posted release;
     struct ups_pool *pool;
-    struct ups_server *srv;      /* while in use: counted in srv->active */
+    struct ups_server *srv; /* while in use: counted in srv->active */
     /* A TLS session over io.fd (upstream TLS), owned by the connection and
      * reused with it: the pool only frees it, with tls_free, on close;
      * tls_key tells which client context made it. */
@@ -278,11 +282,9 @@ void ups_pool_free(struct ups_pool *p);
 /* Open a new connection to `s` (connect in progress). NULL with errno. A
  * connection in use (opened, or taken from the pool) counts in s->active
  * (least_conn, max_conns) until it is put back or closed. */
-struct ups_conn *ups_conn_open(struct ups_pool *p, const struct ups_group *g,
-                               struct ups_server *s);
+struct ups_conn *ups_conn_open(struct ups_pool *p, const struct ups_group *g, struct ups_server *s);
 /* Take an idle connection to `s` for group `g`, or NULL. */
-struct ups_conn *ups_pool_get(struct ups_pool *p, const struct ups_group *g,
-                              struct ups_server *s);
+struct ups_conn *ups_pool_get(struct ups_pool *p, const struct ups_group *g, struct ups_server *s);
 /* Park a connection whose last response was read whole. Closes it instead if
  * the group keeps none, it served keepalive_requests, or the pool is full
  * (then the oldest idle one goes). */
@@ -304,7 +306,7 @@ typedef void ups_waiter_fn(struct ups_waiter *w, bool expired);
 struct ups_waiter {
     struct ups_waiter *next, *prev; /* in the pool's FIFO while queued */
     const struct ups_group *group;
-    uint64_t deadline_ms;        /* 0: not waiting yet (the next wait is a new one) */
+    uint64_t deadline_ms; /* 0: not waiting yet (the next wait is a new one) */
     struct timer timer;
     struct posted wake;
     struct ups_pool *pool;

@@ -73,7 +73,10 @@ static struct ups_group *group_named(struct snapshot *s, const char *name)
     return NULL;
 }
 
-#define FIELD(n, v) { SLICE_LIT(n), SLICE_LIT(v) }
+#define FIELD(n, v)                                                                                \
+    {                                                                                              \
+        SLICE_LIT(n), SLICE_LIT(v)                                                                 \
+    }
 
 /* ---- match ---- */
 
@@ -116,7 +119,7 @@ Test(check_match, all_conditions)
     const struct check_match *m = find_match(s, "ok");
     cr_assert_eq(m->nconds, 6);
     cr_assert(m->needs_body);
-    struct http_field f[] = { FIELD("content-type", "application/json"), FIELD("X-Ok", "1") };
+    struct http_field f[] = {FIELD("content-type", "application/json"), FIELD("X-Ok", "1")};
     struct slice body = SLICE_LIT("{\"ok\": true}");
     cr_assert(check_match_eval(m, 200, f, 2, body));
     cr_assert_not(check_match_eval(m, 500, f, 2, body), "status range");
@@ -124,12 +127,12 @@ Test(check_match, all_conditions)
     cr_assert_not(check_match_eval(m, 200, f, 2, SLICE_LIT("{\"ok\": false}")), "body");
     cr_assert_not(check_match_eval(m, 200, f, 2, SLICE_NULL), "empty body");
     cr_assert_not(check_match_eval(m, 200, f, 1, body), "X-Ok missing");
-    struct http_field g[] = { FIELD("Content-Type", "text/html"), FIELD("X-Ok", "1") };
+    struct http_field g[] = {FIELD("Content-Type", "text/html"), FIELD("X-Ok", "1")};
     cr_assert_not(check_match_eval(m, 200, g, 2, body), "content type regex");
-    struct http_field h[] = { FIELD("Content-Type", "json"), FIELD("X-Ok", "10") };
+    struct http_field h[] = {FIELD("Content-Type", "json"), FIELD("X-Ok", "10")};
     cr_assert_not(check_match_eval(m, 200, h, 2, body), "= is exact");
-    struct http_field b[] = { FIELD("Content-Type", "json"), FIELD("X-Ok", "1"),
-                              FIELD("X-Broken", "") };
+    struct http_field b[] = {FIELD("Content-Type", "json"), FIELD("X-Ok", "1"),
+                             FIELD("X-Broken", "")};
     cr_assert_not(check_match_eval(m, 200, b, 3, body), "header ! X-Broken");
     snapshot_unref(s);
 }
@@ -141,14 +144,14 @@ Test(check_match, empty_and_negations)
     cr_assert_eq(any->nconds, 0);
     cr_assert(check_match_eval(any, 500, NULL, 0, SLICE_NULL), "no condition: any response");
     const struct check_match *nd = find_match(s, "not_down");
-    struct http_field up[] = { FIELD("X-State", "up") };
-    struct http_field down[] = { FIELD("X-State", "down") };
+    struct http_field up[] = {FIELD("X-State", "up")};
+    struct http_field down[] = {FIELD("X-State", "down")};
     cr_assert(check_match_eval(nd, 200, up, 1, SLICE_LIT("hello")));
     cr_assert_not(check_match_eval(nd, 200, down, 1, SLICE_LIT("hello")));
     cr_assert_not(check_match_eval(nd, 200, NULL, 0, SLICE_LIT("hello")), "!= needs the header");
     cr_assert_not(check_match_eval(nd, 200, up, 1, SLICE_LIT("in maintenance")));
     const struct check_match *has = find_match(s, "has");
-    struct http_field id[] = { FIELD("x-id", "7") };
+    struct http_field id[] = {FIELD("x-id", "7")};
     cr_assert(check_match_eval(has, 200, id, 1, SLICE_NULL));
     cr_assert_not(check_match_eval(has, 200, up, 1, SLICE_NULL));
     snapshot_unref(s);
@@ -157,12 +160,12 @@ Test(check_match, empty_and_negations)
 Test(check_match, status_parsing)
 {
     struct check_cond c;
-    char *ok1[] = { "200" };
-    char *ok2[] = { "!", "500", "502-504" };
-    char *bad1[] = { "!" };
-    char *bad2[] = { "2xx" };
-    char *bad3[] = { "500-400" };
-    char *bad4[] = { "99" };
+    char *ok1[] = {"200"};
+    char *ok2[] = {"!", "500", "502-504"};
+    char *bad1[] = {"!"};
+    char *bad2[] = {"2xx"};
+    char *bad3[] = {"500-400"};
+    char *bad4[] = {"99"};
     memset(&c, 0, sizeof(c));
     cr_assert_eq(check_parse_status(&c, ok1, 1), 0);
     cr_assert_eq(c.nranges, 1);
@@ -344,8 +347,9 @@ Test(check_conf, errors_name_file_and_line)
     load_bad("match m { status 200; }\nupstream u { server 127.0.0.1:1; }\n"
              "server { listen 127.0.0.1:1; location / { proxy_pass http://u;\n"
              " health_check type=tcp match=m; } }",
-             4, "a \"type=tcp\" health check cannot use match \"m\" (it has conditions on the "
-                "HTTP response)");
+             4,
+             "a \"type=tcp\" health check cannot use match \"m\" (it has conditions on the "
+             "HTTP response)");
     load_bad("server { listen 127.0.0.1:1; location /api {\n api write=on; } }", 2,
              "\"write=on\" is not supported: the api is read-only (only \"write=off\")");
 }
@@ -365,7 +369,7 @@ static bool wait_until(_Atomic int *v, int want, int ms)
 static int listen_any(int backlog)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sin = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
     cr_assert_eq(bind(fd, (struct sockaddr *)&sin, sizeof(sin)), 0);
     cr_assert_eq(listen(fd, backlog), 0);
     return fd;

@@ -39,7 +39,7 @@ Test(arena, alignment_of_odd_sizes)
 {
     struct arena a;
     arena_init(&a, 256, 0);
-    static const size_t sizes[] = { 1, 3, 7, 8, 9, 15, 16, 17, 31, 33, 100 };
+    static const size_t sizes[] = {1, 3, 7, 8, 9, 15, 16, 17, 31, 33, 100};
     char *prev = NULL;
     for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
         char *p = arena_alloc(&a, sizes[i]);
@@ -204,7 +204,7 @@ Test(arena, strdup_printf_slice_dup)
     cr_assert_eq(strlen(big), 200);
     cr_assert_eq(big[199], '7');
     cr_assert_eq(big[0], '0');
-    const char raw[] = { 'a', '\0', 'b' };
+    const char raw[] = {'a', '\0', 'b'};
     struct slice s = arena_slice_dup(&a, slice_make(raw, 3));
     cr_assert_eq(s.len, 3);
     cr_assert_neq(s.p, raw);
@@ -764,7 +764,7 @@ Test(loop, firing_order)
 {
     struct timer safety, t[6];
     struct loop *l = new_loop(&safety, 2000);
-    static const int delays[] = { 30, 10, 20, 12, 12, 12 };
+    static const int delays[] = {30, 10, 20, 12, 12, 12};
     for (int i = 0; i < 6; i++) {
         timer_init(&t[i], i == 0 ? record_and_stop_cb : record_cb, (void *)(intptr_t)i);
         timer_set(l, &t[i], (uint64_t)delays[i]);
@@ -772,7 +772,7 @@ Test(loop, firing_order)
     loop_run(l);
     cr_assert_eq(TS.norder, 6);
     /* 10, then the three 12s in the order they were set, then 20, 30 */
-    static const int expect[] = { 1, 3, 4, 5, 2, 0 };
+    static const int expect[] = {1, 3, 4, 5, 2, 0};
     for (int i = 0; i < 6; i++)
         cr_assert_eq(TS.order[i], expect[i], "position %d", i);
     loop_free(l);
@@ -851,7 +851,7 @@ Test(loop, long_timer_does_not_fire_early)
     timer_init(&far, record_cb, (void *)1);
     timer_init(&farther, record_cb, (void *)2);
     timer_init(&near, record_cb, (void *)3);
-    timer_set(l, &far, 20000);          /* beyond one turn of the wheel (16.4 s) */
+    timer_set(l, &far, 20000);         /* beyond one turn of the wheel (16.4 s) */
     timer_set(l, &farther, 16384 + 8); /* lands a couple of slots ahead of now */
     timer_set(l, &near, 20);
     loop_run(l);
@@ -1153,8 +1153,8 @@ Test(loop, io_events_on_a_pipe)
     memset(&IOS, 0, sizeof(IOS));
     int fds[2];
     cr_assert_eq(pipe2(fds, O_NONBLOCK | O_CLOEXEC), 0);
-    struct io rd = { .fd = fds[0], .cb = pipe_read_cb };
-    struct io wr = { .fd = fds[1], .cb = pipe_write_cb };
+    struct io rd = {.fd = fds[0], .cb = pipe_read_cb};
+    struct io wr = {.fd = fds[1], .cb = pipe_write_cb};
     cr_assert_eq(loop_io_add(l, &rd), 0);
     cr_assert_eq(loop_io_add(l, &wr), 0);
     cr_assert_not(rd.readable);
@@ -1170,7 +1170,7 @@ Test(loop, io_events_on_a_pipe)
     cr_assert_eq(IOS.eof_seen, 1);
     cr_assert_geq(IOS.hup_seen, 1, "the writer's close is a hang-up");
     close(fds[0]);
-    cr_assert_eq(loop_io_add(l, &(struct io){ .fd = 12345 }), -1, "bad fd");
+    cr_assert_eq(loop_io_add(l, &(struct io){.fd = 12345}), -1, "bad fd");
     loop_free(l);
 }
 
@@ -1217,7 +1217,7 @@ Test(loop, io_events_on_a_socketpair)
     memset(&IOS, 0, sizeof(IOS));
     int sv[2];
     cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv), 0);
-    struct io io = { .fd = sv[0], .cb = sock_cb };
+    struct io io = {.fd = sv[0], .cb = sock_cb};
     cr_assert_eq(loop_io_add(l, &io), 0);
     peer_fd = sv[1];
     timer_init(&w, peer_send_then_shutdown, NULL);
@@ -1366,7 +1366,7 @@ Test(net, equal_and_format_truncation)
     size_t n = net_addr_format(&a, small, sizeof(small));
     cr_assert_eq(n, 7, "the length actually written");
     cr_assert_str_eq(small, "127.0.0");
-    struct net_addr u = { .len = 2 };
+    struct net_addr u = {.len = 2};
     u.sa.ss_family = AF_UNIX;
     cr_assert_eq(net_addr_port(&u), 0);
     char ip[16];
@@ -1378,7 +1378,7 @@ static struct net_addr loopback_any_port(void)
 {
     struct net_addr a;
     memset(&a, 0, sizeof(a));
-    struct sockaddr_in sin = { .sin_family = AF_INET, .sin_port = 0 };
+    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = 0};
     sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     memcpy(&a, &sin, sizeof(sin));
     a.len = sizeof(sin);
@@ -1400,7 +1400,7 @@ static struct net_addr bound_addr(int fd)
 
 static void wait_fd(int fd, short ev)
 {
-    struct pollfd p = { .fd = fd, .events = ev };
+    struct pollfd p = {.fd = fd, .events = ev};
     cr_assert_eq(poll(&p, 1, 2000), 1, "fd %d not ready", fd);
 }
 

@@ -377,7 +377,8 @@ Test(h1_reject, repeated_content_length)
 {
     struct h1_request r;
     enum h1_error e;
-    static const char a[] = "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n";
+    static const char a[] =
+        "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n";
     static const char b[] = "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\n\r\n";
     cr_assert_eq(reql(a, sizeof(a) - 1, &lim, &r, &e), H1_ERROR);
     cr_assert_eq(e, H1E_BAD_CONTENT_LENGTH);

@@ -9,8 +9,8 @@
 
 Test(http2, connection_specific_fields)
 {
-    const char *bad[] = { "connection", "keep-alive", "proxy-connection", "transfer-encoding",
-                          "upgrade", "te", "trailer" };
+    const char *bad[] = {"connection", "keep-alive", "proxy-connection", "transfer-encoding",
+                         "upgrade",    "te",         "trailer"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
         cr_assert(h2_field_is_connection_specific(slice_cstr(bad[i])), "%s", bad[i]);
     cr_assert(!h2_field_is_connection_specific(SLICE_LIT("content-type")));
@@ -58,18 +58,17 @@ static struct snapshot *load(const char *text)
 
 Test(http2, directives_merge_and_listen_flag, .init = conf_register_all)
 {
-    struct snapshot *s = load(
-        "events {} http {\n"
-        "  http2_max_concurrent_streams 64; http2_idle_timeout 10s;\n"
-        "  server { listen 127.0.0.1:18501 http2; http2_initial_window_size 1m;\n"
-        "           location / { return 200; } }\n"
-        "  server { listen 127.0.0.1:18502; location / { return 200; } }\n"
-        "  server { listen 127.0.0.1:18503; http2 on; http2_max_header_size 8k;\n"
-        "           location / { return 200; } }\n"
-        "}\n");
+    struct snapshot *s =
+        load("events {} http {\n"
+             "  http2_max_concurrent_streams 64; http2_idle_timeout 10s;\n"
+             "  server { listen 127.0.0.1:18501 http2; http2_initial_window_size 1m;\n"
+             "           location / { return 200; } }\n"
+             "  server { listen 127.0.0.1:18502; location / { return 200; } }\n"
+             "  server { listen 127.0.0.1:18503; http2 on; http2_max_header_size 8k;\n"
+             "           location / { return 200; } }\n"
+             "}\n");
     cr_assert_eq(s->nservers, 3);
-    const struct h2_conf *a = &s->servers[0]->h2, *b = &s->servers[1]->h2,
-                         *c = &s->servers[2]->h2;
+    const struct h2_conf *a = &s->servers[0]->h2, *b = &s->servers[1]->h2, *c = &s->servers[2]->h2;
     cr_assert(a->enable && s->servers[0]->http2);
     cr_assert_eq(a->max_concurrent_streams, 64);
     cr_assert_eq(a->initial_window_size, 1 << 20);

@@ -22,7 +22,7 @@ static char err[512];
 
 static void setup(void)
 {
-    static const struct cf_module *const mods[] = { &ups_cf_module };
+    static const struct cf_module *const mods[] = {&ups_cf_module};
     cf_register(mods, 1);
     log_current_level = LOG_ERR; /* no "temporarily disabled" lines */
     arena_init(&A, 4096, 0);
@@ -46,7 +46,7 @@ static struct ups_group *group_try(const char *text)
     struct cf_node *root = cf_parse_string(&A, "t.conf", text, strlen(text), err, sizeof(err));
     cr_assert_not_null(root, "%s", err);
     cr_assert_not_null(root->children);
-    struct cf_ctx cx = { .arena = &A, .err = err, .errlen = sizeof(err), .context = CF_HTTP };
+    struct cf_ctx cx = {.arena = &A, .err = err, .errlen = sizeof(err), .context = CF_HTTP};
     struct ups_group *g = arena_calloc(&A, sizeof(*g));
     cr_assert_not_null(g);
     if (ups_group_parse(&cx, root->children, g) < 0)
@@ -139,8 +139,10 @@ Test(ups_parse, server_parameter_errors)
               "t.conf:2: invalid parameter \"weight=0\"");
     group_bad("upstream u {\n\n    server 127.0.0.1:1 weight=1001;\n}",
               "t.conf:3: invalid parameter \"weight=1001\"");
-    group_bad("upstream u { server 127.0.0.1:1 weight=x; }", "t.conf:1: invalid parameter \"weight=x\"");
-    group_bad("upstream u { server 127.0.0.1:1 weight=; }", "t.conf:1: invalid parameter \"weight=\"");
+    group_bad("upstream u { server 127.0.0.1:1 weight=x; }",
+              "t.conf:1: invalid parameter \"weight=x\"");
+    group_bad("upstream u { server 127.0.0.1:1 weight=; }",
+              "t.conf:1: invalid parameter \"weight=\"");
     group_bad("upstream u { server 127.0.0.1:1 max_fails=-1; }",
               "t.conf:1: invalid parameter \"max_fails=-1\"");
     group_bad("upstream u { server 127.0.0.1:1 fail_timeout=abc; }",
@@ -149,7 +151,8 @@ Test(ups_parse, server_parameter_errors)
               "t.conf:1: invalid parameter \"slow_start=abc\"");
     group_bad("upstream u { server 127.0.0.1:1 max_conns=-2; }",
               "t.conf:1: invalid parameter \"max_conns=-2\"");
-    group_bad("upstream u { server 127.0.0.1:1 Backup; }", "t.conf:1: invalid parameter \"Backup\"");
+    group_bad("upstream u { server 127.0.0.1:1 Backup; }",
+              "t.conf:1: invalid parameter \"Backup\"");
     group_bad("upstream u { server 1.2.3.4:0; }",
               "t.conf:1: invalid server address \"1.2.3.4:0\": invalid port");
     group_bad("upstream u { server ::1:80; }",
@@ -167,8 +170,10 @@ Test(ups_parse, block_errors)
               "t.conf:3: \"keepalive_timeout\" directive is duplicate");
     group_bad("upstream u { server 127.0.0.1:1; keepalive_requests -3; }",
               "t.conf:1: invalid value \"-3\" in \"keepalive_requests\" directive");
-    group_bad("upstream u { server; }", "t.conf:1: invalid number of arguments in \"server\" directive");
-    group_bad("upstream u { server 127.0.0.1:1; bogus 1; }", "t.conf:1: unknown directive \"bogus\"");
+    group_bad("upstream u { server; }",
+              "t.conf:1: invalid number of arguments in \"server\" directive");
+    group_bad("upstream u { server 127.0.0.1:1; bogus 1; }",
+              "t.conf:1: unknown directive \"bogus\"");
 }
 
 Test(ups_parse, too_many_servers)
@@ -214,7 +219,7 @@ Test(ups_balance, smooth_weighted_sequence)
 {
     struct ups_group *g = group("upstream u { server 127.0.0.1:1 weight=5; server 127.0.0.1:2; "
                                 "server 127.0.0.1:3; }");
-    char seq[8] = { 0 };
+    char seq[8] = {0};
     for (int i = 0; i < 7; i++)
         seq[i] = name_of(g, ups_pick(g, 0, 1000));
     cr_assert_str_eq(seq, "aabacaa", "nginx's smooth sequence");
@@ -228,7 +233,7 @@ Test(ups_balance, exact_distribution)
 {
     struct ups_group *g = group("upstream u { server 127.0.0.1:1 weight=5; server 127.0.0.1:2; "
                                 "server 127.0.0.1:3; server 127.0.0.1:4 weight=3; }");
-    int n[4] = { 0 };
+    int n[4] = {0};
     for (int i = 0; i < 10000; i++)
         n[ups_server_index(g, ups_pick(g, 0, 1000))]++;
     cr_assert_eq(n[0], 5000);
@@ -236,8 +241,9 @@ Test(ups_balance, exact_distribution)
     cr_assert_eq(n[2], 1000);
     cr_assert_eq(n[3], 3000);
 
-    g = group("upstream v { server 127.0.0.1:1 weight=5; server 127.0.0.1:2; server 127.0.0.1:3; }");
-    int m[3] = { 0 };
+    g = group(
+        "upstream v { server 127.0.0.1:1 weight=5; server 127.0.0.1:2; server 127.0.0.1:3; }");
+    int m[3] = {0};
     for (int i = 0; i < 7000; i++)
         m[ups_server_index(g, ups_pick(g, 0, 1000))]++;
     cr_assert_eq(m[0], 5000);
@@ -249,7 +255,7 @@ Test(ups_balance, equal_weights_alternate)
 {
     struct ups_group *g = group("upstream u { server 127.0.0.1:1; server 127.0.0.1:2; "
                                 "server 127.0.0.1:3; }");
-    char seq[10] = { 0 };
+    char seq[10] = {0};
     for (int i = 0; i < 9; i++)
         seq[i] = name_of(g, ups_pick(g, 0, 1000));
     cr_assert_str_eq(seq, "abcabcabc");
@@ -301,7 +307,8 @@ Test(ups_balance, down_servers_never_picked)
     ups_server_failed(&g->servers[1], 100000);
     for (int i = 0; i < 5; i++)
         cr_assert_eq(name_of(g, ups_pick(g, 0, 100001)), 'b');
-    struct ups_group *all = group("upstream d { server 127.0.0.1:1 down; server 127.0.0.1:2 down; }");
+    struct ups_group *all =
+        group("upstream d { server 127.0.0.1:1 down; server 127.0.0.1:2 down; }");
     cr_assert_null(ups_pick(all, 0, 1000));
 }
 
@@ -310,7 +317,7 @@ Test(ups_balance, all_failed_still_picks_a_primary)
     struct ups_group *g = group("upstream u { server 127.0.0.1:1 weight=2; server 127.0.0.1:2; }");
     ups_server_failed(&g->servers[0], 100000);
     ups_server_failed(&g->servers[1], 100000);
-    int n[2] = { 0 };
+    int n[2] = {0};
     for (int i = 0; i < 30; i++)
         n[ups_server_index(g, ups_pick(g, 0, 100001))]++;
     cr_assert_eq(n[0], 20, "weights still apply");
@@ -388,7 +395,8 @@ Test(ups_health, ok_resets)
 
 Test(ups_health, max_fails_zero_never_marks)
 {
-    struct ups_group *g = group("upstream u { server 127.0.0.1:1 max_fails=0; server 127.0.0.1:2; }");
+    struct ups_group *g =
+        group("upstream u { server 127.0.0.1:1 max_fails=0; server 127.0.0.1:2; }");
     struct ups_server *a = &g->servers[0];
     for (int i = 0; i < 100; i++)
         ups_server_failed(a, 1000000 + (uint64_t)i);
@@ -450,7 +458,7 @@ static int listen_loopback(void)
 {
     struct net_addr a;
     memset(&a, 0, sizeof(a));
-    struct sockaddr_in sin = { .sin_family = AF_INET };
+    struct sockaddr_in sin = {.sin_family = AF_INET};
     sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     memcpy(&a, &sin, sizeof(sin));
     a.len = sizeof(sin);
@@ -515,7 +523,7 @@ static struct ups_conn *open_conn(void)
 
 static int accept_one(void)
 {
-    struct pollfd pf = { .fd = E.lfd, .events = POLLIN };
+    struct pollfd pf = {.fd = E.lfd, .events = POLLIN};
     cr_assert_eq(poll(&pf, 1, 2000), 1);
     struct net_addr peer;
     int fd = net_accept(E.lfd, &peer);
@@ -526,7 +534,7 @@ static int accept_one(void)
 /* Did the client side of `sfd` close? (EOF or reset within a short wait.) */
 static bool peer_closed(int sfd)
 {
-    struct pollfd pf = { .fd = sfd, .events = POLLIN };
+    struct pollfd pf = {.fd = sfd, .events = POLLIN};
     if (poll(&pf, 1, 500) != 1)
         return false;
     char b;
@@ -569,7 +577,7 @@ static bool steps_put_get(struct pool_env *e, int step)
         /* it still works */
         cr_assert_eq(write(c->io.fd, "GET", 3), 3);
         char b[4];
-        struct pollfd pf = { .fd = S[0], .events = POLLIN };
+        struct pollfd pf = {.fd = S[0], .events = POLLIN};
         cr_assert_eq(poll(&pf, 1, 1000), 1);
         cr_assert_eq(read(S[0], b, sizeof(b)), 3);
         c->io.cb = ignore_io;
@@ -634,7 +642,7 @@ static bool steps_stale_readable(struct pool_env *e, int step)
         C[0]->io.readable = true;
         ups_pool_put(e->p, e->g, C[0]);
         cr_assert_eq(write(S[1], "x", 1), 1);
-        struct pollfd pf = { .fd = C[1]->io.fd, .events = POLLIN };
+        struct pollfd pf = {.fd = C[1]->io.fd, .events = POLLIN};
         cr_assert_eq(poll(&pf, 1, 1000), 1);
         C[1]->io.readable = true;
         ups_pool_put(e->p, e->g, C[1]); /* newest: tried first */
@@ -829,7 +837,7 @@ Test(ups_pool, open_to_closed_port_fails_later)
     struct ups_group *g = group(text);
     struct ups_conn *c = ups_conn_open(E.p, g, &g->servers[0]);
     if (c) {
-        struct pollfd pf = { .fd = c->io.fd, .events = POLLOUT };
+        struct pollfd pf = {.fd = c->io.fd, .events = POLLOUT};
         cr_assert_eq(poll(&pf, 1, 2000), 1);
         cr_assert_eq(net_connect_result(c->io.fd), ECONNREFUSED);
         c->io.cb = ignore_io;
@@ -882,7 +890,7 @@ TestSuite(ups_algo, .init = setup, .fini = teardown);
 
 static struct ups_server *pick_key(struct ups_group *g, const char *key, uint64_t now)
 {
-    struct ups_pick_ctx cx = { .now_ms = now, .key = slice_cstr(key) };
+    struct ups_pick_ctx cx = {.now_ms = now, .key = slice_cstr(key)};
     return ups_select(g, &cx);
 }
 
@@ -896,8 +904,8 @@ static void assert_shares(const struct ups_group *g, const int *count, int picks
     for (size_t i = 0; i < g->nservers; i++) {
         double want = g->servers[i].backup ? 0 : (double)g->servers[i].weight / total;
         double got = (double)count[i] / picks;
-        cr_assert(got > want - tol && got < want + tol, "server %zu: share %.4f, want %.4f", i,
-                  got, want);
+        cr_assert(got > want - tol && got < want + tol, "server %zu: share %.4f, want %.4f", i, got,
+                  want);
     }
 }
 
@@ -914,8 +922,7 @@ Test(ups_algo, directives_parse)
               "server 127.0.0.1:2; }");
     cr_assert_str_eq(g->balancer->name, "hash_consistent");
     cr_assert_eq(g->nring, 321u + 161u); /* 160 per weight unit, plus one */
-    cr_assert_str_eq(group("upstream u { random; server 127.0.0.1:1; }")->balancer->name,
-                     "random");
+    cr_assert_str_eq(group("upstream u { random; server 127.0.0.1:1; }")->balancer->name, "random");
     cr_assert_str_eq(
         group("upstream u { random two least_conn; server 127.0.0.1:1; }")->balancer->name,
         "random_two");
@@ -969,7 +976,7 @@ Test(ups_algo, round_robin_weights_within_2_percent)
 {
     struct ups_group *g = group("upstream u { server 127.0.0.1:1 weight=5; "
                                 "server 127.0.0.1:2 weight=3; server 127.0.0.1:3 weight=2; }");
-    int n[3] = { 0 };
+    int n[3] = {0};
     for (int i = 0; i < PICKS; i++)
         n[ups_server_index(g, ups_pick(g, 0, 1000))]++;
     assert_shares(g, n, PICKS, 0.02);
@@ -979,7 +986,7 @@ Test(ups_algo, random_weights_within_2_percent)
 {
     struct ups_group *g = group("upstream u { random; server 127.0.0.1:1 weight=5; "
                                 "server 127.0.0.1:2 weight=3; server 127.0.0.1:3 weight=2; }");
-    int n[3] = { 0 };
+    int n[3] = {0};
     for (int i = 0; i < PICKS; i++)
         n[ups_server_index(g, ups_pick(g, 0, 1000))]++;
     assert_shares(g, n, PICKS, 0.02);
@@ -989,7 +996,7 @@ Test(ups_algo, hash_weights_within_2_percent_and_stable)
 {
     struct ups_group *g = group("upstream u { hash $request_uri; server 127.0.0.1:1 weight=2; "
                                 "server 127.0.0.1:2; server 127.0.0.1:3; }");
-    int n[3] = { 0 };
+    int n[3] = {0};
     char key[32];
     for (int i = 0; i < PICKS; i++) {
         snprintf(key, sizeof(key), "/item/%d", i);
@@ -1011,7 +1018,7 @@ Test(ups_algo, consistent_hash_moves_few_keys)
     struct ups_group *g4 = group("upstream u { hash $k consistent; server 127.0.0.1:1; "
                                  "server 127.0.0.1:2; server 127.0.0.1:3; server 127.0.0.1:5; }");
     static size_t before[PICKS];
-    int n[5] = { 0 };
+    int n[5] = {0};
     char key[32];
     for (int i = 0; i < PICKS; i++) {
         snprintf(key, sizeof(key), "user-%d", i);
@@ -1040,7 +1047,7 @@ Test(ups_algo, ip_hash_stable_per_client)
 {
     struct ups_group *g = group("upstream u { ip_hash; server 127.0.0.1:1; server 127.0.0.1:2; "
                                 "server 127.0.0.1:3; }");
-    int n[3] = { 0 };
+    int n[3] = {0};
     const char *msg;
     for (int i = 0; i < 3000; i++) {
         char text[64];
@@ -1049,8 +1056,8 @@ Test(ups_algo, ip_hash_stable_per_client)
         cr_assert_eq(net_addr_parse(text, 80, false, &a, &msg), 0);
         snprintf(text, sizeof(text), "10.%d.%d.200:2000", i / 256, i % 256);
         cr_assert_eq(net_addr_parse(text, 80, false, &b, &msg), 0);
-        struct ups_pick_ctx ca = { .now_ms = 1000, .client = &a };
-        struct ups_pick_ctx cb = { .now_ms = 1000, .client = &b };
+        struct ups_pick_ctx ca = {.now_ms = 1000, .client = &a};
+        struct ups_pick_ctx cb = {.now_ms = 1000, .client = &b};
         struct ups_server *s = ups_select(g, &ca);
         n[ups_server_index(g, s)]++;
         for (int k = 0; k < 3; k++)
@@ -1060,7 +1067,7 @@ Test(ups_algo, ip_hash_stable_per_client)
     assert_shares(g, n, 3000, 0.04);
     struct net_addr v6;
     cr_assert_eq(net_addr_parse("[2001:db8::1]:80", 80, false, &v6, &msg), 0);
-    struct ups_pick_ctx c6 = { .now_ms = 1000, .client = &v6 };
+    struct ups_pick_ctx c6 = {.now_ms = 1000, .client = &v6};
     struct ups_server *s6 = ups_select(g, &c6);
     cr_assert_eq(ups_select(g, &c6), s6);
     /* its server down: another one, and back when it returns */
@@ -1083,7 +1090,7 @@ Test(ups_algo, least_conn_follows_least_loaded)
     /* equal load: all share */
     for (size_t i = 0; i < 3; i++)
         atomic_store(&g->servers[i].active, 0);
-    int n[3] = { 0 };
+    int n[3] = {0};
     for (int i = 0; i < 3000; i++)
         n[ups_server_index(g, ups_pick(g, 0, 1000))]++;
     cr_assert(n[0] > 900 && n[1] > 900 && n[2] > 900);
@@ -1127,7 +1134,7 @@ Test(ups_algo, random_two_prefers_less_loaded)
     struct ups_group *g = group("upstream u { random two least_conn; server 127.0.0.1:1; "
                                 "server 127.0.0.1:2; server 127.0.0.1:3; }");
     atomic_store(&g->servers[0].active, 10);
-    int n[3] = { 0 };
+    int n[3] = {0};
     for (int i = 0; i < PICKS; i++)
         n[ups_server_index(g, ups_pick(g, 0, 1000))]++;
     /* a wins only when both draws are a: 1/9 */
@@ -1179,10 +1186,11 @@ Test(ups_algo, max_conns_skips_full_servers)
 
 Test(ups_algo, outlier_ejection_grows_and_is_capped)
 {
-    struct ups_group *g = group("upstream u { outlier_detection consecutive=3 interval=1s "
-                                "max_ejection=2500ms max_ejected_percent=50; "
-                                "server 127.0.0.1:1 max_fails=0; server 127.0.0.1:2 max_fails=0; "
-                                "server 127.0.0.1:3 max_fails=0; server 127.0.0.1:4 max_fails=0; }");
+    struct ups_group *g =
+        group("upstream u { outlier_detection consecutive=3 interval=1s "
+              "max_ejection=2500ms max_ejected_percent=50; "
+              "server 127.0.0.1:1 max_fails=0; server 127.0.0.1:2 max_fails=0; "
+              "server 127.0.0.1:3 max_fails=0; server 127.0.0.1:4 max_fails=0; }");
     struct ups_server *a = &g->servers[0];
     ups_outlier_report(g, a, true, 1000);
     ups_outlier_report(g, a, true, 1000);
@@ -1332,7 +1340,7 @@ Test(ups_pool, queue_bound_and_wake_on_release)
     cr_assert_not(ups_group_saturated(g, 1, 0), "tried servers do not count");
     struct loop *l = loop_new();
     struct ups_pool *p = ups_pool_new(l);
-    struct ups_waiter w[3] = { 0 };
+    struct ups_waiter w[3] = {0};
     for (int i = 0; i < 3; i++)
         w[i].cb = on_wait;
     cr_assert_eq(ups_queue_wait(p, g, &w[0]), 0);

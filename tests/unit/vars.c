@@ -21,7 +21,7 @@ static char err[256];
 static void add_field(const char *name, const char *value)
 {
     cr_assert_lt(EX.nreq_fields, 16);
-    F[EX.nreq_fields++] = (struct http_field){ SL(name), SL(value) };
+    F[EX.nreq_fields++] = (struct http_field){SL(name), SL(value)};
 }
 
 static void setup(void)
@@ -181,7 +181,7 @@ Test(tmpl, named_captures)
     for (int i = 0; i < rc * 2; i++)
         EX.caps.ov[i] = ov[i];
 
-    static const char *const names[] = { "slug", "id", NULL };
+    static const char *const names[] = {"slug", "id", NULL};
     struct tmpl *t = tmpl_compile(&EX.arena, "$slug:${id}:$2", names, err, sizeof(err));
     cr_assert_not_null(t, "%s", err);
     struct slice v = tmpl_eval(&EX, t, ESC_NONE);
