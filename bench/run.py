@@ -17,11 +17,13 @@ import datetime
 import json
 import os
 import platform
+import re
 import resource
 import selectors
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -47,9 +49,19 @@ SCENARIOS = [
     dict(id="l", group="l", title="keep-alive, 1 KiB, 50 conns, access log ON", path="/1k",
          conns=50, log=True),
     dict(id="idle", group="i", title="10,000 idle keep-alive connections", idle=10000),
-    dict(id="e", group="e", title="TLS keep-alive / TLS new handshake per request",
-         todo="not yet: needs TLS in Portico (later issue)"),
-    dict(id="f", group="f", title="HTTP/2 (h2load)", todo="not yet: needs HTTP/2 in Portico (later issue)"),
+    # TLS 1.3 only, ECDSA P-256 certificate, clients offer TLS_AES_128_GCM_SHA256 and X25519
+    dict(id="e1", group="e", title="TLS 1.3 keep-alive, 1 KiB, 50 conns", path="/1k", conns=50,
+         tls=True, resume=True),
+    dict(id="e2", group="e", title="TLS 1.3 full handshake per request (Connection: close, "
+         "resumption off), 1 KiB, 50 conns", path="/1k", conns=50, close=True, tls=True,
+         resume=False),
+    dict(id="e3", group="e", title="TLS 1.3 resumed handshake per request (openssl s_time "
+         "-reuse, HTTP/1.0 GET), 1 KiB, 4 clients", path="/1k", conns=4, tls=True, resume=True,
+         tool="s_time"),
+    dict(id="f", group="f", title="HTTP/2 over TLS (ALPN h2), 1 KiB, 10 conns x 10 streams",
+         path="/1k", conns=10, streams=10, tls=True, resume=True, h2=True, tool="h2load"),
+    dict(id="fc", group="f", title="HTTP/2 cleartext (h2c prior knowledge), 1 KiB, 10 conns x "
+         "10 streams", path="/1k", conns=10, streams=10, h2=True, tool="h2load"),
     dict(id="g", group="g", title="cache hits", todo="not yet: needs the cache in Portico (later issue)"),
 ]
 
@@ -66,6 +78,21 @@ done = function(summary, latency, requests)
     latency:percentile(99.9), latency.mean, latency.max))
 end
 """
+
+TLS13_SUITE = "TLS_AES_128_GCM_SHA256"
+TLS_GROUP = "X25519"
+# OPENSSL_CONF for the clients (wrk, h2load, s_time): whatever a proxy can configure, every
+# handshake is TLS 1.3 with the same suite and key exchange
+CLIENT_OPENSSL_CNF = """openssl_conf = openssl_init
+[openssl_init]
+ssl_conf = ssl_sect
+[ssl_sect]
+system_default = system_default_sect
+[system_default_sect]
+MinProtocol = TLSv1.3
+Ciphersuites = %s
+Groups = %s
+""" % (TLS13_SUITE, TLS_GROUP)
 
 UPLOAD_SETUP = """
 wrk.method = "POST"
@@ -173,9 +200,33 @@ def raise_nofile():
         pass
 
 
-def http_get_ok(port, path="/0", timeout=1.0):
+def h2c_ok(port, timeout=1.0):
+    """prior-knowledge HTTP/2: the preface and an empty SETTINGS get the server's SETTINGS"""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+            s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+            data = b""
+            while len(data) < 9:
+                chunk = s.recv(4096)
+                if not chunk:
+                    return False
+                data += chunk
+            return data[3] == 4  # frame type SETTINGS
+    except OSError:
+        return False
+
+
+def http_get_ok(port, path="/0", timeout=1.0, tls=False, h2c=False):
+    if h2c:
+        return h2c_ok(port, timeout)
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as raw:
+            s = raw
+            if tls:
+                ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+                ctx.check_hostname = False
+                ctx.verify_mode = ssl.CERT_NONE
+                s = ctx.wrap_socket(raw, server_hostname="localhost")
             s.sendall(f"GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n".encode())
             data = b""
             while b"\r\n" not in data:
@@ -201,12 +252,12 @@ class Proc:
     def alive(self):
         return self.p.poll() is None
 
-    def wait_ready(self, port, timeout=10.0):
+    def wait_ready(self, port, timeout=10.0, tls=False, h2c=False):
         end = time.time() + timeout
         while time.time() < end:
             if not self.alive():
                 return False
-            if http_get_ok(port):
+            if http_get_ok(port, tls=tls, h2c=h2c):
                 return True
             time.sleep(0.05)
         return False
@@ -266,10 +317,38 @@ CONF_FILE = {"nginx": "nginx.conf", "haproxy": "haproxy.cfg", "h2o": "h2o.conf",
              "portico": "portico.conf"}
 
 
-def render_conf(name, port, origin_port, d, workers, access_log):
+def listener_flags(sc):
+    """the @IF_X@ conditions that hold for scenario sc (see the top of each config)"""
+    sc = sc or {}
+    if sc.get("tls"):
+        f = {"TLS", "TLS_H2" if sc.get("h2") else "TLS_H1",
+             "RESUME" if sc.get("resume") else "NORESUME"}
+    elif sc.get("h2"):
+        f = {"H2C"}
+    else:
+        f = {"PLAIN"}
+    if sc.get("h2"):
+        f.add("H2")
+    return f
+
+
+def keep_line(line, flags):
+    """None to drop the line, else the line without its @IF_X@ tag"""
+    st = line.lstrip()
+    if st.startswith("@IF_"):
+        tag, rest = st[4:].split("@", 1)
+        if tag not in flags:
+            return None
+        return line[:len(line) - len(st)] + rest
+    return line
+
+
+def render_conf(name, port, origin_port, d, workers, access_log, sc=None, tls_files=None):
+    flags = listener_flags(sc)
     with open(os.path.join(BENCH, "configs", CONF_FILE[name])) as f:
         # comment lines document the placeholders: drop them so they are not substituted
-        text = "".join(l for l in f if not l.lstrip().startswith("#"))
+        lines = (keep_line(l, flags) for l in f if not l.lstrip().startswith("#"))
+        text = "".join(l for l in lines if l is not None)
     logfile = os.path.join(d, "access.log")
     subs = {"@PORT@": str(port), "@ORIGIN_PORT@": str(origin_port), "@WORKERS@": str(workers),
             "@MASTER@": "off" if workers == 1 else "on"}
@@ -281,6 +360,11 @@ def render_conf(name, port, origin_port, d, workers, access_log):
     elif name == "h2o":
         subs["@ACCESS_LOG@"] = f"access-log: {logfile}" if access_log else ""
         subs["@USER@"] = "user: root" if os.geteuid() == 0 else ""
+    tls_files = tls_files or {}
+    subs["@CERT@"] = tls_files.get("cert", "")
+    subs["@KEY@"] = tls_files.get("key", "")
+    subs["@CERT_KEY@"] = tls_files.get("cert_key", "")
+    subs["@CIPHERSUITES@"] = TLS13_SUITE
     for k, v in subs.items():
         text = text.replace(k, v)
     text = text.replace("@DIR@", d)
@@ -303,8 +387,9 @@ def proxy_argv(name, binary, conf, d):
 
 
 def start_proxy(name, origin_port, workdir, cpus, workers, access_log, wrapper=None,
-                ready_timeout=10.0):
-    """returns (Proc, port) or (None, note); wrapper: argv prefix such as valgrind"""
+                ready_timeout=10.0, sc=None, tls_files=None):
+    """returns (Proc, port) or (None, note); wrapper: argv prefix such as valgrind;
+    sc: the scenario (TLS / HTTP/2 listener variants); tls_files: see make_cert()"""
     binary = proxy_binary(name)
     if not binary:
         return None, missing_note(name)
@@ -312,10 +397,11 @@ def start_proxy(name, origin_port, workdir, cpus, workers, access_log, wrapper=N
     for sub in ("nginx-body", "nginx-proxy"):
         os.makedirs(os.path.join(d, sub), exist_ok=True)
     port = free_port()
-    conf = render_conf(name, port, origin_port, d, workers, access_log)
+    conf = render_conf(name, port, origin_port, d, workers, access_log, sc, tls_files)
     p = Proc(name, (wrapper or []) + proxy_argv(name, binary, conf, d), cpus,
              os.path.join(d, f"{name}.out"), cwd=d)
-    if not p.wait_ready(port, ready_timeout):
+    if not p.wait_ready(port, ready_timeout, tls=bool(sc and sc.get("tls")),
+                        h2c=bool(sc and sc.get("h2") and not sc.get("tls"))):
         tail = p.log_tail()
         p.stop()
         return None, f"failed to start ({binary}): {tail.splitlines()[-1] if tail else 'no output'}"
@@ -332,6 +418,110 @@ def write_lua(workdir, sc):
     return path
 
 
+def make_cert(workdir):
+    """ECDSA P-256 self-signed certificate for localhost/127.0.0.1, made once per run"""
+    cert, key = os.path.join(workdir, "cert.pem"), os.path.join(workdir, "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:P-256", "-nodes", "-days", "2", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+                    "-keyout", key, "-out", cert], check=True, capture_output=True)
+    both = os.path.join(workdir, "cert+key.pem")  # HAProxy's crt: certificate and key
+    with open(both, "w") as f:
+        f.write(open(cert).read() + open(key).read())
+    cnf = os.path.join(workdir, "client-openssl.cnf")
+    with open(cnf, "w") as f:
+        f.write(CLIENT_OPENSSL_CNF)
+    return {"cert": cert, "key": key, "cert_key": both, "client_cnf": cnf}
+
+
+def client_env(cfg):
+    env = dict(os.environ)
+    if cfg.tls_files:
+        env["OPENSSL_CONF"] = cfg.tls_files["client_cnf"]
+    return env
+
+
+def run_load(cfg, port, sc, lua, duration):
+    """one measurement with the scenario's generator; returns wrk's WRKJSON fields (latency
+    percentiles None when the tool has no histogram)"""
+    tool = sc.get("tool", "wrk")
+    if tool == "h2load":
+        return run_h2load(cfg, port, sc, duration)
+    if tool == "s_time":
+        return run_s_time(cfg, port, sc, duration)
+    return run_wrk(cfg, port, sc, lua, duration)
+
+
+def run_h2load(cfg, port, sc, duration):
+    argv = ["taskset", "-c", cfg.wrk_cpus] if cfg.wrk_cpus else []
+    threads = min(cfg.wrk_threads, sc["conns"])
+    argv += ["h2load", "-t", str(threads), "-c", str(sc["conns"]), "-m", str(sc["streams"]),
+             "-D", str(duration), "-T", "5"]
+    if sc.get("tls"):
+        argv += ["--tls13-ciphers", TLS13_SUITE, "--groups", TLS_GROUP]
+    argv.append(f"{'https' if sc.get('tls') else 'http'}://127.0.0.1:{port}{sc['path']}")
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 30,
+                         env=client_env(cfg))
+    txt = out.stdout
+    m = re.search(r"finished in ([\d.]+)(m?s), ", txt)
+    r = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, "
+                  r"(\d+) failed, (\d+) errored, (\d+) timeout", txt)
+    st = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", txt)
+    if not (m and r and st):
+        raise RuntimeError(f"h2load gave no result: {txt[-300:]} {out.stderr[-300:]}")
+    if "Application protocol: h2" not in txt and "Application protocol: h2c" not in txt:
+        proto = re.search(r"Application protocol: (\S+)", txt)
+        raise RuntimeError(f"h2load did not negotiate h2 ({proto.group(1) if proto else 'none'})")
+    secs = float(m.group(1)) / (1000 if m.group(2) == "ms" else 1)
+    done_ok = int(r.group(4))
+    ok2xx = min(int(st.group(1)), done_ok)  # the 2xx count may include late responses
+    mean = re.search(r"time for request:\s+\S+\s+\S+\s+(\S+)", txt)
+    return {"requests": ok2xx, "duration_us": secs * 1e6, "bytes": 0, "connect": 0,
+            "read": int(r.group(6)), "write": 0,
+            "status": int(r.group(5)) + done_ok - ok2xx, "timeout": int(r.group(7)),
+            "p50": None, "p99": None, "p999": None,
+            "mean": parse_h2load_time(mean.group(1)) if mean else None, "max": None}
+
+
+def parse_h2load_time(s):
+    for unit, f in (("us", 1), ("ms", 1e3), ("s", 1e6)):
+        if s.endswith(unit):
+            return float(s[:-len(unit)]) * f
+    return None
+
+
+def run_s_time(cfg, port, sc, duration):
+    """sc["conns"] parallel `openssl s_time -reuse`: each makes one full handshake, then
+    resumes that session for every further connection (one HTTP/1.0 GET each). Wall time
+    is measured here (s_time's own "real seconds" has 1 s resolution)."""
+    argv = ["taskset", "-c", cfg.wrk_cpus] if cfg.wrk_cpus else []
+    argv += ["openssl", "s_time", "-connect", f"127.0.0.1:{port}", "-reuse", "-tls1_3",
+             "-ciphersuites", TLS13_SUITE, "-time", str(max(1, int(round(duration)))),
+             "-www", sc["path"]]
+    t0 = time.time()
+    procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=client_env(cfg)) for _ in range(sc["conns"])]
+    conns = reused = fails = 0
+    walls = []
+    for p in procs:
+        o, e = p.communicate(timeout=duration + 30)
+        walls.append(time.time() - t0)
+        m = re.search(r"(\d+) connections in [\d.]+s;", o)
+        if not m:
+            fails += 1
+            continue
+        conns += int(m.group(1))
+        marks = "".join(l for l in o.splitlines() if re.fullmatch(r"[rt3*]+", l))
+        reused += marks.count("r")
+    if not conns:
+        raise RuntimeError(f"s_time gave no result: {o[-300:]} {e[-300:]}")
+    wall = statistics.mean(walls)
+    return {"requests": conns, "duration_us": wall * 1e6, "bytes": 0, "connect": fails,
+            "read": 0, "write": 0, "status": 0, "timeout": 0,
+            "p50": None, "p99": None, "p999": None, "mean": None, "max": None,
+            "reused_pct": 100.0 * reused / conns}
+
+
 def run_wrk(cfg, port, sc, lua, duration):
     argv = []
     if cfg.wrk_cpus:
@@ -341,8 +531,9 @@ def run_wrk(cfg, port, sc, lua, duration):
              "--timeout", "5s", "--latency", "-s", lua]
     if sc.get("close"):
         argv += ["-H", "Connection: close"]
-    argv.append(f"http://127.0.0.1:{port}{sc['path']}")
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 30)
+    argv.append(f"{'https' if sc.get('tls') else 'http'}://127.0.0.1:{port}{sc['path']}")
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 30,
+                         env=client_env(cfg))
     for line in out.stdout.splitlines():
         if line.startswith("WRKJSON "):
             return json.loads(line[8:])
@@ -355,7 +546,7 @@ def measure(cfg, name, proc, port, sc, lua, origin):
     o0 = cpu_seconds([origin.pid])
     b0 = cpu_busy()
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    w = run_wrk(cfg, port, sc, lua, cfg.duration)
+    w = run_load(cfg, port, sc, lua, cfg.duration)
     ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     b1 = cpu_busy()
     c1 = cpu_seconds(pids) if proc else 0.0
@@ -378,6 +569,7 @@ def measure(cfg, name, proc, port, sc, lua, origin):
         "cpu_busy_pct": busy_pct(b0, b1, cfg.all_cpus),
         "errors": errors, "errors_detail": {k: w[k] for k in
                                              ("connect", "read", "write", "status", "timeout")},
+        "reused_pct": w.get("reused_pct"),
     }
 
 
@@ -394,6 +586,7 @@ def summarise(rounds):
         "errors": sum(r["errors"] for r in rounds),
         "foreign_cpu_pct": max(r["foreign_cpu_pct"] for r in rounds),
         "cpu_busy_pct": rounds[len(rounds) // 2]["cpu_busy_pct"],
+        "reused_pct": med("reused_pct"),
     }
 
 
@@ -565,7 +758,7 @@ def markdown(res):
                        f"{per} | {ratio} | {r['open']} | {note} |")
     tg = targets(res)
     if tg:
-        out += ["", "**Issue 4 targets (Portico)**", ""] + [f"- {t}" for t in tg]
+        out += ["", "**Targets (Portico): issue 4, and issues 6 (TLS) and 7 (HTTP/2)**", ""] + [f"- {t}" for t in tg]
     out += ["", "Ratios are Portico-or-peer / nginx on the same run; absolute numbers are "
             "machine-dependent. \"CPU busy\" is the busiest CPU of the proxy group and of the "
             "origin+wrk group during the median round: a generator near 100% with the proxy "
@@ -608,6 +801,25 @@ def targets(res):
     p, n = get("idle", "portico", "delta_bytes_per_conn"), get("idle", "nginx", "delta_bytes_per_conn")
     if p is not None and n:
         check(f"idle RSS/conn {p / 1024:.2f} KiB vs nginx {n / 1024:.2f} KiB (<=)", p <= n)
+    # issue 6 (TLS): keep-alive req/s, full and resumed handshakes/s >= 1.0 x nginx
+    for sid, what in (("e1", "TLS keep-alive req/s"), ("e2", "TLS full handshakes/s"),
+                      ("e3", "TLS resumed handshakes/s")):
+        p, n = get(sid, "portico", "rps_median"), get(sid, "nginx", "rps_median")
+        if p is not None and n:
+            ru = get(sid, "portico", "reused_pct")
+            bad = ru is not None and ru < 90  # e3 counts only if the sessions were resumed
+            check(f"issue 6: {sid} {what} {p / n:.2f} x nginx (>= 1.0)"
+                  + (f" — but only {ru:.0f}% of Portico's handshakes were resumed" if bad else ""),
+                  p >= n and not bad)
+    # issue 7 (HTTP/2): req/s >= 1.0 x H2O and >= 1.2 x nginx
+    for sid in ("f", "fc"):
+        p, n, h = (get(sid, x, "rps_median") for x in ("portico", "nginx", "h2o"))
+        if p is None:
+            continue
+        if h:
+            check(f"issue 7: {sid} HTTP/2 req/s {p / h:.2f} x h2o (>= 1.0)", p >= h)
+        if n:
+            check(f"issue 7: {sid} HTTP/2 req/s {p / n:.2f} x nginx (>= 1.2)", p >= 1.2 * n)
     return out
 
 
@@ -625,6 +837,8 @@ def versions():
     v["haproxy"] = first(["/usr/sbin/haproxy", "-v"]).split()[2] if shutil.which("haproxy") else "?"
     v["h2o"] = first(["/usr/bin/h2o", "--version"]).split()[-1] if os.path.exists("/usr/bin/h2o") else "?"
     v["wrk"] = first(["wrk", "-v"]).split()[1]
+    v["h2load"] = first(["h2load", "--version"]).split()[-1]
+    v["openssl"] = first(["openssl", "version"]).split()[1]
     return v
 
 
@@ -687,6 +901,7 @@ def main():
         want.add("idle")
 
     workdir = tempfile.mkdtemp(prefix="portico-bench-")
+    cfg.tls_files = make_cert(workdir) if any(s.get("tls") for s in scen) else None
     origin_bin = os.path.join(workdir, "origin")
     subprocess.run(["cc", "-O2", "-pthread", "-o", origin_bin, os.path.join(BENCH, "origin.c")],
                    check=True)
@@ -730,10 +945,13 @@ def main():
             procs, rows = {}, {}
             for name in names:
                 if name == "direct":
-                    procs[name] = (None, origin_port)
+                    if sc.get("tls") or sc.get("h2"):
+                        rows[name] = {"note": "n/a (the origin speaks plain HTTP/1.1 only)"}
+                    else:
+                        procs[name] = (None, origin_port)
                     continue
                 p, port = start_proxy(name, origin_port, workdir, cfg.proxy_cpus, cfg.workers,
-                                      bool(sc.get("log")))
+                                      bool(sc.get("log")), sc=sc, tls_files=cfg.tls_files)
                 if p:
                     started.append(p)
                     procs[name] = (p, port)
@@ -742,7 +960,7 @@ def main():
                     log(f"  {name}: {port}")
             for name, (p, port) in procs.items():  # warm-up
                 try:
-                    run_wrk(cfg, port, sc, lua, cfg.warmup)
+                    run_load(cfg, port, sc, lua, cfg.warmup)
                 except Exception as e:  # noqa: BLE001
                     log(f"  {name}: warm-up failed: {e}")
             rounds = {n: [] for n in procs}
@@ -756,8 +974,9 @@ def main():
                     try:
                         m = measure(cfg, name, p, port, sc, lua, origin)
                         rounds[name].append(m)
-                        log(f"  round {r + 1} {name}: {m['rps']:.0f} req/s, "
-                            f"p99 {m['p99_us']:.0f}µs"
+                        log(f"  round {r + 1} {name}: {m['rps']:.0f} req/s"
+                            + (f", p99 {m['p99_us']:.0f}µs" if m['p99_us'] is not None else "")
+                            + (f", {m['reused_pct']:.0f}% resumed" if m.get('reused_pct') is not None else "")
                             + (f", {m['cpu_us_per_req']:.1f} µs/req" if m['cpu_us_per_req'] else "")
                             + (f", {m['errors']} errors" if m['errors'] else ""))
                     except Exception as e:  # noqa: BLE001
@@ -775,6 +994,8 @@ def main():
                 s["peak_rss_kb"] = status_kb(tree(p.pid), "VmHWM") if p else None
                 if p and not p.alive():
                     s["note"] = "proxy exited during the run"
+                if s.get("reused_pct") is not None:
+                    s["note"] = (s.get("note", "") + f" {s['reused_pct']:.0f}% resumed").strip()
                 rows[name] = s
             for name, (p, port) in procs.items():
                 if p:

@@ -365,7 +365,11 @@ static void sess_flush(struct h1_session *s)
         return;
     }
     if (s->close_after && s->state != S_LINGER) {
-        /* lingering close: let the client read the answer before a reset */
+        /* lingering close: let the client read the answer before a reset.
+         * TLS says close_notify first: without it clients treat the close
+         * as a truncation and will not resume the session. */
+        if (s->tls)
+            tls_shutdown(s->tls);
         shutdown(s->io.fd, SHUT_WR);
         s->state = S_LINGER;
         s->linger_deadline = loop_now_ms(s->w->loop) + LINGER_MAX_MS;
