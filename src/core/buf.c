@@ -1,16 +1,19 @@
 #include "core/buf.h"
 
 #include <errno.h>
+#include <malloc.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 /* Free segments kept per thread; beyond this many, they go back to malloc. */
-#define BUF_CACHE_MAX 256
+#define BUF_CACHE_MAX 64
 
 static __thread struct buf *free_list;
 static __thread size_t free_count;
 static __thread size_t live_count;
+static __thread size_t peak_count; /* most segments live at once since buf_trim_check */
 
 struct buf *buf_new(size_t cap)
 {
@@ -28,7 +31,8 @@ struct buf *buf_new(size_t cap)
     }
     b->refs = 1;
     b->next_free = NULL;
-    live_count++;
+    if (++live_count > peak_count)
+        peak_count = live_count;
     return b;
 }
 
@@ -54,6 +58,17 @@ void buf_trim_cache(void)
         free(b);
     }
     free_count = 0;
+}
+
+bool buf_trim_check(void)
+{
+    /* after a burst (thousands of requests in flight at once) glibc keeps the
+     * freed segments' pages: give them back once the burst is over */
+    bool trim = peak_count > live_count + 512;
+    peak_count = live_count;
+    if (trim)
+        malloc_trim(0);
+    return trim;
 }
 
 size_t buf_live_count(void)

@@ -5,6 +5,7 @@
 #ifndef PORTICO_CORE_BUF_H
 #define PORTICO_CORE_BUF_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/uio.h>
@@ -32,6 +33,10 @@ void buf_unref(struct buf *b);
 
 /* Free this thread's cached segments (at worker exit). */
 void buf_trim_cache(void);
+
+/* Called about once a second: if far fewer segments are live than at the
+ * peak since the last call, return freed memory to the system. */
+bool buf_trim_check(void);
 
 /* Number of segments allocated and not freed, summed over this thread (for
  * the memory tests and the status page). */

@@ -59,12 +59,12 @@ struct h1_session {
     struct timer wtimer; /* send_timeout */
     struct posted flush_post;
     struct posted resume_post;
-    struct posted release_post;
     uint64_t linger_deadline;
 
     uint64_t conn_number;
     int requests;
     bool close_after; /* close once the output is written */
+    bool linger;      /* ... after draining what the client may still send */
     bool shutting_down;
 
     /* the exchange in flight */
@@ -78,7 +78,6 @@ struct h1_session {
     uint64_t rb_total;
     bool rb_done;
     bool rb_error; /* the body broke or timed out: ex->ending says how */
-    struct h1_chunked rb_dec;
     bool sent_continue;
     bool resp_chunked;
     bool resp_no_body;
@@ -90,6 +89,7 @@ struct h1_session {
 struct h1_busy {
     struct exchange ex;
     struct outq out;
+    struct h1_chunked rb_dec; /* the request body's chunked decoder */
 };
 
 static const struct client_ops h1_ops;
@@ -365,6 +365,11 @@ static void sess_flush(struct h1_session *s)
         return;
     }
     if (s->close_after && s->state != S_LINGER) {
+        if (!s->linger && (!s->rseg || s->rstart == s->rend)) {
+            /* nothing unread on our side (nginx's heuristic): just close */
+            sess_close(s);
+            return;
+        }
         /* lingering close: let the client read the answer before a reset.
          * TLS says close_notify first: without it clients treat the close
          * as a truncation and will not resume the session. */
@@ -422,6 +427,7 @@ static void answer_bad_request(struct h1_session *s, int status, const char *why
     accesslog_write(ex);
     arena_deinit(&ex->arena);
     s->close_after = true;
+    s->linger = true;
     s->rstart = s->rend; /* nothing more of this connection is parsed */
     timer_cancel(&s->rtimer);
     sess_flush(s);
@@ -701,7 +707,7 @@ static void start_exchange(struct h1_session *s, struct h1_request *req)
     s->scanned = s->rstart;
     if (req->chunked) {
         s->rb_kind = RB_CHUNKED;
-        h1_chunked_init(&s->rb_dec, 16384);
+        h1_chunked_init(&s->b->rb_dec, 16384);
         s->rb_done = false;
     } else if (req->content_length > 0) {
         s->rb_kind = RB_LENGTH;
@@ -760,9 +766,9 @@ static void finish_exchange(struct h1_session *s)
     accesslog_write(ex);
     proxy_release(ex);
     if (ex->close_conn)
-        s->close_after = true;
+        s->close_after = s->linger = true;
     if (!s->rb_done)
-        s->close_after = true; /* the rest of the body is unread: framing lost */
+        s->close_after = s->linger = true; /* the rest of the body is unread: framing lost */
     if (s->ex_broken)
         s->close_after = true;
     const struct loc_conf *lc = ex->lc ? ex->lc : dflt_lc(s);
@@ -972,7 +978,7 @@ static enum body_status body_fail(struct h1_session *s, enum ending_code code, c
 {
     s->b->ex.ending = (struct ending){.code = code, .why = why};
     s->b->ex.close_conn = true;
-    s->close_after = true;
+    s->close_after = s->linger = true;
     s->rb_error = true;
     return BODY_ERROR;
 }
@@ -1005,7 +1011,7 @@ static enum body_status op_body_read(struct exchange *ex, struct body_piece *pie
             struct slice data = SLICE_NULL;
             enum h1_error err = H1E_NONE;
             enum h1_result r =
-                h1_chunked_decode(&s->rb_dec, base, have, &consumed, &data, NULL, &err);
+                h1_chunked_decode(&s->b->rb_dec, base, have, &consumed, &data, NULL, &err);
             s->rstart += consumed;
             ex->request_length += consumed;
             if (r == H1_ERROR)
@@ -1245,8 +1251,9 @@ static void sess_close(struct h1_session *s)
     if (s->next)
         s->next->prev = s->prev;
     s->w->nsessions--;
-    posted_init(&s->release_post, release_post_cb, s);
-    loop_post(l, &s->release_post);
+    /* flush_post is idle from here on (cancelled above): it carries the free */
+    posted_init(&s->flush_post, release_post_cb, s);
+    loop_post(l, &s->flush_post);
 }
 
 void h1_session_shutdown(struct h1_session *s)

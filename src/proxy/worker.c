@@ -238,6 +238,7 @@ static void flush_timer_cb(struct timer *t)
 {
     struct worker *w = t->data;
     accesslog_flush_thread();
+    buf_trim_check();
     timer_set(w->loop, t, 1000);
 }
 
