@@ -21,12 +21,40 @@ void arena_init(struct arena *a, size_t chunk_size, size_t cap)
     a->held = 0;
 }
 
+/* Chunks of the common size (4 KiB, every exchange's first) are kept per
+ * thread for the next arena: an exchange then costs no malloc. */
+#define CHUNK_CACHE_SIZE 4096
+#define CHUNK_CACHE_MAX 256
+static __thread struct arena_chunk *chunk_cache;
+static __thread size_t chunk_cached;
+
+static void chunk_free(struct arena_chunk *c)
+{
+    if (c->size == CHUNK_CACHE_SIZE && chunk_cached < CHUNK_CACHE_MAX) {
+        c->next = chunk_cache;
+        chunk_cache = c;
+        chunk_cached++;
+        return;
+    }
+    free(c);
+}
+
+void arena_trim_cache(size_t keep)
+{
+    while (chunk_cached > keep) {
+        struct arena_chunk *c = chunk_cache;
+        chunk_cache = c->next;
+        chunk_cached--;
+        free(c);
+    }
+}
+
 void arena_deinit(struct arena *a)
 {
     struct arena_chunk *c = a->head, *next;
     for (; c; c = next) {
         next = c->next;
-        free(c);
+        chunk_free(c);
     }
     a->head = NULL;
     a->held = 0;
@@ -41,7 +69,7 @@ void arena_reset(struct arena *a)
     while (c->next) {
         struct arena_chunk *next = c->next;
         a->held -= c->size;
-        free(c);
+        chunk_free(c);
         c = next;
     }
     c->used = 0;
@@ -62,9 +90,15 @@ void *arena_alloc(struct arena *a, size_t n)
     size_t size = need > a->chunk_size ? need : a->chunk_size;
     if (a->cap && a->held + size > a->cap)
         return NULL;
-    c = malloc(sizeof(*c) + size);
-    if (!c)
-        return NULL;
+    if (size == CHUNK_CACHE_SIZE && chunk_cache) {
+        c = chunk_cache;
+        chunk_cache = c->next;
+        chunk_cached--;
+    } else {
+        c = malloc(sizeof(*c) + size);
+        if (!c)
+            return NULL;
+    }
     c->size = size;
     c->used = need;
     a->held += size;

@@ -23,6 +23,9 @@ void arena_init(struct arena *a, size_t chunk_size, size_t cap);
 /* Free every chunk. The arena may be used again afterwards. */
 void arena_deinit(struct arena *a);
 
+/* Free this thread's cached chunks beyond `keep` (idle time, thread exit). */
+void arena_trim_cache(size_t keep);
+
 /* Forget every allocation but keep the first chunk for reuse. */
 void arena_reset(struct arena *a);
 

@@ -8,7 +8,8 @@
 #include <unistd.h>
 
 /* Free segments kept per thread; beyond this many, they go back to malloc. */
-#define BUF_CACHE_MAX 64
+#define BUF_CACHE_MAX 512
+#define BUF_CACHE_IDLE 64 /* what the cache keeps once a burst is over */
 
 static __thread struct buf *free_list;
 static __thread size_t free_count;
@@ -66,8 +67,15 @@ bool buf_trim_check(void)
      * freed segments' pages: give them back once the burst is over */
     bool trim = peak_count > live_count + 512;
     peak_count = live_count;
-    if (trim)
+    if (trim) {
+        while (free_count > BUF_CACHE_IDLE) {
+            struct buf *b = free_list;
+            free_list = b->next_free;
+            free_count--;
+            free(b);
+        }
         malloc_trim(0);
+    }
     return trim;
 }
 

@@ -94,11 +94,43 @@ struct h1_busy {
 
 static const struct client_ops h1_ops;
 
+/* Per-thread spare blocks: a keep-alive request costs no malloc for them. */
+#define BUSY_CACHE_MAX 256
+static __thread struct h1_busy *busy_cache;
+static __thread size_t busy_cached;
+
+static void busy_release(struct h1_busy *b)
+{
+    if (busy_cached < BUSY_CACHE_MAX) {
+        *(struct h1_busy **)b = busy_cache;
+        busy_cache = b;
+        busy_cached++;
+        return;
+    }
+    free(b);
+}
+
+void h1_session_trim_cache(size_t keep)
+{
+    while (busy_cached > keep) {
+        struct h1_busy *b = busy_cache;
+        busy_cache = *(struct h1_busy **)b;
+        busy_cached--;
+        free(b);
+    }
+}
+
 static int busy_get(struct h1_session *s)
 {
     if (s->b)
         return 0;
-    s->b = malloc(sizeof(*s->b));
+    if (busy_cache) {
+        s->b = busy_cache;
+        busy_cache = *(struct h1_busy **)s->b;
+        busy_cached--;
+    } else {
+        s->b = malloc(sizeof(*s->b));
+    }
     if (!s->b)
         return -1;
     memset(&s->b->ex, 0, sizeof(s->b->ex));
@@ -114,7 +146,7 @@ static size_t out_count(const struct h1_session *s)
 static void busy_put(struct h1_session *s)
 {
     if (s->b && !s->active && s->b->out.count == 0) {
-        free(s->b);
+        busy_release(s->b);
         s->b = NULL;
     }
 }
@@ -557,7 +589,12 @@ static void read_head(struct h1_session *s)
             if (h2 > 0)
                 return;
             size_t have = s->rend - s->rstart;
-            bool try_parse = h2 == 0 && head_complete(s);
+            /* the first bytes of a head usually hold all of it: parse them
+             * straight away; after that, parse again only once the blank line
+             * has arrived (head_complete scans the new bytes alone), so a
+             * trickled head costs linear time */
+            bool first = s->scanned <= s->rstart;
+            bool try_parse = h2 == 0 && (first || head_complete(s));
             if (!try_parse && !s->checked_line_limit && have > lim.max_request_line) {
                 s->checked_line_limit = true;
                 try_parse = true;
@@ -580,6 +617,8 @@ static void read_head(struct h1_session *s)
                     answer_bad_request(s, h1_error_status(err), h1_error_str(err), NULL);
                     return;
                 }
+                if (first)
+                    s->scanned = s->rend;
             }
             /* client_header_timeout bounds the whole head, as in nginx: armed
              * when its first bytes arrive (the keep-alive timer ran before),
@@ -1241,7 +1280,8 @@ static void sess_close(struct h1_session *s)
     s->head_seg = s->rseg = s->scratch = NULL;
     snapshot_unref(s->snap);
     s->snap = NULL;
-    free(s->b);
+    if (s->b)
+        busy_release(s->b);
     s->b = NULL;
     worker_session_closed(s->w, s);
     if (s->prev)

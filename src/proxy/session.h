@@ -19,5 +19,7 @@ void h1_session_shutdown(struct h1_session *s);
 void h1_session_kill(struct h1_session *s);
 struct h1_session *h1_session_next(struct h1_session *s);
 bool h1_session_busy(const struct h1_session *s);
+/* Free this thread's spare request blocks beyond `keep`. */
+void h1_session_trim_cache(size_t keep);
 
 #endif

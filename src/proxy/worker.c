@@ -238,7 +238,11 @@ static void flush_timer_cb(struct timer *t)
 {
     struct worker *w = t->data;
     accesslog_flush_thread();
-    buf_trim_check();
+    if (buf_trim_check()) {
+        /* a burst is over: the spare per-request blocks can go too */
+        arena_trim_cache(32);
+        h1_session_trim_cache(32);
+    }
     timer_set(w->loop, t, 1000);
 }
 
@@ -270,6 +274,8 @@ static void *worker_main(void *arg)
     router_thread_deinit();
     tls_thread_deinit();
     buf_trim_cache();
+    arena_trim_cache(0);
+    h1_session_trim_cache(0);
     return NULL;
 }
 
