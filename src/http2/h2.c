@@ -1428,7 +1428,6 @@ static int ng_new(struct h2_session *s)
     nghttp2_option_set_max_settings(opt, 32);
     nghttp2_option_set_max_continuations(opt, 8);
     nghttp2_option_set_max_deflate_dynamic_table_size(opt, 4096);
-    nghttp2_option_set_no_closed_streams(opt, 1);
     uint32_t burst = s->conf.max_concurrent_streams * 2;
     nghttp2_option_set_stream_reset_rate_limit(opt, burst < 200 ? 200 : burst, RESET_RATE);
     int rv = nghttp2_session_server_new2(&s->ng, callbacks, s, opt);

@@ -6,9 +6,12 @@
 
 bool h2_field_is_connection_specific(struct slice n)
 {
-    /* RFC 9113 8.2.2; "te" is allowed in requests only as "trailers" and
-     * never sent in responses; "trailer" is framing of HTTP/1 only */
-    return http_is_hop_by_hop(n);
+    /* RFC 9113 8.2.2: Connection and the fields it usually names ("te" is
+     * allowed in requests only as "trailers"). "Trailer" is not one of them:
+     * it announces trailers, which HTTP/2 has too. */
+    return slice_eq_lit_ci(n, "connection") || slice_eq_lit_ci(n, "keep-alive") ||
+           slice_eq_lit_ci(n, "proxy-connection") || slice_eq_lit_ci(n, "transfer-encoding") ||
+           slice_eq_lit_ci(n, "upgrade") || slice_eq_lit_ci(n, "te");
 }
 
 static bool valid_name(struct slice n)

@@ -557,11 +557,13 @@ static int detect_h2c(struct h1_session *s)
 {
     if (s->tls || s->requests > 0 || !h2_listen_enabled(s->lset))
         return 0;
+    /* "PRI " is no HTTP/1 method anyone uses: from there on it is HTTP/2,
+     * and a broken preface gets HTTP/2's answer (GOAWAY), not a 400 */
     size_t have = s->rend - s->rstart;
-    size_t n = have < H2_PREFACE_LEN ? have : H2_PREFACE_LEN;
+    size_t n = have < 4 ? have : 4;
     if (memcmp(s->rseg->data + s->rstart, H2_PREFACE, n) != 0)
         return 0;
-    if (have < H2_PREFACE_LEN)
+    if (have < H2_PREFACE_LEN && memcmp(s->rseg->data + s->rstart, H2_PREFACE, have) == 0)
         return -1;
     handoff_h2(s);
     return 1;
