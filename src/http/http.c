@@ -1,5 +1,7 @@
 #include "http/http.h"
 
+#include "core/arena.h"
+
 #include <string.h>
 
 const uint8_t http_tchar[256] = {
@@ -328,4 +330,28 @@ bool http_connection_names(const struct http_field *f, size_t n, struct slice na
                     return true;
         }
     return false;
+}
+
+struct slice http_host_normalize(struct arena *a, struct slice h)
+{
+    if (!h.len)
+        return h;
+    size_t end = h.len;
+    if (h.p[0] == '[') {
+        const char *rb = memchr(h.p, ']', h.len);
+        end = rb ? (size_t)(rb - h.p) + 1 : h.len;
+    } else {
+        const char *colon = memchr(h.p, ':', h.len);
+        if (colon)
+            end = (size_t)(colon - h.p);
+    }
+    if (end > 0 && h.p[end - 1] == '.')
+        end--;
+    char *p = arena_alloc(a, end + 1);
+    if (!p)
+        return SLICE_NULL;
+    for (size_t i = 0; i < end; i++)
+        p[i] = ascii_lower(h.p[i]);
+    p[end] = '\0';
+    return slice_make(p, end);
 }

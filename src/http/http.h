@@ -46,6 +46,11 @@ size_t http_date_format(time_t t, char out[30]);
 /* Is `name` a hop-by-hop field (RFC 9110 7.6.1) that a proxy never forwards? */
 bool http_is_hop_by_hop(struct slice name);
 
+/* Host as routing wants it: lower case, without the :port and one trailing
+ * dot ("[::1]:80" keeps its brackets). Allocated in `a`; empty on failure. */
+struct arena;
+struct slice http_host_normalize(struct arena *a, struct slice host);
+
 /* Does a Connection field among f[0..n) name `name` (RFC 9110 7.6.1: those
  * fields are hop-by-hop too)? */
 bool http_connection_names(const struct http_field *f, size_t n, struct slice name);

@@ -249,37 +249,12 @@ static bool flood(struct h2_session *s, uint32_t *counter, uint32_t limit, const
 
 static ssize_t sess_recv(struct h2_session *s, void *buf, size_t want)
 {
-    if (!s->tls) {
-        ssize_t n = read(s->io.fd, buf, want);
-        if (n > 0 && (size_t)n < want && !s->io.rdhup)
-            s->io.readable = false; /* edge-triggered: the socket is empty */
-        return n;
-    }
-    ssize_t n = tls_read(s->tls, buf, want);
-    if (n > 0)
-        return n;
-    switch (n) {
-    case TLS_WANT_READ:
-    case TLS_WANT_WRITE:
-        errno = EAGAIN;
-        return -1;
-    case TLS_CLOSED:
-        return 0;
-    default:
-        errno = ECONNRESET;
-        return -1;
-    }
+    return tls_io_read(&s->io, s->tls, buf, want);
 }
 
 static ssize_t sess_writev(struct h2_session *s, const struct iovec *iov, int n)
 {
-    if (!s->tls)
-        return writev(s->io.fd, iov, n);
-    ssize_t w = tls_writev(s->tls, iov, n);
-    if (w > 0)
-        return w;
-    errno = (w == TLS_WANT_WRITE || w == TLS_WANT_READ) ? EAGAIN : EPIPE;
-    return -1;
+    return tls_io_writev(s->io.fd, s->tls, iov, n);
 }
 
 /* Copy bytes nghttp2 serialised (or a DATA frame header) into scratch
@@ -517,42 +492,6 @@ static int cb_header(nghttp2_session *ng, const nghttp2_frame *frame, const uint
     return 0;
 }
 
-/* Host as routing wants it: lower case, no port, no trailing dot. */
-static struct slice normalize_host(struct arena *a, struct slice h)
-{
-    if (!h.len)
-        return h;
-    size_t end = h.len;
-    if (h.p[0] == '[') {
-        const char *rb = memchr(h.p, ']', h.len);
-        end = rb ? (size_t)(rb - h.p) + 1 : h.len;
-    } else {
-        const char *colon = memchr(h.p, ':', h.len);
-        if (colon)
-            end = (size_t)(colon - h.p);
-    }
-    if (end > 0 && h.p[end - 1] == '.')
-        end--;
-    char *p = arena_alloc(a, end + 1);
-    if (!p)
-        return SLICE_NULL;
-    for (size_t i = 0; i < end; i++)
-        p[i] = ascii_lower(h.p[i]);
-    p[end] = '\0';
-    return slice_make(p, end);
-}
-
-static const struct listen_set *find_lset(const struct snapshot *snap, const struct net_addr *local)
-{
-    for (size_t i = 0; i < snap->nlistens; i++)
-        if (net_addr_equal(&snap->listens[i].addr, local))
-            return &snap->listens[i];
-    for (size_t i = 0; i < snap->nlistens; i++)
-        if (net_addr_port(&snap->listens[i].addr) == net_addr_port(local))
-            return &snap->listens[i];
-    return NULL;
-}
-
 /* RFC 9113 8.2.3: cookie crumbs are joined with "; " for HTTP/1.1; :authority
  * becomes Host (and wins over a Host field). Fills ex->req_fields. */
 static int translate_fields(struct h2_stream *st)
@@ -600,7 +539,7 @@ static int translate_fields(struct h2_stream *st)
     if (ncookie)
         ex->req_fields[n++] = (struct http_field){SLICE_LIT("cookie"), slice_make(cookie, co)};
     ex->nreq_fields = n;
-    ex->host = normalize_host(&ex->arena, host);
+    ex->host = http_host_normalize(&ex->arena, host);
     return 0;
 }
 
@@ -647,7 +586,7 @@ static void stream_start(struct h2_stream *st, bool end_stream)
     struct h2_session *s = st->s;
     struct exchange *ex = &st->ex;
     struct snapshot *snap = worker_snapshot(s->w);
-    const struct listen_set *ls = find_lset(snap, &s->local);
+    const struct listen_set *ls = snapshot_find_listen(snap, &s->local);
     if (!ls) {
         nghttp2_submit_rst_stream(s->ng, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_REFUSED_STREAM);
         return;
@@ -1454,7 +1393,7 @@ void h2_session_start(struct worker *w, int fd, const struct net_addr *peer,
                       size_t npreread)
 {
     struct h2_session *s = calloc(1, sizeof(*s));
-    const struct listen_set *ls = find_lset(worker_snapshot(w), local);
+    const struct listen_set *ls = snapshot_find_listen(worker_snapshot(w), local);
     if (!s || !ls || npreread > BUF_SEG_SIZE)
         goto fail;
     s->io = (struct io){.fd = fd, .cb = sess_io, .data = s, .readable = true, .writable = true};

@@ -1378,6 +1378,18 @@ fail:
     return NULL;
 }
 
+const struct listen_set *snapshot_find_listen(const struct snapshot *s,
+                                              const struct net_addr *local)
+{
+    for (size_t i = 0; i < s->nlistens; i++)
+        if (net_addr_equal(&s->listens[i].addr, local))
+            return &s->listens[i];
+    for (size_t i = 0; i < s->nlistens; i++)
+        if (net_addr_port(&s->listens[i].addr) == net_addr_port(local))
+            return &s->listens[i];
+    return NULL;
+}
+
 void snapshot_unref(struct snapshot *s)
 {
     if (!s || atomic_fetch_sub_explicit(&s->refs, 1, memory_order_acq_rel) != 1)

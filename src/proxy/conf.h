@@ -272,6 +272,11 @@ void conf_register_all(void);
 struct snapshot *conf_load(const char *path, const struct snapshot *reuse, char *err,
                            size_t errlen);
 
+/* The listen set a connection accepted on `local` belongs to (a wildcard
+ * listener matches by port), or NULL if the address is no longer listened on. */
+const struct listen_set *snapshot_find_listen(const struct snapshot *s,
+                                              const struct net_addr *local);
+
 static inline struct snapshot *snapshot_ref(struct snapshot *s)
 {
     atomic_fetch_add_explicit(&s->refs, 1, memory_order_relaxed);

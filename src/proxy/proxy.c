@@ -719,46 +719,14 @@ static struct tls_conn *fwd_tls(const struct fwd *f)
 /* read(2)'s contract: > 0 bytes, 0 at EOF, -1 with errno (EAGAIN: wait). */
 static ssize_t fwd_recv(struct fwd *f, void *buf, size_t want)
 {
-    struct ups_conn *c = f->uc;
-    if (!c->tls) {
-        ssize_t n = read(c->io.fd, buf, want);
-        /* edge-triggered: a short read emptied the socket, a new edge will
-         * come with new bytes (saves the read that says EAGAIN); not with
-         * TLS: OpenSSL may hold decrypted bytes with the socket empty */
-        if (n > 0 && (size_t)n < want && !c->io.rdhup)
-            c->io.readable = false;
-        return n;
-    }
-    ssize_t n = tls_read(fwd_tls(f), buf, want);
-    if (n > 0)
-        return n;
-    switch (n) {
-    case TLS_WANT_READ:
-    case TLS_WANT_WRITE:
-        errno = EAGAIN;
-        return -1;
-    case TLS_CLOSED:
-        return 0;
-    default:
-        errno = EPROTO;
-        return -1;
-    }
-}
-
-static ssize_t writev_tls(void *ctx, const struct iovec *iov, int iovcnt)
-{
-    ssize_t n = tls_writev(ctx, iov, iovcnt);
-    if (n > 0)
-        return n;
-    errno = (n == TLS_WANT_WRITE || n == TLS_WANT_READ) ? EAGAIN : EPIPE;
-    return -1;
+    return tls_io_read(&f->uc->io, f->uc->tls ? fwd_tls(f) : NULL, buf, want);
 }
 
 static ssize_t fwd_send(struct fwd *f)
 {
     if (!f->uc->tls)
         return outq_write(&f->out, f->uc->io.fd);
-    return outq_write_with(&f->out, writev_tls, fwd_tls(f));
+    return outq_write_with(&f->out, tls_outq_writev, fwd_tls(f));
 }
 
 /* The pool frees a connection's TLS when it closes it. */

@@ -156,48 +156,16 @@ static void sess_close(struct h1_session *s);
 
 /* ---- the connection's bytes: plain or through TLS ---- */
 
-/* read(2)'s contract: > 0 bytes, 0 at EOF, -1 with errno (EAGAIN: wait). */
 static ssize_t sess_recv(struct h1_session *s, void *buf, size_t want)
 {
-    if (!s->tls) {
-        ssize_t n = read(s->io.fd, buf, want);
-        /* edge-triggered: a short read emptied the socket and new bytes bring
-         * a new edge, so skip the read that would say EAGAIN (not with TLS:
-         * OpenSSL reads whole records and may hold more) */
-        if (n > 0 && (size_t)n < want && !s->io.rdhup)
-            s->io.readable = false;
-        return n;
-    }
-    ssize_t n = tls_read(s->tls, buf, want);
-    if (n > 0)
-        return n;
-    switch (n) {
-    case TLS_WANT_READ:
-    case TLS_WANT_WRITE:
-        errno = EAGAIN;
-        return -1;
-    case TLS_CLOSED:
-        return 0;
-    default:
-        errno = ECONNRESET;
-        return -1;
-    }
-}
-
-static ssize_t tls_writev_adapter(void *ctx, const struct iovec *iov, int iovcnt)
-{
-    ssize_t n = tls_writev(ctx, iov, iovcnt);
-    if (n > 0)
-        return n;
-    errno = (n == TLS_WANT_WRITE || n == TLS_WANT_READ) ? EAGAIN : EPIPE;
-    return -1;
+    return tls_io_read(&s->io, s->tls, buf, want);
 }
 
 static ssize_t sess_send(struct h1_session *s)
 {
     if (!s->tls)
         return outq_write(&s->b->out, s->io.fd);
-    return outq_write_with(&s->b->out, tls_writev_adapter, s->tls);
+    return outq_write_with(&s->b->out, tls_outq_writev, s->tls);
 }
 static void read_head(struct h1_session *s);
 static void sess_flush(struct h1_session *s);
@@ -212,18 +180,6 @@ static const struct loc_conf *dflt_lc(const struct h1_session *s)
     return s->lset && s->lset->dflt ? s->lset->dflt->lc : s->snap->http_lc;
 }
 
-static const struct listen_set *find_lset(const struct snapshot *snap, const struct net_addr *local)
-{
-    for (size_t i = 0; i < snap->nlistens; i++)
-        if (net_addr_equal(&snap->listens[i].addr, local))
-            return &snap->listens[i];
-    /* bound to a wildcard address: match the port */
-    for (size_t i = 0; i < snap->nlistens; i++)
-        if (net_addr_port(&snap->listens[i].addr) == net_addr_port(local))
-            return &snap->listens[i];
-    return NULL;
-}
-
 /* Take the newest snapshot for the next request on this connection. */
 static void refresh_snapshot(struct h1_session *s)
 {
@@ -231,7 +187,7 @@ static void refresh_snapshot(struct h1_session *s)
     if (s->snap != cur) {
         snapshot_unref(s->snap);
         s->snap = snapshot_ref(cur);
-        s->lset = find_lset(cur, &s->local);
+        s->lset = snapshot_find_listen(cur, &s->local);
     }
 }
 
@@ -279,7 +235,7 @@ void h1_session_start(struct worker *w, int fd, const struct net_addr *peer,
     posted_init(&s->flush_post, flush_post_cb, s);
     posted_init(&s->resume_post, resume_post_cb, s);
     s->snap = snapshot_ref(worker_snapshot(w));
-    s->lset = find_lset(s->snap, local);
+    s->lset = snapshot_find_listen(s->snap, local);
     if (loop_io_add(w->loop, &s->io) < 0) {
         snapshot_unref(s->snap);
         close(fd);
@@ -665,31 +621,6 @@ static void read_head(struct h1_session *s)
     }
 }
 
-/* Host as routing wants it: lower case, no port, no trailing dot. */
-static struct slice normalize_host(struct arena *a, struct slice h)
-{
-    if (!h.len)
-        return h;
-    size_t end = h.len;
-    if (h.p[0] == '[') {
-        const char *rb = memchr(h.p, ']', h.len);
-        end = rb ? (size_t)(rb - h.p) + 1 : h.len;
-    } else {
-        const char *colon = memchr(h.p, ':', h.len);
-        if (colon)
-            end = (size_t)(colon - h.p);
-    }
-    if (end > 0 && h.p[end - 1] == '.')
-        end--;
-    char *p = arena_alloc(a, end + 1);
-    if (!p)
-        return SLICE_NULL;
-    for (size_t i = 0; i < end; i++)
-        p[i] = ascii_lower(h.p[i]);
-    p[end] = '\0';
-    return slice_make(p, end);
-}
-
 static void start_exchange(struct h1_session *s, struct h1_request *req)
 {
     if (busy_get(s) < 0) {
@@ -742,7 +673,7 @@ static void start_exchange(struct h1_session *s, struct h1_request *req)
     if (!ex->req_fields)
         goto oom;
     memcpy(ex->req_fields, req->fields, req->nfields * sizeof(*ex->req_fields));
-    ex->host = normalize_host(&ex->arena, req->host);
+    ex->host = http_host_normalize(&ex->arena, req->host);
 
     s->rstart += req->head_len;
     s->scanned = s->rstart;

@@ -11,6 +11,10 @@
 
 #include "tls/tls_int.h"
 
+#include <unistd.h>
+
+#include "core/loop.h"
+
 #define RECORD 16384
 
 struct tls_conn {
@@ -478,4 +482,42 @@ long tls_conn_verify_result(const struct tls_conn *t, const char **text)
     if (text)
         *text = X509_verify_cert_error_string(r);
     return r;
+}
+
+ssize_t tls_io_read(struct io *io, struct tls_conn *t, void *buf, size_t want)
+{
+    if (!t) {
+        ssize_t n = read(io->fd, buf, want);
+        if (n > 0 && (size_t)n < want && !io->rdhup)
+            io->readable = false;
+        return n;
+    }
+    ssize_t n = tls_read(t, buf, want);
+    if (n > 0)
+        return n;
+    switch (n) {
+    case TLS_WANT_READ:
+    case TLS_WANT_WRITE:
+        errno = EAGAIN;
+        return -1;
+    case TLS_CLOSED:
+        return 0;
+    default:
+        errno = ECONNRESET;
+        return -1;
+    }
+}
+
+ssize_t tls_outq_writev(void *ctx, const struct iovec *iov, int iovcnt)
+{
+    ssize_t n = tls_writev(ctx, iov, iovcnt);
+    if (n > 0)
+        return n;
+    errno = (n == TLS_WANT_WRITE || n == TLS_WANT_READ) ? EAGAIN : EPIPE;
+    return -1;
+}
+
+ssize_t tls_io_writev(int fd, struct tls_conn *t, const struct iovec *iov, int iovcnt)
+{
+    return t ? tls_outq_writev(t, iov, iovcnt) : writev(fd, iov, iovcnt);
 }

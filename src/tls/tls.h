@@ -182,6 +182,18 @@ const char *tls_conn_verify_refusal(const struct tls_conn *t);
 size_t tls_conn_client_s_dn(const struct tls_conn *t, char *buf, size_t len);
 size_t tls_conn_client_fingerprint(const struct tls_conn *t, char *buf, size_t len);
 
+/* read(2)- and writev(2)-shaped access to a connection that is plain (t is
+ * NULL) or TLS: > 0 bytes, 0 at EOF / close_notify, -1 with errno (EAGAIN:
+ * wait for the next edge). On plain sockets a short read clears
+ * io->readable (edge-triggered: the socket is empty and new bytes bring a new
+ * edge), unless the peer half-closed; not with TLS, where OpenSSL may hold
+ * decrypted bytes while the socket is empty. */
+struct io;
+ssize_t tls_io_read(struct io *io, struct tls_conn *t, void *buf, size_t want);
+ssize_t tls_io_writev(int fd, struct tls_conn *t, const struct iovec *iov, int iovcnt);
+/* For outq_write_with(): ctx is the struct tls_conn. */
+ssize_t tls_outq_writev(void *ctx, const struct iovec *iov, int iovcnt);
+
 /* Per-thread cleanup (OpenSSL's thread state). */
 void tls_thread_deinit(void);
 
