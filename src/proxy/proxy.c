@@ -36,7 +36,7 @@ struct fwd {
     struct ups_conn *uc;
     bool uc_reused;
     bool stale_retry_used;
-    uint64_t tried;
+    struct ups_tried tried;
     int tries;
     uint64_t first_try_ms;
     uint64_t try_start_ms;
@@ -637,7 +637,7 @@ static bool may_retry(struct fwd *f, uint32_t kind)
     if (lc->next_upstream_timeout_ms &&
         loop_now_ms(ex->loop) - f->first_try_ms >= lc->next_upstream_timeout_ms)
         return false;
-    return ups_has_candidate(f->group, f->tried, loop_now_ms(ex->loop)) &&
+    return ups_has_candidate(f->group, &f->tried, loop_now_ms(ex->loop)) &&
            ups_budget_retry(f->group, loop_now_ms(ex->loop));
 }
 
@@ -652,7 +652,7 @@ static void fail_try(struct fwd *f, enum ending_code code, const char *why, int 
          * fault; try it again on a fresh connection */
         f->stale_retry_used = true;
         reset_try_state(f);
-        f->tried &= ~(1ull << ups_server_index(f->group, f->srv));
+        ups_tried_clear(&f->tried, ups_server_index(f->group, f->srv));
         f->tries--;
         ex->ntries--;
         try_upstream(f);
@@ -844,12 +844,12 @@ static void try_upstream(struct fwd *f)
     struct exchange *ex = f->ex;
     uint64_t now = loop_now_ms(ex->loop);
     struct ups_pick_ctx pc = {
-        .tried = f->tried, .now_ms = now, .client = ex->peer, .key = f->hash_key};
+        .tried = &f->tried, .now_ms = now, .client = ex->peer, .key = f->hash_key};
     struct ups_server *s =
-        f->sticky.len && !f->tries ? ups_sticky_find(f->group, f->sticky, f->tried, now) : NULL;
+        f->sticky.len && !f->tries ? ups_sticky_find(f->group, f->sticky, &f->tried, now) : NULL;
     if (!s)
         s = ups_select(f->group, &pc);
-    if (!s && f->group->queue_max && ups_group_saturated(f->group, f->tried, now)) {
+    if (!s && f->group->queue_max && ups_group_saturated(f->group, &f->tried, now)) {
         f->wait.cb = queue_ready;
         f->wait.data = f;
         if (ups_queue_wait(ex->worker->pool, f->group, &f->wait) == 0) {
@@ -868,7 +868,7 @@ static void try_upstream(struct fwd *f)
     }
     f->wait.deadline_ms = 0;
     f->srv = s;
-    f->tried |= 1ull << ups_server_index(f->group, s);
+    ups_tried_set(&f->tried, ups_server_index(f->group, s));
     f->tries++;
     f->try_start_ms = now;
     if (!f->first_try_ms)

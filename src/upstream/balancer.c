@@ -81,7 +81,7 @@ static bool eligible(const struct ups_group *g, size_t i, const struct ups_pick_
                      bool backup)
 {
     const struct ups_server *s = &g->servers[i];
-    return s->backup == backup && !(cx->tried & (1ull << i)) && ups_server_usable(s, cx->now_ms);
+    return s->backup == backup && !ups_tried_has(cx->tried, i) && ups_server_usable(s, cx->now_ms);
 }
 
 /* ---- smooth weighted round-robin ---- */
@@ -101,7 +101,7 @@ static struct ups_server *rr_tier(struct ups_group *g, const struct ups_pick_ctx
         struct ups_server *s = &g->servers[i];
         if (ignore_fails) {
             /* an active check's verdict stands even then (NGINX Plus) */
-            if (s->backup != backup || (cx->tried & (1ull << i)) || s->down ||
+            if (s->backup != backup || ups_tried_has(cx->tried, i) || s->down ||
                 atomic_load_explicit(&s->hc.down, memory_order_relaxed) ||
                 (s->max_conns &&
                  atomic_load_explicit(&s->active, memory_order_relaxed) >= s->max_conns))
@@ -362,36 +362,37 @@ struct ups_server *ups_select(struct ups_group *g, const struct ups_pick_ctx *cx
     struct ups_server *s = g->balancer->pick(g, cx, false);
     if (!s)
         s = g->balancer->pick(g, cx, true);
-    if (s || cx->tried)
+    if (s || ups_tried_any(cx->tried))
         return s;
     /* Every server is marked failed: like nginx, try the primary ones anyway
      * rather than fail every request until fail_timeout ends. */
     return rr_tier(g, cx, false, true);
 }
 
-struct ups_server *ups_pick(struct ups_group *g, uint64_t tried, uint64_t now_ms)
+struct ups_server *ups_pick(struct ups_group *g, uint64_t tried64, uint64_t now_ms)
 {
-    struct ups_pick_ctx cx = {.tried = tried, .now_ms = now_ms};
+    struct ups_tried t = {.w = {tried64}};
+    struct ups_pick_ctx cx = {.tried = &t, .now_ms = now_ms};
     return ups_select(g, &cx);
 }
 
-bool ups_has_candidate(const struct ups_group *g, uint64_t tried, uint64_t now_ms)
+bool ups_has_candidate(const struct ups_group *g, const struct ups_tried *tried, uint64_t now_ms)
 {
     for (size_t i = 0; i < g->nservers; i++)
-        if (!(tried & (1ull << i)) && ups_server_usable(&g->servers[i], now_ms))
+        if (!ups_tried_has(tried, i) && ups_server_usable(&g->servers[i], now_ms))
             return true;
     return false;
 }
 
-struct ups_server *ups_sticky_find(struct ups_group *g, struct slice id, uint64_t tried,
-                                   uint64_t now_ms)
+struct ups_server *ups_sticky_find(struct ups_group *g, struct slice id,
+                                   const struct ups_tried *tried, uint64_t now_ms)
 {
     if (id.len != sizeof(g->servers[0].sticky_id) - 1)
         return NULL;
     for (size_t i = 0; i < g->nservers; i++) {
         struct ups_server *s = &g->servers[i];
         if (memcmp(s->sticky_id, id.p, id.len) == 0)
-            return !(tried & (1ull << i)) && ups_server_usable(s, now_ms) ? s : NULL;
+            return !ups_tried_has(tried, i) && ups_server_usable(s, now_ms) ? s : NULL;
     }
     return NULL;
 }

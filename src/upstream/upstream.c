@@ -33,6 +33,17 @@ static int set_server(struct cf_ctx *cx, const struct cf_node *n, const struct c
     if (g->nservers >= UPS_MAX_SERVERS)
         return cf_error(cx, n, "too many servers in upstream \"%s\" (at most %d)", g->name,
                         UPS_MAX_SERVERS);
+    if (g->nservers == g->cap_servers) {
+        /* grow in the config arena; nothing points into the array yet */
+        size_t cap = g->cap_servers ? g->cap_servers * 2 : 8;
+        struct ups_server *ns = arena_calloc(cx->arena, cap * sizeof(*ns));
+        if (!ns)
+            return cf_error(cx, n, "out of memory");
+        if (g->nservers)
+            memcpy(ns, g->servers, g->nservers * sizeof(*ns));
+        g->servers = ns;
+        g->cap_servers = cap;
+    }
     struct ups_server *s = &g->servers[g->nservers];
     memset(s, 0, sizeof(*s));
     s->weight = 1;
@@ -392,9 +403,8 @@ int ups_group_parse(struct cf_ctx *cx, const struct cf_node *n, struct ups_group
     g->name = n->args[0];
     g->file = n->file;
     g->line = n->line;
-    g->servers = arena_calloc(cx->arena, sizeof(*g->servers) * UPS_MAX_SERVERS);
-    if (!g->servers)
-        return cf_error(cx, n, "out of memory");
+    g->servers = NULL; /* grown by each `server` line */
+    g->cap_servers = 0;
     group_defaults(g);
     struct cf_ctx sub = *cx;
     sub.context = CF_UPSTREAM;
@@ -732,12 +742,12 @@ static void waiter_tick(struct timer *t)
     arm(w, now);
 }
 
-bool ups_group_saturated(const struct ups_group *g, uint64_t tried, uint64_t now_ms)
+bool ups_group_saturated(const struct ups_group *g, const struct ups_tried *tried, uint64_t now_ms)
 {
     (void)now_ms;
     for (size_t i = 0; i < g->nservers; i++) {
         const struct ups_server *s = &g->servers[i];
-        if ((tried & (1ull << i)) || s->down || !s->max_conns ||
+        if (ups_tried_has(tried, i) || s->down || !s->max_conns ||
             atomic_load_explicit(&s->hc.down, memory_order_relaxed))
             continue;
         if (atomic_load_explicit(&s->active, memory_order_relaxed) >= s->max_conns)

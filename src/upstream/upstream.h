@@ -81,9 +81,38 @@ static inline const char *ups_server_addr_text(const struct ups_server *s)
 
 struct ups_group;
 
+/* The servers a request has tried already: a bit per server index. */
+#define UPS_MAX_SERVERS 1024
+struct ups_tried {
+    uint64_t w[UPS_MAX_SERVERS / 64];
+};
+
+static inline bool ups_tried_has(const struct ups_tried *t, size_t i)
+{
+    return t && (t->w[i / 64] >> (i % 64)) & 1;
+}
+
+static inline void ups_tried_set(struct ups_tried *t, size_t i)
+{
+    t->w[i / 64] |= 1ull << (i % 64);
+}
+
+static inline void ups_tried_clear(struct ups_tried *t, size_t i)
+{
+    t->w[i / 64] &= ~(1ull << (i % 64));
+}
+
+static inline bool ups_tried_any(const struct ups_tried *t)
+{
+    for (size_t i = 0; t && i < UPS_MAX_SERVERS / 64; i++)
+        if (t->w[i])
+            return true;
+    return false;
+}
+
 /* What a pick may depend on besides the group's own state. */
 struct ups_pick_ctx {
-    uint64_t tried; /* a bit per server index: not these */
+    const struct ups_tried *tried; /* not these (NULL: none) */
     uint64_t now_ms;
     const struct net_addr *client; /* ip_hash; NULL hashes as empty */
     struct slice key;              /* hash: the evaluated key */
@@ -125,6 +154,7 @@ struct ups_sticky {
 struct ups_group {
     char *name;
     struct ups_server *servers;
+    size_t cap_servers;
     size_t nservers;
     const struct ups_balancer *balancer;
     /* keep-alive pool settings */
@@ -167,8 +197,6 @@ struct ups_group {
     uint32_t resolver_valid_ms;
 };
 
-#define UPS_MAX_SERVERS 64
-
 /* The `upstream {}` directives and the `server` line parser. */
 extern const struct cf_module ups_cf_module;
 
@@ -189,9 +217,10 @@ void ups_group_finalize(struct ups_group *g);
  * backup tier. */
 struct ups_server *ups_select(struct ups_group *g, const struct ups_pick_ctx *cx);
 /* ups_select with only tried and now (round-robin-like groups, tests). */
-struct ups_server *ups_pick(struct ups_group *g, uint64_t tried, uint64_t now_ms);
+/* `tried64` marks the first 64 servers only (tests, micro-benchmarks). */
+struct ups_server *ups_pick(struct ups_group *g, uint64_t tried64, uint64_t now_ms);
 /* Would ups_select find a server not in `tried`? Changes no state. */
-bool ups_has_candidate(const struct ups_group *g, uint64_t tried, uint64_t now_ms);
+bool ups_has_candidate(const struct ups_group *g, const struct ups_tried *tried, uint64_t now_ms);
 /* Index of s in its group. */
 static inline size_t ups_server_index(const struct ups_group *g, const struct ups_server *s)
 {
@@ -205,8 +234,8 @@ bool ups_server_usable(const struct ups_server *s, uint64_t now_ms);
 int ups_server_weight(const struct ups_server *s, uint64_t now_ms);
 /* The server of a sticky cookie value if it is usable and not tried, else
  * NULL (the caller falls back to ups_select and re-issues the cookie). */
-struct ups_server *ups_sticky_find(struct ups_group *g, struct slice id, uint64_t tried,
-                                   uint64_t now_ms);
+struct ups_server *ups_sticky_find(struct ups_group *g, struct slice id,
+                                   const struct ups_tried *tried, uint64_t now_ms);
 
 /* Passive health (nginx max_fails/fail_timeout). */
 void ups_server_failed(struct ups_server *s, uint64_t now_ms);
@@ -315,7 +344,7 @@ struct ups_waiter {
 };
 
 /* Would a server of g not in `tried` be usable but for max_conns? */
-bool ups_group_saturated(const struct ups_group *g, uint64_t tried, uint64_t now_ms);
+bool ups_group_saturated(const struct ups_group *g, const struct ups_tried *tried, uint64_t now_ms);
 /* Wait for a slot of g: cb(w, false) runs (posted) when a connection of g on
  * this worker is released, or when a poll finds a slot freed by another
  * worker; cb(w, true) at the deadline. A new wait (deadline_ms == 0) goes

@@ -218,7 +218,8 @@ Test(check_state, fails_then_passes)
         struct ups_server *pick = ups_pick(g, 0, 4000 + (uint64_t)i);
         cr_assert_eq(pick, &g->servers[0], "no traffic to an unhealthy server");
     }
-    cr_assert_not(ups_has_candidate(g, 1, 4000), "only the unhealthy one is left");
+    struct ups_tried first = {.w = {1}};
+    cr_assert_not(ups_has_candidate(g, &first, 4000), "only the unhealthy one is left");
 
     cr_assert_not(check_peer_result(c, 1, true, 200, 5000, 5));
     cr_assert_not(check_peer_result(c, 1, true, 200, 6000, 6));
@@ -248,7 +249,7 @@ Test(check_state, all_unhealthy_means_no_server)
     }
     /* unlike passive failures, nginx Plus does not retry unhealthy servers */
     cr_assert_null(ups_pick(g, 0, 10));
-    cr_assert_not(ups_has_candidate(g, 0, 10));
+    cr_assert_not(ups_has_candidate(g, NULL, 10));
     snapshot_unref(s);
 }
 

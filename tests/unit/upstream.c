@@ -178,7 +178,7 @@ Test(ups_parse, block_errors)
 
 Test(ups_parse, too_many_servers)
 {
-    char text[8192];
+    static char text[UPS_MAX_SERVERS * 32 + 64];
     size_t off = (size_t)snprintf(text, sizeof(text), "upstream big {\n");
     for (int i = 0; i < UPS_MAX_SERVERS; i++)
         off += (size_t)snprintf(text + off, sizeof(text) - off, "server 127.0.0.1:%d;\n", 1000 + i);
@@ -186,7 +186,10 @@ Test(ups_parse, too_many_servers)
     cr_assert_eq(g->nservers, UPS_MAX_SERVERS);
     text[off] = '\0';
     strcat(text, "server 127.0.0.1:9;\n}\n");
-    group_bad(text, "t.conf:66: too many servers in upstream \"big\" (at most 64)");
+    char want[128];
+    snprintf(want, sizeof(want), "t.conf:%d: too many servers in upstream \"big\" (at most %d)",
+             UPS_MAX_SERVERS + 2, UPS_MAX_SERVERS);
+    group_bad(text, want);
 }
 
 Test(ups_parse, implicit_group)
@@ -1173,7 +1176,7 @@ Test(ups_algo, max_conns_skips_full_servers)
         cr_assert_eq(name_of(g, ups_pick(g, 0, 1000)), 'b');
     atomic_store(&g->servers[1].active, 1);
     cr_assert_null(ups_pick(g, 0, 1000), "every server at max_conns");
-    cr_assert(!ups_has_candidate(g, 0, 1000));
+    cr_assert(!ups_has_candidate(g, NULL, 1000));
     atomic_store(&g->servers[0].active, 1);
     cr_assert_eq(name_of(g, ups_pick(g, 0, 1000)), 'a');
     /* least_conn too */
@@ -1244,11 +1247,12 @@ Test(ups_algo, sticky_id_stable)
     cr_assert_str_neq(g->servers[0].sticky_id, g->servers[1].sticky_id);
     cr_assert_str_eq(g->servers[0].sticky_id, h->servers[1].sticky_id, "same address, same id");
     struct slice id = slice_cstr(g->servers[1].sticky_id);
-    cr_assert_eq(ups_sticky_find(g, id, 0, 1000), &g->servers[1]);
-    cr_assert_null(ups_sticky_find(g, id, 2, 1000), "tried");
-    cr_assert_null(ups_sticky_find(g, SLICE_LIT("0123"), 0, 1000));
+    cr_assert_eq(ups_sticky_find(g, id, NULL, 1000), &g->servers[1]);
+    struct ups_tried second = {.w = {2}};
+    cr_assert_null(ups_sticky_find(g, id, &second, 1000), "tried");
+    cr_assert_null(ups_sticky_find(g, SLICE_LIT("0123"), NULL, 1000));
     g->servers[1].down = true;
-    cr_assert_null(ups_sticky_find(g, id, 0, 1000), "down: the balancer decides");
+    cr_assert_null(ups_sticky_find(g, id, NULL, 1000), "down: the balancer decides");
 }
 
 Test(ups_algo, retry_budget_caps_retries)
@@ -1334,10 +1338,11 @@ Test(ups_pool, queue_bound_and_wake_on_release)
     cr_assert_eq(g->queue_max, 2);
     cr_assert_eq(g->queue_timeout_ms, 50);
     struct ups_server *s = &g->servers[0];
-    cr_assert_not(ups_group_saturated(g, 0, 0));
+    cr_assert_not(ups_group_saturated(g, NULL, 0));
     atomic_store(&s->active, 1);
-    cr_assert(ups_group_saturated(g, 0, 0));
-    cr_assert_not(ups_group_saturated(g, 1, 0), "tried servers do not count");
+    cr_assert(ups_group_saturated(g, NULL, 0));
+    struct ups_tried first = {.w = {1}};
+    cr_assert_not(ups_group_saturated(g, &first, 0), "tried servers do not count");
     struct loop *l = loop_new();
     struct ups_pool *p = ups_pool_new(l);
     struct ups_waiter w[3] = {0};
@@ -1364,4 +1369,30 @@ Test(ups_pool, queue_bound_and_wake_on_release)
     ups_pool_free(p);
     loop_drain_posted(l);
     loop_free(l);
+}
+
+/* A group is not limited to 64 servers: a request that tried the first 100
+ * of 200 still finds one, and the `tried` set covers every index. */
+Test(ups_algo, more_than_64_servers)
+{
+    static char conf[200 * 32 + 64];
+    size_t off = (size_t)snprintf(conf, sizeof(conf), "upstream big {");
+    for (int i = 0; i < 200; i++)
+        off += (size_t)snprintf(conf + off, sizeof(conf) - off, " server 127.0.0.1:%d;", 1000 + i);
+    snprintf(conf + off, sizeof(conf) - off, " }");
+    struct ups_group *g = group(conf);
+    cr_assert_eq(g->nservers, 200);
+    struct ups_tried t = {0};
+    for (size_t i = 0; i < 100; i++)
+        ups_tried_set(&t, i);
+    struct ups_pick_ctx cx = {.tried = &t, .now_ms = 1000};
+    for (int k = 0; k < 300; k++) {
+        struct ups_server *s = ups_select(g, &cx);
+        cr_assert_not_null(s);
+        cr_assert_geq(ups_server_index(g, s), 100);
+    }
+    for (size_t i = 100; i < 200; i++)
+        ups_tried_set(&t, i);
+    cr_assert_null(ups_select(g, &cx), "all 200 tried");
+    cr_assert_not(ups_has_candidate(g, &t, 1000));
 }
