@@ -24,7 +24,7 @@ void arena_init(struct arena *a, size_t chunk_size, size_t cap)
 /* Chunks of the common size (4 KiB, every exchange's first) are kept per
  * thread for the next arena: an exchange then costs no malloc. */
 #define CHUNK_CACHE_SIZE 4096
-#define CHUNK_CACHE_MAX 256
+#define CHUNK_CACHE_MAX  256
 static __thread struct arena_chunk *chunk_cache;
 static __thread size_t chunk_cached;
 

@@ -8,7 +8,7 @@
 #include <unistd.h>
 
 /* Free segments kept per thread; beyond this many, they go back to malloc. */
-#define BUF_CACHE_MAX 512
+#define BUF_CACHE_MAX  512
 #define BUF_CACHE_IDLE 64 /* what the cache keeps once a burst is over */
 
 static __thread struct buf *free_list;
