@@ -1148,8 +1148,10 @@ static void sess_linger(struct h2_session *s)
     if (s->lingering)
         return;
     s->lingering = true;
-    if (!s->tls)
-        shutdown(s->io.fd, SHUT_WR);
+    /* TLS: close_notify, then the TCP FIN, so the client sees the end */
+    if (s->tls)
+        tls_shutdown(s->tls);
+    shutdown(s->io.fd, SHUT_WR);
     timer_set(s->w->loop, &s->idle_timer, LINGER_MS);
     linger_read(s);
 }
@@ -1377,7 +1379,6 @@ static int ng_new(struct h2_session *s)
         {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, s->conf.max_concurrent_streams},
         {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, s->conf.initial_window_size},
         {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, s->conf.max_header_size},
-        {NGHTTP2_SETTINGS_NO_RFC7540_PRIORITIES, 1},
     };
     if (nghttp2_submit_settings(s->ng, NGHTTP2_FLAG_NONE, iv, sizeof(iv) / sizeof(iv[0])) != 0 ||
         nghttp2_session_set_local_window_size(s->ng, NGHTTP2_FLAG_NONE, 0,
