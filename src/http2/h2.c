@@ -198,7 +198,8 @@ struct h2_session {
     struct posted flush_post;
     struct posted release_post;
     bool closed;
-    bool calm; /* terminated for abuse: read nothing more */
+    bool calm;             /* terminated for abuse: read nothing more */
+    int32_t max_opened_id; /* highest client stream id opened here */
     bool going_away;
     bool lingering; /* GOAWAY sent, write side shut, draining */
 };
@@ -404,6 +405,24 @@ static ssize_t cb_read_data(nghttp2_session *ng, int32_t id, uint8_t *buf, size_
 
 /* ---- request heads ---- */
 
+/* RFC 9113 5.1.1: a new stream's id must be larger than every earlier one.
+ * nghttp2 ignores a HEADERS frame on a lower id it knows nothing of (it
+ * cannot tell an idle stream from one closed long ago); a lower id that was
+ * never opened here is an idle stream, so this is a connection error. */
+static int cb_begin_frame(nghttp2_session *ng, const nghttp2_frame_hd *hd, void *ud)
+{
+    struct h2_session *s = ud;
+    if (hd->type != NGHTTP2_HEADERS || !(hd->stream_id & 1) || s->calm)
+        return 0;
+    if (hd->stream_id <= s->max_opened_id && !nghttp2_session_find_stream(ng, hd->stream_id) &&
+        hd->stream_id < nghttp2_session_get_last_proc_stream_id(ng)) {
+        s->calm = true;
+        nghttp2_session_terminate_session(ng, NGHTTP2_PROTOCOL_ERROR);
+        queue_flush(s);
+    }
+    return 0;
+}
+
 static int cb_begin_headers(nghttp2_session *ng, const nghttp2_frame *frame, void *ud)
 {
     struct h2_session *s = ud;
@@ -414,6 +433,8 @@ static int cb_begin_headers(nghttp2_session *ng, const nghttp2_frame *frame, voi
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     st->s = s;
     st->id = frame->hd.stream_id;
+    if (st->id > s->max_opened_id)
+        s->max_opened_id = st->id;
     arena_init(&st->ex.arena, 4096, 0);
     timer_init(&st->rtimer, NULL, st);
     timer_init(&st->wtimer, NULL, st);
@@ -1350,6 +1371,7 @@ static void callbacks_init(void)
     nghttp2_session_callbacks_set_send_callback(callbacks, cb_send);
     nghttp2_session_callbacks_set_send_data_callback(callbacks, cb_send_data);
     nghttp2_session_callbacks_set_on_begin_headers_callback(callbacks, cb_begin_headers);
+    nghttp2_session_callbacks_set_on_begin_frame_callback(callbacks, cb_begin_frame);
     nghttp2_session_callbacks_set_on_header_callback(callbacks, cb_header);
     nghttp2_session_callbacks_set_on_frame_recv_callback(callbacks, cb_frame_recv);
     nghttp2_session_callbacks_set_on_data_chunk_recv_callback(callbacks, cb_data_chunk);

@@ -547,3 +547,29 @@ def test_reload_sends_goaway(res):
     c2 = H2Client(p.port)
     head, body = c2.response(c2.request(path="/local"))
     assert body == b"hello h2\n"
+
+
+def test_lower_stream_id_is_a_connection_error(res):
+    """RFC 9113 5.1.1 (h2spec 5.1.1/2): opening stream 3 after stream 5 is a
+    connection error; nghttp2 alone would ignore the frame."""
+    p, _ = start(res)
+    raw = RawH2(p.port)
+    raw.send(HeadersFrame(5, GET_ROOT, flags=["END_HEADERS", "END_STREAM"]),
+             HeadersFrame(3, GET_ROOT, flags=["END_HEADERS", "END_STREAM"]))
+    g = raw.goaway()
+    assert g is not None and g.error_code == PROTOCOL_ERROR
+    raw.close()
+
+
+def test_trailers_on_an_open_stream_are_not_an_error(res):
+    """The check above must not catch trailers: a second HEADERS on a stream
+    that is still open (request body with trailers) is answered normally."""
+    p, _ = start(res)
+    c = H2Client(p.port)
+    sid = c.request("POST", "/", end=False)
+    c.c.send_data(sid, b"x" * 10)
+    c.c.send_headers(sid, [("x-check", "1")], end_stream=True)
+    c.flush()
+    head, _ = c.response(sid)
+    assert head is not None and head[":status"] == "200"
+    assert not any(isinstance(e, h2.events.ConnectionTerminated) for e in c.events)
