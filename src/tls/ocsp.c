@@ -28,6 +28,7 @@ struct staple_item {
     unsigned char *der; /* current response, under the staple's lock */
     size_t der_len;
     time_t refresh;
+    unsigned fails; /* failed fetches in a row: the retry backs off */
 };
 
 struct tls_staple {
@@ -192,9 +193,16 @@ static void refresh_item(struct tls_staple *s, size_t i)
         it->der = der;
         it->der_len = (size_t)len;
         it->refresh = next;
+        it->fails = 0;
     } else {
-        /* Keep a still valid older response; nginx drops it only at expiry. */
-        it->refresh = time(NULL) + 300;
+        /* Keep a still valid older response; nginx drops it only at expiry.
+         * Retry after 5 s, doubling up to nginx's 300 s: a responder that
+         * was briefly away does not leave handshakes without a staple for
+         * five minutes. */
+        unsigned f = it->fails < 6 ? it->fails : 6;
+        time_t wait = (time_t)5 << f;
+        it->refresh = time(NULL) + (wait > 300 ? 300 : wait);
+        it->fails++;
     }
     pthread_mutex_unlock(&s->lock);
 }
