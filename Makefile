@@ -45,7 +45,7 @@ fuzz: $(FUZZ_BUILD)/build.ninja
 	for t in h1_request h1_response h1_chunked config; do \
 	  mkdir -p fuzz/out/$$t; \
 	  $(FUZZ_BUILD)/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
-	    fuzz/out/$$t fuzz/corpus/$$t || exit 1; \
+	    -artifact_prefix=fuzz/out/$$t- fuzz/out/$$t fuzz/corpus/$$t || exit 1; \
 	done
 
 run: deps build
