@@ -133,7 +133,8 @@ struct exchange {
     bool req_chunked;
     bool req_has_body;
     bool expect_continue;
-    size_t request_length; /* head + body bytes read */
+    size_t request_length;     /* head + body bytes read */
+    struct slice req_trailers; /* trailer field lines (with CRLFs) of a chunked body */
 
     /* routing */
     const struct srv_conf *srv;

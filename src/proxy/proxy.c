@@ -80,6 +80,7 @@ struct fwd {
 };
 
 static void fwd_run(struct fwd *f);
+static void push_last_chunk(struct fwd *f);
 static void try_upstream(struct fwd *f);
 static void respond_status(struct exchange *ex, int status);
 
@@ -920,7 +921,7 @@ static void try_upstream(struct fwd *f)
     }
     if (f->body_eof || !ex->req_has_body || !ex->lc->pass_request_body) {
         if (f->send_chunked)
-            outq_push(&f->out, NULL, "0\r\n\r\n", 5);
+            push_last_chunk(f);
         f->req_sent = true;
     }
     if (f->uc_reused)
@@ -929,6 +930,19 @@ static void try_upstream(struct fwd *f)
 }
 
 /* ---- sending the request ---- */
+
+/* The last chunk toward the upstream, with the client's trailers if any. */
+static void push_last_chunk(struct fwd *f)
+{
+    struct slice t = f->ex->req_trailers;
+    if (!t.len) {
+        outq_push(&f->out, NULL, "0\r\n\r\n", 5);
+        return;
+    }
+    outq_push(&f->out, NULL, "0\r\n", 3);
+    outq_push(&f->out, NULL, t.p, t.len);
+    outq_push(&f->out, NULL, "\r\n", 2);
+}
 
 static int pump_request(struct fwd *f)
 {
@@ -948,7 +962,7 @@ static int pump_request(struct fwd *f)
             if (st == BODY_END) {
                 f->body_eof = true;
                 if (f->send_chunked)
-                    outq_push(&f->out, NULL, "0\r\n\r\n", 5);
+                    push_last_chunk(f);
                 f->req_sent = true;
                 break;
             }

@@ -982,14 +982,19 @@ static enum body_status op_body_read(struct exchange *ex, struct body_piece *pie
             size_t consumed = 0;
             struct slice data = SLICE_NULL;
             enum h1_error err = H1E_NONE;
+            struct slice trailers = SLICE_NULL;
             enum h1_result r =
-                h1_chunked_decode(&s->b->rb_dec, base, have, &consumed, &data, NULL, &err);
+                h1_chunked_decode(&s->b->rb_dec, base, have, &consumed, &data, &trailers, &err);
             s->rstart += consumed;
             ex->request_length += consumed;
             if (r == H1_ERROR)
                 return body_fail(s, END_CLIENT_BAD_BODY, h1_error_str(err));
-            if (r == H1_DONE)
+            if (r == H1_DONE) {
                 s->rb_done = true;
+                /* kept for an upstream that gets the body chunked */
+                if (trailers.len)
+                    ex->req_trailers = arena_slice_dup(&ex->arena, trailers);
+            }
             if (data.len) {
                 s->rb_total += data.len;
                 if (lc->client_max_body_size && s->rb_total > lc->client_max_body_size)
