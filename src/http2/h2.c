@@ -487,8 +487,28 @@ static int cb_header(nghttp2_session *ng, const nghttp2_frame *frame, const uint
             calm_down(s, "header list far over http2_max_header_size (HPACK bomb?)");
         return 0;
     }
-    if (frame->headers.cat != NGHTTP2_HCAT_REQUEST || st->started)
-        return 0; /* trailers: the exchange has no place for them */
+    if (frame->headers.cat != NGHTTP2_HCAT_REQUEST || st->started) {
+        /* request trailers: kept as HTTP/1 field lines for an upstream that
+         * gets the body chunked (bounded; pseudo and connection fields out) */
+        struct slice n = slice_make((const char *)name, namelen);
+        struct slice old = st->ex.req_trailers;
+        size_t add = namelen + valuelen + 4;
+        if (!namelen || name[0] == ':' || h2_field_is_connection_specific(n) ||
+            old.len + add > 16384)
+            return 0;
+        char *p = arena_alloc(&st->ex.arena, old.len + add);
+        if (!p)
+            return 0;
+        if (old.len)
+            memcpy(p, old.p, old.len);
+        char *d = p + old.len;
+        d = mem_put(d, name, namelen);
+        d = MEM_PUT_LIT(d, ": ");
+        d = mem_put(d, value, valuelen);
+        d = MEM_PUT_LIT(d, "\r\n");
+        st->ex.req_trailers = slice_make(p, (size_t)(d - p));
+        return 0;
+    }
     struct slice n = arena_slice_dup(&st->ex.arena, slice_make((const char *)name, namelen));
     struct slice v = arena_slice_dup(&st->ex.arena, slice_make((const char *)value, valuelen));
     if ((namelen && !n.p) || (valuelen && !v.p))

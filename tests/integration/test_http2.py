@@ -573,3 +573,43 @@ def test_trailers_on_an_open_stream_are_not_an_error(res):
     head, _ = c.response(sid)
     assert head is not None and head[":status"] == "200"
     assert not any(isinstance(e, h2.events.ConnectionTerminated) for e in c.events)
+
+
+def test_request_trailers_reach_the_upstream(res):
+    """HTTP/2 request trailers go upstream after the last chunk when the body
+    is streamed (proxy_request_buffering off)."""
+    lst = socket.socket()
+    lst.bind(("127.0.0.1", 0))
+    lst.listen(4)
+    got = {}
+
+    def serve():
+        c, _ = lst.accept()
+        c.settimeout(10)
+        buf = b""
+        while b"x-check: abc\r\n\r\n" not in buf and b"\r\n0\r\n\r\n" not in buf:
+            d = c.recv(65536)
+            if not d:
+                break
+            buf += d
+        got["raw"] = buf
+        c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+        c.close()
+
+    th = threading.Thread(target=serve, daemon=True)
+    th.start()
+    up = lst.getsockname()[1]
+    p = res.proxy("server { listen 127.0.0.1:{port} http2; location / { proxy_pass "
+                  "http://127.0.0.1:%d; proxy_request_buffering off; } }" % up)
+    c = H2Client(p.port)
+    sid = c.request("POST", "/t", end=False)
+    c.c.send_data(sid, b"hello")
+    c.c.send_headers(sid, [("x-check", "abc")], end_stream=True)
+    c.flush()
+    head, body = c.response(sid)
+    th.join(10)
+    lst.close()
+    assert head is not None and head[":status"] == "200"
+    raw = got["raw"]
+    assert b"Transfer-Encoding: chunked" in raw
+    assert raw.endswith(b"0\r\nx-check: abc\r\n\r\n"), raw[-80:]
