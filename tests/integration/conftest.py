@@ -973,3 +973,37 @@ class Background:
         if self.exc:
             raise AssertionError(f"background call failed: {self.exc!r}") from self.exc
         return self.value
+
+
+class RawRecorder:
+    """A one-shot origin on 127.0.0.1: accepts one connection, reads until one
+    of `ends` appears (or EOF), keeps the raw bytes in .raw and answers
+    200 "ok". For checking exactly what the proxy sent upstream."""
+
+    def __init__(self, *ends):
+        self.ends = ends
+        self.raw = b""
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(4)
+        self.port = self.sock.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        c, _ = self.sock.accept()
+        c.settimeout(10)
+        buf = b""
+        while not any(e in buf for e in self.ends):
+            d = c.recv(65536)
+            if not d:
+                break
+            buf += d
+        self.raw = buf
+        c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+        c.close()
+
+    def wait(self, timeout=10):
+        self.thread.join(timeout)
+        self.sock.close()
+        return self.raw

@@ -23,7 +23,7 @@ import h2.settings
 from hyperframe.frame import (ContinuationFrame, DataFrame, Frame, GoAwayFrame, HeadersFrame,
                               PingFrame, RstStreamFrame, SettingsFrame)
 
-from conftest import IS_NGINX, pattern, wait_for
+from conftest import IS_NGINX, RawRecorder, pattern, wait_for
 
 pytestmark = pytest.mark.skipif(IS_NGINX, reason="Portico's HTTP/2 limits and messages")
 
@@ -578,38 +578,16 @@ def test_trailers_on_an_open_stream_are_not_an_error(res):
 def test_request_trailers_reach_the_upstream(res):
     """HTTP/2 request trailers go upstream after the last chunk when the body
     is streamed (proxy_request_buffering off)."""
-    lst = socket.socket()
-    lst.bind(("127.0.0.1", 0))
-    lst.listen(4)
-    got = {}
-
-    def serve():
-        c, _ = lst.accept()
-        c.settimeout(10)
-        buf = b""
-        while b"x-check: abc\r\n\r\n" not in buf and b"\r\n0\r\n\r\n" not in buf:
-            d = c.recv(65536)
-            if not d:
-                break
-            buf += d
-        got["raw"] = buf
-        c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
-        c.close()
-
-    th = threading.Thread(target=serve, daemon=True)
-    th.start()
-    up = lst.getsockname()[1]
+    up = RawRecorder(b"x-check: abc\r\n\r\n", b"\r\n0\r\n\r\n")
     p = res.proxy("server { listen 127.0.0.1:{port} http2; location / { proxy_pass "
-                  "http://127.0.0.1:%d; proxy_request_buffering off; } }" % up)
+                  "http://127.0.0.1:%d; proxy_request_buffering off; } }" % up.port)
     c = H2Client(p.port)
     sid = c.request("POST", "/t", end=False)
     c.c.send_data(sid, b"hello")
     c.c.send_headers(sid, [("x-check", "abc")], end_stream=True)
     c.flush()
-    head, body = c.response(sid)
-    th.join(10)
-    lst.close()
+    head, _ = c.response(sid)
+    raw = up.wait()
     assert head is not None and head[":status"] == "200"
-    raw = got["raw"]
     assert b"Transfer-Encoding: chunked" in raw
     assert raw.endswith(b"0\r\nx-check: abc\r\n\r\n"), raw[-80:]

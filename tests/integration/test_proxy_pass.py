@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from conftest import Conn, build_request, get, pattern, request
+from conftest import Conn, RawRecorder, build_request, get, pattern, request
 
 CONF = r"""
 upstream u { server {origin}; keepalive 8; }
@@ -348,38 +348,14 @@ def test_upstream_connection_close_honoured(po):
 def test_request_trailers_forwarded_when_body_streams_chunked(res):
     """A chunked request body that is streamed upstream (proxy_request_buffering
     off) keeps its trailers: the origin sees them after the last chunk."""
-    import socket as _s
-    import threading as _t
-    lst = _s.socket()
-    lst.bind(("127.0.0.1", 0))
-    lst.listen(4)
-    got = {}
-
-    def serve():
-        c, _ = lst.accept()
-        c.settimeout(10)
-        buf = b""
-        while b"X-Check: abc\r\n\r\n" not in buf and b"\r\n0\r\n\r\n" not in buf:
-            d = c.recv(65536)
-            if not d:
-                break
-            buf += d
-        got["raw"] = buf
-        c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
-        c.close()
-
-    th = _t.Thread(target=serve, daemon=True)
-    th.start()
-    port = lst.getsockname()[1]
+    up = RawRecorder(b"X-Check: abc\r\n\r\n", b"\r\n0\r\n\r\n")
     p = res.proxy("server { listen 127.0.0.1:{port}; location / { proxy_pass http://127.0.0.1:%d; "
-                  "proxy_request_buffering off; } }" % port)
+                  "proxy_request_buffering off; } }" % up.port)
     with Conn(p.port) as c:
         c.send(build_request("POST", "/t", headers=[("Transfer-Encoding", "chunked")])
                + b"5\r\nhello\r\n0\r\nX-Check: abc\r\n\r\n")
         r = c.read_response()
-    th.join(10)
-    lst.close()
+    raw = up.wait()
     assert r.status == 200
-    raw = got["raw"]
     assert b"Transfer-Encoding: chunked" in raw
     assert raw.endswith(b"5\r\nhello\r\n0\r\nX-Check: abc\r\n\r\n"), raw[-80:]
