@@ -87,11 +87,18 @@ static int worker_count(const struct snapshot *s)
     return n > 0 ? (int)n : 1;
 }
 
-static void apply_error_log(const struct snapshot *s)
+/* Point the error log at the snapshot's; on failure nothing changes and
+ * err says file:line and why (start refuses to run, reload keeps the old
+ * configuration). */
+static int apply_error_log(const struct snapshot *s, char *err, size_t errlen)
 {
     const char *path = s->main.error_log_path ? s->main.error_log_path : "stderr";
-    if (log_open(path, (enum log_level)s->main.error_log_level) < 0)
-        log_write(LOG_ALERT, "could not open error log \"%s\": %s", path, strerror(errno));
+    if (log_open(path, (enum log_level)s->main.error_log_level) == 0)
+        return 0;
+    snprintf(err, errlen, "%s:%d: open() \"%s\" failed (%d: %s)",
+             s->main.error_log_file ? s->main.error_log_file : "-", s->main.error_log_line, path,
+             errno, strerror(errno));
+    return -1;
 }
 
 static void write_pid(const struct snapshot *s)
@@ -213,7 +220,11 @@ int main(int argc, char **argv)
         snapshot_unref(snap);
         return 1;
     }
-    apply_error_log(snap);
+    if (apply_error_log(snap, err, sizeof(err)) < 0) {
+        fprintf(stderr, "portico: [emerg] %s\n", err);
+        snapshot_unref(snap);
+        return 1;
+    }
     int nworkers = worker_count(snap);
     struct worker *workers = NULL;
     if (workers_start(&workers, nworkers, snap) < 0) {
@@ -250,7 +261,11 @@ int main(int argc, char **argv)
                 snapshot_unref(next);
                 continue;
             }
-            apply_error_log(next);
+            if (apply_error_log(next, err, sizeof(err)) < 0) {
+                log_write(LOG_ERR, "reload failed, keeping the running configuration: %s", err);
+                snapshot_unref(next);
+                continue;
+            }
             check_reload(next->groups, next->ngroups); /* before traffic: state carried over */
             ups_resolve_reload(next->groups, next->ngroups);
             struct snapshot *old = workers_swap_snapshot(next);

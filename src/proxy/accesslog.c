@@ -84,8 +84,8 @@ int accesslog_open_all(struct snapshot *s, const struct snapshot *old, char *err
         struct access_log *al = s->all_logs[i];
         int fd = file_acquire(al->path);
         if (fd < 0) {
-            snprintf(err, errlen, "open() \"%s\" failed (%d: %s)", al->path, errno,
-                     strerror(errno));
+            snprintf(err, errlen, "%s:%d: open() \"%s\" failed (%d: %s)", al->file, al->line,
+                     al->path, errno, strerror(errno));
             for (size_t k = 0; k < i; k++)
                 file_release(s->all_logs[k]->path);
             s->nall_logs = 0;

@@ -17,13 +17,14 @@ struct access_log {
     size_t buffer_size; /* 0: one write per line */
     uint32_t flush_ms;
     size_t index;  /* slot in each worker's buffers */
-    bool borrowed; /* fd belongs to an older snapshot's log of the same path */
+    const char *file; /* the access_log line, for errors */
+    int line;
 };
 
 /* Open every log file of a snapshot; files that an older snapshot already
  * has open are shared. Returns 0 or -1 with a message. */
 int accesslog_open_all(struct snapshot *s, const struct snapshot *old, char *err, size_t errlen);
-/* Close the files a snapshot owns and no newer one borrowed. */
+/* Release the snapshot's hold on its log files (they stay open: see accesslog.c). */
 void accesslog_close_all(struct snapshot *s, const struct snapshot *newer);
 /* Reopen every file in place (SIGUSR1). */
 void accesslog_reopen_all(struct snapshot *s);

@@ -513,6 +513,8 @@ static int set_access_log(struct cf_ctx *cx, const struct cf_node *n, const stru
     if (!al)
         return cf_error(cx, n, "out of memory");
     al->path = n->args[0];
+    al->file = n->file;
+    al->line = n->line;
     const char *fmt_name = "combined";
     for (size_t i = 1; i < n->nargs; i++) {
         const char *a = n->args[i];
@@ -587,6 +589,8 @@ static int set_error_log(struct cf_ctx *cx, const struct cf_node *n, const struc
     struct main_conf *m = conf;
     m->error_log_path = n->args[0];
     m->error_log_level = LOG_ERR;
+    m->error_log_file = n->file;
+    m->error_log_line = n->line;
     if (n->nargs == 2) {
         int lvl = log_level_parse(n->args[1]);
         if (lvl < 0)

@@ -237,6 +237,8 @@ struct main_conf {
     char *pid_path;
     char *error_log_path;
     int error_log_level;
+    const char *error_log_file; /* where error_log was written, for errors */
+    int error_log_line;
     uint32_t worker_shutdown_timeout_ms;
     int worker_connections;
     int worker_rlimit_nofile;

@@ -436,11 +436,14 @@ static int ensure_room(struct h1_session *s, size_t max_head)
     if (s->rstart > 0 && s->rseg->refs == 1) {
         memmove(s->rseg->data, s->rseg->data + s->rstart, have);
     } else {
-        /* shared with an exchange, or a head that needs a larger buffer */
-        size_t cap = have + BUF_SEG_SIZE > BUF_SEG_SIZE ? have + 1024 : BUF_SEG_SIZE;
-        if (have >= BUF_SEG_SIZE / 2)
-            cap = max_head + 1024 > have + 1024 ? max_head + 1024 : have + 1024;
-        struct buf *nb = buf_new(cap < BUF_SEG_SIZE ? BUF_SEG_SIZE : cap);
+        /* shared with an exchange (take a fresh segment), or a head that has
+         * outgrown one (take room for the largest head allowed) */
+        size_t cap = BUF_SEG_SIZE;
+        if (have >= BUF_SEG_SIZE / 2 && max_head + 1024 > cap)
+            cap = max_head + 1024;
+        if (have + 1024 > cap)
+            cap = have + 1024;
+        struct buf *nb = buf_new(cap);
         if (!nb)
             return -1;
         memcpy(nb->data, s->rseg->data + s->rstart, have);

@@ -235,3 +235,27 @@ def test_graceful_stop_finishes_inflight(res):
 def test_sigint_stops(res):
     p = res.proxy(GOOD % "v1")
     assert p.stop(signal.SIGINT) == 0
+
+
+@pytest.mark.skipif(IS_NGINX, reason="Portico's wording")
+def test_unwritable_access_log_named_with_file_and_line(res):
+    p = res.proxy_unstarted("server {\n    listen 127.0.0.1:{port};\n"
+                            "    access_log /nonexistent-dir-7f1/a.log; # BAD\n"
+                            "    location / { return 200 \"x\"; }\n}\n")
+    cp = p.run_cmd("-t")
+    assert cp.returncode != 0
+    assert f"{p.conf_path}:{bad_line(p)}: open() \"/nonexistent-dir-7f1/a.log\" failed" in cp.output, \
+        cp.output
+
+
+@pytest.mark.skipif(IS_NGINX, reason="Portico's wording")
+def test_unwritable_error_log_refuses_to_start(tmp_path):
+    from conftest import PORTICO_BIN, free_port
+    conf = tmp_path / "p.conf"
+    conf.write_text("error_log /nonexistent-dir-7f1/e.log;\npid %s/p.pid;\nevents {}\n"
+                    "http { server { listen 127.0.0.1:%d; return 200; } }\n"
+                    % (tmp_path, free_port()))
+    cp = subprocess.run([PORTICO_BIN, "-c", str(conf)], capture_output=True, timeout=20)
+    out = (cp.stdout + cp.stderr).decode()
+    assert cp.returncode != 0
+    assert f"{conf}:1: open() \"/nonexistent-dir-7f1/e.log\" failed" in out, out
