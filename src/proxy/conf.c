@@ -582,6 +582,20 @@ static int set_worker_processes(struct cf_ctx *cx, const struct cf_node *n,
     return 0;
 }
 
+static int set_worker_connections(struct cf_ctx *cx, const struct cf_node *n,
+                                  const struct cf_directive *d, void *conf)
+{
+    struct main_conf *m = conf;
+    int v;
+    if (m->worker_connections != CF_UNSET_INT)
+        return cf_error(cx, n, "\"%s\" directive is duplicate", d->name);
+    /* 0 would accept nothing at all: a typo, not a setting */
+    if (cf_parse_int(n->args[0], &v) < 0 || v < 1)
+        return cf_error(cx, n, "invalid value \"%s\" in \"%s\" directive", n->args[0], d->name);
+    m->worker_connections = v;
+    return 0;
+}
+
 static int set_error_log(struct cf_ctx *cx, const struct cf_node *n, const struct cf_directive *d,
                          void *conf)
 {
@@ -916,7 +930,7 @@ static const struct cf_directive core_directives[] = {
      "manager)"},
     {"events", CF_MAIN, 0, 0, true, set_events, CONF_MAIN, 0, "{ ... }", "-",
      "event loop settings"},
-    {"worker_connections", CF_EVENTS, 1, 1, false, cf_set_int, CONF_MAIN,
+    {"worker_connections", CF_EVENTS, 1, 1, false, set_worker_connections, CONF_MAIN,
      OFF_MAIN(worker_connections), "number", "10240",
      "client connections each worker accepts at most"},
     {"http", CF_MAIN, 0, 0, true, set_http, CONF_MAIN, 0, "{ ... }", "-",

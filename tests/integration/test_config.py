@@ -259,3 +259,14 @@ def test_unwritable_error_log_refuses_to_start(tmp_path):
     out = (cp.stdout + cp.stderr).decode()
     assert cp.returncode != 0
     assert f"{conf}:1: open() \"/nonexistent-dir-7f1/e.log\" failed" in out, out
+
+
+@pytest.mark.skipif(IS_NGINX, reason="Portico's wording")
+def test_zero_worker_connections_refused(tmp_path):
+    from conftest import PORTICO_BIN
+    conf = tmp_path / "p.conf"
+    conf.write_text("events {\n    worker_connections 0;\n}\n"
+                    "http { server { listen 127.0.0.1:1; return 200; } }\n")
+    cp = subprocess.run([PORTICO_BIN, "-t", "-c", str(conf)], capture_output=True, timeout=20)
+    assert cp.returncode != 0
+    assert f"{conf}:2: invalid value \"0\" in \"worker_connections\"" in cp.stderr.decode()
