@@ -16,7 +16,7 @@ struct access_log {
     const struct log_format *format;
     size_t buffer_size; /* 0: one write per line */
     uint32_t flush_ms;
-    size_t index;  /* slot in each worker's buffers */
+    size_t index;     /* slot in each worker's buffers */
     const char *file; /* the access_log line, for errors */
     int line;
 };
