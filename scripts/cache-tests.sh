@@ -70,12 +70,15 @@ wait_port "$ORIGIN_PORT" "${pids[-1]}" "cache-tests server" "$tmp/origin.log"
 
 # The proxy. The same configuration for both: no proxy_cache_valid, so only
 # the origin's headers decide freshness; revalidation with validators on;
-# X-Cache-Status shows HIT/MISS/... in --id dumps.
+# a stale response may answer when the origin fails (the usual production
+# setting; must-revalidate and friends still forbid it); X-Cache-Status
+# shows HIT/MISS/... in --id dumps.
 PORT=$(free_port)
 cache_http="" cache_loc=""
 if [ "$NOCACHE" = 0 ]; then
   cache_http="proxy_cache_path $tmp/cache levels=1:2 keys_zone=cachetests:10m max_size=100m inactive=60m;"
   cache_loc="proxy_cache cachetests; proxy_cache_revalidate on;
+      proxy_cache_use_stale error timeout;
       add_header X-Cache-Status \$upstream_cache_status always;"
 fi
 server="server {

@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "cache/store.h"
 #include "config/config.h"
 #include "core/log.h"
 #include "proxy/accesslog.h"
@@ -182,6 +183,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "portico: the configuration file %s syntax is ok\n", conf);
         fprintf(stderr, "portico: configuration file %s test is successful\n", conf);
         snapshot_unref(snap);
+        cache_shutdown();
         return 0;
     }
     if (!snap->has_http || snap->nlistens == 0) {
@@ -293,5 +295,6 @@ int main(int argc, char **argv)
     unlink(pid_copy);
     log_write(LOG_NOTICE, "exit");
     snapshot_unref(atomic_exchange(&current_snapshot, NULL));
+    cache_shutdown();
     return exit_code;
 }

@@ -229,3 +229,71 @@ int net_connect_result(int fd)
         return errno;
     return err;
 }
+
+int net_cidr_parse(const char *text, struct net_cidr *out)
+{
+    memset(out, 0, sizeof(*out));
+    if (strcmp(text, "all") == 0)
+        return 0;
+    char buf[64];
+    const char *slash = strchr(text, '/');
+    size_t hl = slash ? (size_t)(slash - text) : strlen(text);
+    if (hl == 0 || hl >= sizeof(buf))
+        return -1;
+    memcpy(buf, text, hl);
+    buf[hl] = 0;
+    int bits;
+    if (inet_pton(AF_INET, buf, out->addr) == 1) {
+        out->family = AF_INET;
+        bits = 32;
+    } else if (inet_pton(AF_INET6, buf, out->addr) == 1) {
+        out->family = AF_INET6;
+        bits = 128;
+    } else {
+        return -1;
+    }
+    if (slash) {
+        char *end;
+        long v = strtol(slash + 1, &end, 10);
+        if (!slash[1] || *end || v < 0 || v > bits)
+            return -1;
+        bits = (int)v;
+    }
+    for (int i = 0; i < 16; i++) {
+        int b = bits - 8 * i;
+        out->mask[i] = b >= 8 ? 0xff : b <= 0 ? 0 : (unsigned char)(0xff << (8 - b));
+        out->addr[i] &= out->mask[i];
+    }
+    return 0;
+}
+
+bool net_cidr_match(const struct net_cidr *c, const struct net_addr *a)
+{
+    if (c->family == 0)
+        return true;
+    const unsigned char *p;
+    int n;
+    unsigned char mapped[4];
+    if (a->sa.ss_family == AF_INET) {
+        p = (const unsigned char *)&a->in4.sin_addr;
+        n = 4;
+        if (c->family != AF_INET)
+            return false;
+    } else {
+        p = (const unsigned char *)&a->in6.sin6_addr;
+        n = 16;
+        if (c->family == AF_INET) {
+            /* an IPv4-mapped IPv6 peer matches IPv4 blocks */
+            static const unsigned char pre[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+            if (memcmp(p, pre, 12) != 0)
+                return false;
+            memcpy(mapped, p + 12, 4);
+            p = mapped;
+            n = 4;
+        }
+    }
+    for (int i = 0; i < n; i++)
+        if ((p[i] & c->mask[i]) != c->addr[i])
+            return false;
+    return true;
+}

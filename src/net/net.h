@@ -35,6 +35,15 @@ bool net_addr_equal(const struct net_addr *a, const struct net_addr *b);
 /* 0.0.0.0 or [::] */
 bool net_addr_is_any(const struct net_addr *a);
 
+/* An address block ("10.0.0.0/8", "::1", "all"): family 0 matches any. */
+struct net_cidr {
+    int family; /* AF_INET, AF_INET6, 0 = all */
+    unsigned char addr[16], mask[16];
+};
+/* Parse a CIDR, a single address or "all". Returns 0 or -1. */
+int net_cidr_parse(const char *text, struct net_cidr *out);
+bool net_cidr_match(const struct net_cidr *c, const struct net_addr *a);
+
 /* A listening socket: non-blocking, CLOEXEC, SO_REUSEADDR, SO_REUSEPORT if
  * asked, TCP_DEFER_ACCEPT off. Returns the fd or -1 (errno). */
 int net_listen(const struct net_addr *a, int backlog, bool reuseport);

@@ -57,6 +57,11 @@ static struct tmpl *compile(struct cf_ctx *cx, const struct cf_node *n, const ch
     return t;
 }
 
+struct tmpl *conf_tmpl(struct cf_ctx *cx, const struct cf_node *n, const char *src)
+{
+    return compile(cx, n, src);
+}
+
 /* ---- loc_conf ---- */
 
 static void loc_conf_init(struct loc_conf *lc)
@@ -86,6 +91,7 @@ static void loc_conf_init(struct loc_conf *lc)
     lc->log_not_found = CF_UNSET_FLAG;
     lc->default_type = NULL;
     proxy_ssl_conf_init(&lc->proxy_ssl);
+    cache_loc_conf_init(&lc->cache);
 }
 
 #define MERGE(f, unset)                                                                            \
@@ -120,6 +126,7 @@ static void loc_conf_merge(struct loc_conf *c, const struct loc_conf *p)
     if (!c->default_type)
         c->default_type = p->default_type;
     proxy_ssl_conf_merge(&c->proxy_ssl, &p->proxy_ssl);
+    cache_loc_conf_merge(&c->cache, &p->cache);
     /* arrays are inherited whole, only when this level has none (nginx) */
     if (!c->set_headers_set)
         c->set_headers = p->set_headers, c->set_headers_set = p->set_headers_set;
@@ -168,6 +175,7 @@ static void loc_conf_defaults(struct loc_conf *c)
         d.log_not_found = 1;
         d.default_type = "text/plain";
         proxy_ssl_conf_init(&d.proxy_ssl); /* defaults: conf_tls_build() */
+        cache_loc_conf_init(&d.cache);     /* defaults: cache_loc_conf_finish() */
         init = true;
     }
     loc_conf_merge(c, &d);
@@ -1044,7 +1052,7 @@ void conf_register_all(void)
 {
     static const struct cf_module *const mods[] = {
         &core_cf_module, &http_cf_module,  &ssl_cf_module,   &h2_cf_module,
-        &ups_cf_module,  &check_cf_module, &admin_cf_module,
+        &ups_cf_module,  &check_cf_module, &cache_cf_module, &admin_cf_module,
     };
     cf_register(mods, sizeof(mods) / sizeof(mods[0]));
 }
@@ -1119,6 +1127,8 @@ static int finalize_location(struct snapshot *s, struct load_state *ls, struct l
 {
     struct loc_conf *lc = loc->conf;
     loc_conf_merge(lc, parent);
+    if (cache_loc_conf_finish(&s->arena, &lc->cache, err, errlen) < 0)
+        return -1;
     if (lc->pass && !lc->pass->dynamic && !lc->pass->group) {
         struct proxy_pass *pp = lc->pass;
         pp->group = find_group(ls, pp->host);
@@ -1261,6 +1271,8 @@ static int finalize(struct snapshot *s, struct load_state *ls, char *err, size_t
     for (size_t i = 0; i < ls->nservers; i++) {
         struct srv_conf *sc = ls->servers[i];
         loc_conf_merge(sc->lc, s->http_lc);
+        if (cache_loc_conf_finish(&s->arena, &sc->lc->cache, err, errlen) < 0)
+            return -1;
         if (sc->client_header_timeout_ms == CF_UNSET_MSEC)
             sc->client_header_timeout_ms = s->http_srv_defaults.client_header_timeout_ms;
         if (sc->client_header_buffer_size == CF_UNSET_SIZE)

@@ -10,6 +10,7 @@
 #include <stdint.h>
 
 #include "config/config.h"
+#include "proxy/cache_conf.h"
 #include "core/arena.h"
 #include "net/net.h"
 #include "router/router.h"
@@ -139,6 +140,7 @@ struct loc_conf {
     struct ups_check *health_check;    /* health_check (proxy/check_conf.c), not inherited */
     struct check_match *check_matches; /* http level: the match blocks */
     int api;                           /* api: answered by admin/ (not inherited) */
+    struct cache_loc_conf cache;       /* proxy_cache* (cache_conf.c) */
 
     struct access_log **logs; /* access_log lines; NULL when none at this level */
     size_t nlogs;
@@ -308,6 +310,9 @@ extern const struct cf_module h2_cf_module;
 /* Resolve each server's http2 settings (inheritance, defaults, `listen ...
  * http2`) into srv_conf.h2 and srv_conf.http2; before the TLS contexts. */
 void h2_conf_finalize(struct snapshot *s);
+
+/* Compile a string with variables for a directive (errors with file:line). */
+struct tmpl *conf_tmpl(struct cf_ctx *cx, const struct cf_node *n, const char *src);
 
 /* Print the Markdown directive reference of every module. */
 void conf_docs(FILE *out);

@@ -167,6 +167,10 @@ struct exchange {
     uint64_t start_ms;      /* monotonic */
     uint64_t start_real_us; /* wall clock, for $msec and $time_local */
 
+    /* cache */
+    const char *cache_status; /* $upstream_cache_status, NULL when no cache */
+    bool cache_background;    /* a background update (no client) */
+
     void *proxy; /* the corridor's state (proxy.c) */
 };
 

@@ -11,6 +11,7 @@
 #include "admin/admin.h"
 #include "core/log.h"
 #include "http1/h1.h"
+#include "proxy/pcache.h"
 #include "proxy/vars.h"
 #include "proxy/worker.h"
 
@@ -20,6 +21,7 @@
 #define CLIENT_HIGH_BUFFERED (64 * 1024)
 
 enum fwd_phase {
+    P_CACHE,   /* the cache answers or waits for its lock */
     P_COLLECT, /* reading the request body before connecting */
     P_QUEUED,  /* every server at max_conns: waiting in the group's queue */
     P_CONNECTING,
@@ -77,6 +79,7 @@ struct fwd {
     bool upstream_reusable;
     int error_page_status; /* status forced by error_page, 0 if none */
     char tls_why[192];     /* a failed upstream handshake, for the log and ending */
+    struct pcache *pc;     /* proxy_cache state, NULL without a cache */
 };
 
 static void fwd_run(struct fwd *f);
@@ -426,6 +429,13 @@ static bool set_by_rule(const struct loc_conf *lc, struct slice name)
     return false;
 }
 
+static bool is_conditional(struct slice n)
+{
+    return slice_eq_lit_ci(n, "if-none-match") || slice_eq_lit_ci(n, "if-modified-since") ||
+           slice_eq_lit_ci(n, "if-match") || slice_eq_lit_ci(n, "if-unmodified-since") ||
+           slice_eq_lit_ci(n, "range") || slice_eq_lit_ci(n, "if-range");
+}
+
 static int build_request_head(struct fwd *f)
 {
     struct exchange *ex = f->ex;
@@ -433,7 +443,13 @@ static int build_request_head(struct fwd *f)
     struct slice vals[64];
     size_t nrules = lc->set_headers.n < 64 ? lc->set_headers.n : 64;
     bool host_set = false, conn_set = false;
-    size_t len = ex->method.len + f->uri.len + 16;
+    struct slice method = f->pc ? pcache_fetch_method(f->pc) : ex->method;
+    bool strip = pcache_strip_conditionals(f->pc);
+    const struct http_field *extra;
+    size_t nextra = pcache_fetch_fields(f->pc, &extra);
+    size_t len = method.len + f->uri.len + 16;
+    for (size_t i = 0; i < nextra; i++)
+        len += extra[i].name.len + extra[i].value.len + 4;
     for (size_t i = 0; i < nrules; i++) {
         const struct hdr_rule *r = &lc->set_headers.v[i];
         vals[i] = tmpl_eval(ex, r->value, ESC_NONE);
@@ -461,7 +477,7 @@ static int build_request_head(struct fwd *f)
         o += (n);                                                                                  \
     } while (0)
 #define PUTS(lit) PUT(lit, sizeof(lit) - 1)
-    PUT(ex->method.p, ex->method.len);
+    PUT(method.p, method.len);
     p[o++] = ' ';
     PUT(f->uri.p, f->uri.len);
     if (lc->http_version_minor == 1)
@@ -492,11 +508,19 @@ static int build_request_head(struct fwd *f)
                 slice_eq_lit_ci(fl->name, "expect") || set_by_rule(lc, fl->name) ||
                 http_connection_names(ex->req_fields, ex->nreq_fields, fl->name))
                 continue;
+            if (strip && is_conditional(fl->name))
+                continue; /* the cache wants the whole response */
             PUT(fl->name.p, fl->name.len);
             PUTS(": ");
             PUT(fl->value.p, fl->value.len);
             PUTS("\r\n");
         }
+    }
+    for (size_t i = 0; i < nextra; i++) {
+        PUT(extra[i].name.p, extra[i].name.len);
+        PUTS(": ");
+        PUT(extra[i].value.p, extra[i].value.len);
+        PUTS("\r\n");
     }
     if (f->send_chunked) {
         PUTS("Transfer-Encoding: chunked\r\n");
@@ -677,6 +701,8 @@ static void fail_try(struct fwd *f, enum ending_code code, const char *why, int 
         return;
     }
     f->phase = P_DONE;
+    if (pcache_upstream_failed(f->pc, code))
+        return;
     respond_status(ex, ending_status(code));
 }
 
@@ -694,6 +720,7 @@ static void fwd_timer(struct timer *t)
             /* the head went to the client: all we can do is cut it */
             log_upstream_error(f, "timed out (110: Connection timed out)", 0);
             f->ex->ending = (struct ending){.code = END_READ_TIMEOUT, .why = "read timeout"};
+            pcache_response_broken(f->pc);
             release_conn(f, false);
             f->phase = P_DONE;
             f->ex->client->done(f->ex, true);
@@ -1062,6 +1089,22 @@ static bool retry_status(const struct fwd *f, int status, uint32_t *kind)
     return (f->ex->lc->next_upstream & *kind) != 0;
 }
 
+size_t proxy_response_fields(struct exchange *ex, int status, const struct http_field *in, size_t n,
+                             struct http_field *out, size_t cap)
+{
+    const struct loc_conf *lc = ex->lc;
+    size_t k = 0;
+    for (size_t i = 0; i < n && k + lc->add_headers.n < cap; i++) {
+        struct slice name = in[i].name;
+        if (hidden_by_default(name) && !in_list(lc->pass_headers, lc->npass, name))
+            continue;
+        if (in_list(lc->hide_headers, lc->nhide, name))
+            continue;
+        out[k++] = in[i];
+    }
+    return apply_add_headers(ex, status, out, k);
+}
+
 /* The head is parsed: filter it and hand it to the client. Returns 0 to go
  * on with the body, 1 when the exchange went elsewhere (retry, error page). */
 static int deliver_head(struct fwd *f)
@@ -1093,21 +1136,28 @@ static int deliver_head(struct fwd *f)
                     return 1;
                 }
     }
+    if (lc->cache.zone)
+        pcache_invalidate(ex, r->status, r->fields, r->nfields);
+    if (f->pc && pcache_response_head(f->pc, r->status, r->fields, r->nfields)) {
+        /* the cache answers (revalidated, or stale for an error) */
+        release_conn(f, r->keep_alive && f->body_kind == H1_BODY_NONE && f->req_sent &&
+                            f->out.count == 0 && f->rstart == f->rend);
+        f->phase = P_DONE;
+        pcache_answer(f->pc);
+        return 1;
+    }
     size_t cap = r->nfields + lc->add_headers.n + 2;
+    struct http_field *in = arena_alloc(&ex->arena, cap * sizeof(*in));
     struct http_field *out = arena_alloc(&ex->arena, cap * sizeof(*out));
-    if (!out)
+    if (!in || !out)
         return -1;
-    size_t n = 0;
+    size_t nin = 0;
     for (size_t i = 0; i < r->nfields; i++) {
         struct slice name = r->fields[i].name;
         if (http_is_hop_by_hop(name) || slice_eq_lit_ci(name, "content-length") ||
             http_connection_names(r->fields, r->nfields, name))
             continue;
-        if (hidden_by_default(name) && !in_list(lc->pass_headers, lc->npass, name))
-            continue;
-        if (in_list(lc->hide_headers, lc->nhide, name))
-            continue;
-        out[n++] = r->fields[i];
+        in[nin++] = r->fields[i];
     }
     int status = f->error_page_status ? f->error_page_status : r->status;
     const struct ups_sticky *st = &f->group->sticky;
@@ -1115,9 +1165,9 @@ static int deliver_head(struct fwd *f)
         /* no cookie, or its server could not be used: name the one that answered */
         char *v = arena_printf(&ex->arena, "%s=%s%s", st->cookie, f->srv->sticky_id, st->attrs);
         if (v)
-            out[n++] = (struct http_field){SLICE_LIT("Set-Cookie"), slice_cstr(v)};
+            in[nin++] = (struct http_field){SLICE_LIT("Set-Cookie"), slice_cstr(v)};
     }
-    n = apply_add_headers(ex, status, out, n);
+    size_t n = proxy_response_fields(ex, status, in, nin, out, cap);
     struct resp_head h = {.status = status, .fields = out, .nfields = n, .content_length = -1};
     switch (f->body_kind) {
     case H1_BODY_NONE:
@@ -1204,7 +1254,8 @@ static int read_head_step(struct fwd *f)
         ex->nups_fields = r->nfields;
         r->fields = ex->ups_fields;
         f->rstart += r->head_len;
-        f->body_kind = h1_response_body_kind(r, ex->method_id);
+        f->body_kind =
+            h1_response_body_kind(r, pcache_head_as_get(f->pc) ? HTTP_M_GET : ex->method_id);
         f->body_left = f->body_kind == H1_BODY_LENGTH ? (uint64_t)r->content_length : 0;
         if (f->body_kind == H1_BODY_CHUNKED)
             h1_chunked_init(&f->dec, 16384);
@@ -1233,6 +1284,7 @@ static void complete_response(struct fwd *f, struct slice trailers)
         save_session(f);
     release_conn(f, reusable);
     f->phase = P_DONE;
+    pcache_response_done(f->pc);
     if (trailers.len)
         trailers = arena_slice_dup(&ex->arena, trailers);
     ex->client->send_end(ex, trailers);
@@ -1243,9 +1295,20 @@ static void body_broken(struct fwd *f, enum ending_code code, const char *why, i
 {
     log_upstream_error(f, why, err);
     f->ex->ending = (struct ending){.code = code, .why = why};
+    pcache_response_broken(f->pc);
     release_conn(f, false);
     f->phase = P_DONE;
     f->ex->client->done(f->ex, true);
+}
+
+/* A piece of the response body: to the cache being filled and the client
+ * (a HEAD fetched as GET sends the client nothing). */
+static int send_piece(struct fwd *f, const struct body_piece *piece)
+{
+    pcache_response_body(f->pc, piece->p, piece->len);
+    if (pcache_head_as_get(f->pc))
+        return 0;
+    return f->ex->client->send_body(f->ex, piece);
 }
 
 /* Move response body bytes to the client while it keeps up. Returns 1 if
@@ -1280,7 +1343,7 @@ static int relay_body(struct fwd *f)
                 }
                 piece.p = data.p;
                 piece.len = data.len;
-                if (piece.len && ex->client->send_body(ex, &piece) < 0)
+                if (piece.len && send_piece(f, &piece) < 0)
                     return 0;
                 if (r == H1_DONE) {
                     f->resp_done = true;
@@ -1295,7 +1358,7 @@ static int relay_body(struct fwd *f)
                 f->rstart += have;
             }
             if (piece.len)
-                ex->client->send_body(ex, &piece);
+                send_piece(f, &piece);
             continue;
         }
     need_more:
@@ -1472,6 +1535,8 @@ static struct slice parse_dynamic(struct fwd *f, struct slice url, struct slice 
     return host;
 }
 
+static void fetch(struct fwd *f);
+
 static void forward(struct exchange *ex)
 {
     const struct loc_conf *lc = ex->lc;
@@ -1535,6 +1600,22 @@ static void forward(struct exchange *ex)
         respond_status(ex, 500);
         return;
     }
+    f->phase = P_CACHE;
+    if (pcache_request(ex, &f->pc) == PC_DONE)
+        return;
+    fetch(f);
+}
+
+void proxy_fetch(struct exchange *ex)
+{
+    fetch(F(ex));
+}
+
+/* Go to the origin: collect the body if asked, build the head, connect. */
+static void fetch(struct fwd *f)
+{
+    struct exchange *ex = f->ex;
+    const struct loc_conf *lc = ex->lc;
     f->phase = P_COLLECT;
     if (!ex->req_has_body || !lc->pass_request_body) {
         f->body_eof = !ex->req_has_body;
@@ -1558,6 +1639,10 @@ static void run_location(struct exchange *ex)
     }
     if (lc->return_code >= 0) {
         do_return(ex);
+        return;
+    }
+    if (lc->cache.purge && pcache_is_purge(ex)) {
+        pcache_purge(ex);
         return;
     }
     if (lc->pass) {
@@ -1646,6 +1731,10 @@ void proxy_request_body_ready(struct exchange *ex)
 void proxy_client_drained(struct exchange *ex)
 {
     struct fwd *f = F(ex);
+    if (f && f->pc && (f->phase == P_CACHE || f->phase == P_DONE)) {
+        pcache_drained(f->pc);
+        return;
+    }
     if (!f || f->phase != P_ACTIVE || !f->head_done)
         return;
     relay_body(f);
@@ -1658,6 +1747,7 @@ void proxy_release(struct exchange *ex)
         return;
     timer_cancel(&f->timer);
     ups_queue_cancel(&f->wait);
+    pcache_release(f->pc);
     if (f->uc) {
         ups_conn_close(f->uc);
         f->uc = NULL;

@@ -55,6 +55,7 @@ enum var_id {
     V_CONTENT_LENGTH,
     V_CONTENT_TYPE,
     V_HTTP2,
+    V_UPSTREAM_CACHE_STATUS,
     V_REMOTE_USER,
     V_HTTPS,
     V_SSL_PROTOCOL,
@@ -121,6 +122,7 @@ static const struct var_def var_defs[] = {
     {"content_length", V_CONTENT_LENGTH, false},
     {"content_type", V_CONTENT_TYPE, false},
     {"http2", V_HTTP2, false},
+    {"upstream_cache_status", V_UPSTREAM_CACHE_STATUS, false},
     {"remote_user", V_REMOTE_USER, false},
     {"https", V_HTTPS, false},
     {"ssl_protocol", V_SSL_PROTOCOL, false},
@@ -633,6 +635,8 @@ struct slice var_value(struct exchange *ex, int var, struct slice arg)
     case V_HTTP2:
         return ex->minor_version == 2 ? (ex->is_tls ? SLICE_LIT("h2") : SLICE_LIT("h2c"))
                                       : SLICE_NULL;
+    case V_UPSTREAM_CACHE_STATUS:
+        return slice_cstr(ex->cache_status);
     case V_REMOTE_USER:
         return basic_user(ex);
     case V_HTTPS:

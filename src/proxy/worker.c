@@ -9,6 +9,7 @@
 #include "core/buf.h"
 #include "core/log.h"
 #include "proxy/accesslog.h"
+#include "proxy/pcache.h"
 #include "proxy/session.h"
 #include "router/router.h"
 #include "tls/tls.h"
@@ -167,7 +168,7 @@ static void reconcile_listeners(struct worker *w, const struct snapshot *s)
 
 static void stop_check(struct worker *w)
 {
-    if (w->nsessions == 0) {
+    if (w->nsessions == 0 && pcache_background_count() == 0) {
         loop_stop(w->loop);
         return;
     }
@@ -177,6 +178,7 @@ static void stop_check(struct worker *w)
         while (w->sessions)
             h1_session_kill(w->sessions);
         h2_sessions_kill(w);
+        pcache_background_kill();
         loop_stop(w->loop);
         return;
     }
@@ -266,6 +268,7 @@ static void *worker_main(void *arg)
     while (w->sessions)
         h1_session_kill(w->sessions);
     h2_sessions_kill(w);
+    pcache_background_kill();
     while (w->nlisteners)
         close_listener(w, 0);
     ups_pool_clear(w->pool);

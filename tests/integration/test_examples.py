@@ -191,3 +191,19 @@ def test_tls(example, tmp_path):
     text, _, sess = https("/tls", "ECDHE-RSA-AES128-GCM-SHA256")
     assert "TLSv1.2 ECDHE-RSA-AES128-GCM-SHA256 resumed=." in text
     assert "resumed=r" in https("/tls", "ECDHE-RSA-AES128-GCM-SHA256", session=sess)[0]
+
+
+def test_cache(example):
+    port = example("cache.conf")
+    first = get(port(8083), "/news")
+    assert (first.status, first.header("x-cache-status")) == (200, "MISS")
+    hit = get(port(8083), "/news")
+    assert (hit.header("x-cache-status"), hit.body) == ("HIT", first.body)
+    r = get(port(8083), "/news", headers=[("Range", "bytes=0-3")])
+    assert (r.status, r.body) == (206, b"news")
+    assert get(port(8083), "/news", headers=[("If-None-Match", '"v1"')]).status == 304
+    from conftest import request
+    assert request(port(8083), "PURGE", "/news").json() == {"purged": 1}
+    assert get(port(8083), "/news").header("x-cache-status") == "MISS"
+    get(port(8083), "/private")
+    assert get(port(8083), "/private").header("x-cache-status") == "MISS"
