@@ -340,6 +340,8 @@ static bool hms(const char **p, const char *end, struct tm *tm)
 int64_t http_date_parse(struct slice s)
 {
     s = slice_trim_ows(s);
+    if (!s.len)
+        return -1;
     const char *p = s.p, *end = s.p + s.len;
     struct tm tm;
     memset(&tm, 0, sizeof(tm));

@@ -100,6 +100,12 @@ const char *cache_zone_name(const struct cache_zone *z)
     return z->conf.name;
 }
 
+static size_t mem_obj_max(const struct cache_zone *z)
+{
+    size_t m = z->conf.mem_size / 8;
+    return m > MEM_OBJ_MAX ? MEM_OBJ_MAX : m;
+}
+
 /* ---- objects ---- */
 
 void cache_obj_ref(struct cache_obj *o)
@@ -674,11 +680,8 @@ static struct cache_writer *writer_open(struct cache_zone *z, struct cache_obj *
         cache_write_abort(w);
         return NULL;
     }
-    size_t mem_max = z->conf.mem_size / 8;
-    if (mem_max > MEM_OBJ_MAX)
-        mem_max = MEM_OBJ_MAX;
-    w->keep_mem = mem_max > 0;
-    w->mem_cap = mem_max;
+    w->mem_cap = mem_obj_max(z);
+    w->keep_mem = w->mem_cap > 0;
     return w;
 }
 
@@ -836,6 +839,11 @@ static int read_full(int fd, char *p, size_t len, off_t off)
     return 0;
 }
 
+bool cache_fits_memory(const struct cache_obj *o)
+{
+    return o->zone && o->body_len <= mem_obj_max(o->zone);
+}
+
 struct cache_obj *cache_obj_in_memory(struct cache_obj *o)
 {
     if (o->body) {
@@ -858,10 +866,7 @@ struct cache_obj *cache_obj_in_memory(struct cache_obj *o)
         return NULL;
     }
     struct cache_zone *z = o->zone;
-    size_t mem_max = z->conf.mem_size / 8;
-    if (mem_max > MEM_OBJ_MAX)
-        mem_max = MEM_OBJ_MAX;
-    if (o->body_len <= mem_max) {
+    if (o->body_len <= mem_obj_max(z)) {
         /* promote: the entry serves from memory from now on */
         pthread_mutex_lock(&z->mu);
         struct entry *e = find(z, o->hash, o->key, o->key_len);

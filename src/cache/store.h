@@ -125,6 +125,8 @@ int cache_open_body(struct cache_obj *o);
  * body read from the file (promoted to the memory tier when it fits). NULL
  * if the file cannot be read. Referenced. */
 struct cache_obj *cache_obj_in_memory(struct cache_obj *o);
+/* Is the object small enough for the zone's memory tier? */
+bool cache_fits_memory(const struct cache_obj *o);
 
 /* Statistics for the API. */
 struct cache_stats {

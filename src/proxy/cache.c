@@ -222,6 +222,14 @@ static void serve(struct pcache *pc, struct cache_obj *o, const char *status_tex
     set_status(ex, status_text);
     pc->serving = o; /* the caller's reference moves here */
     pc->fd = -1;
+    if (!o->body && o->body_len && ex->method_id != HTTP_M_HEAD && cache_fits_memory(o)) {
+        /* a hit on a disk-only object small enough: promote it to memory */
+        struct cache_obj *m = cache_obj_in_memory(o);
+        if (m) {
+            cache_obj_unref(o);
+            pc->serving = o = m;
+        }
+    }
     int status = o->status;
     uint64_t first = 0, last = o->body_len ? o->body_len - 1 : 0;
     bool partial = false, unsatisfiable = false;
@@ -892,8 +900,8 @@ int pcache_response_head(struct pcache *pc, int status, const struct http_field 
             return 1;
         }
     }
-    if (pc->no_store)
-        return 0;
+    if (pc->no_store || (ex->method_id == HTTP_M_HEAD && !pc->head_as_get))
+        return 0; /* a HEAD answer has no body to serve GETs with */
     struct cache_fresh fresh;
     enum cache_store_verdict v = cache_storable(status, f, n, ex->req_fields, ex->nreq_fields, &pol,
                                                 pc->request_ms, now, &fresh);

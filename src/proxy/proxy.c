@@ -46,7 +46,8 @@ struct fwd {
     struct slice hash_key; /* the group's evaluated `hash` key */
     struct slice sticky;   /* the request's sticky cookie value */
     struct slice proxy_host;
-    struct slice uri; /* request target sent upstream */
+    struct slice uri;     /* request target sent upstream */
+    struct slice dyn_uri; /* the URI part of a proxy_pass with variables */
     struct timer timer;
     struct ups_waiter wait; /* `queue N`: while P_QUEUED */
 
@@ -1590,19 +1591,10 @@ static void forward(struct exchange *ex)
         f->group = pp->group;
         f->proxy_host = slice_cstr(pp->host);
     }
-    ups_budget_request(f->group, loop_now_ms(ex->loop));
-    if (f->group->hash_tmpl)
-        f->hash_key = tmpl_eval(ex, f->group->hash_tmpl, ESC_NONE);
-    if (f->group->sticky.cookie)
-        f->sticky = vars_cookie(ex, slice_cstr(f->group->sticky.cookie));
-    f->uri = upstream_uri(ex, pp, dyn_uri, pp->dynamic != NULL);
-    if (!f->uri.len) {
-        respond_status(ex, 500);
-        return;
-    }
+    f->dyn_uri = dyn_uri;
     f->phase = P_CACHE;
     if (pcache_request(ex, &f->pc) == PC_DONE)
-        return;
+        return; /* a cache hit needs none of what follows */
     fetch(f);
 }
 
@@ -1616,6 +1608,18 @@ static void fetch(struct fwd *f)
 {
     struct exchange *ex = f->ex;
     const struct loc_conf *lc = ex->lc;
+    const struct proxy_pass *pp = lc->pass;
+    ups_budget_request(f->group, loop_now_ms(ex->loop));
+    if (f->group->hash_tmpl)
+        f->hash_key = tmpl_eval(ex, f->group->hash_tmpl, ESC_NONE);
+    if (f->group->sticky.cookie)
+        f->sticky = vars_cookie(ex, slice_cstr(f->group->sticky.cookie));
+    f->uri = upstream_uri(ex, pp, f->dyn_uri, pp->dynamic != NULL);
+    if (!f->uri.len) {
+        f->phase = P_DONE;
+        respond_status(ex, 500);
+        return;
+    }
     f->phase = P_COLLECT;
     if (!ex->req_has_body || !lc->pass_request_body) {
         f->body_eof = !ex->req_has_body;

@@ -137,6 +137,7 @@ server {
     location /cookie/ { proxy_pass http://o; proxy_ignore_headers Set-Cookie; }
     location /small/ { proxy_pass http://o; proxy_cache small; }
     location /nocache/ { proxy_pass http://o; proxy_cache off; }
+    location /nohead/ { proxy_pass http://o; proxy_cache_convert_head off; }
     location /p/ { proxy_pass http://o; proxy_cache_purge PURGE from 127.0.0.0/8; }
     location /deny/ { proxy_pass http://o; proxy_cache_purge PURGE from 10.0.0.0/8; }
 }
@@ -348,6 +349,15 @@ def test_head_miss_is_fetched_with_get(env):
     assert o.last()["method"] == "GET"
     g = get(p, t)
     assert xc(g) == "HIT" and g.body == pattern(300)
+
+
+def test_head_not_converted_is_not_stored(env):
+    p, o = env
+    t = uniq("/nohead/?cc=max-age=60&size=300")
+    h = get(p, t, method="HEAD")
+    assert h.status == 200 and o.last()["method"] == "HEAD"
+    g = get(p, t)
+    assert xc(g) == "MISS" and g.body == pattern(300)
 
 
 def test_stale_if_origin_errors(env):
@@ -574,6 +584,11 @@ def test_restart_keeps_the_cache(res):
     assert get(p, "/s?cc=max-age=600").body == small.body
     assert o.count("/k?cc=max-age=600&size=7000") == 1
     assert not os.path.exists(os.path.join(p.tmp, "cache", "tmp.1.1"))
+    # the first hit after the restart promoted the object to the memory tier
+    for f in glob.glob(os.path.join(p.tmp, "cache", "*", "*", "*")):
+        os.unlink(f)
+    r = get(p, "/k?cc=max-age=600&size=7000")
+    assert (xc(r), r.body) == ("HIT", first.body)
 
 
 def test_reload_keeps_the_zone(res):
@@ -613,3 +628,19 @@ def test_bad_cache_config_is_refused(res, conf, msg):
     out = p.run_cmd("-t")
     assert out.returncode != 0
     assert msg in out.output and "portico.conf:" in out.output
+
+
+def test_hits_over_http2(res):
+    import subprocess
+    o = res.add(CacheOrigin())
+    p = res.proxy(r"""
+        proxy_cache_path {tmp}/c keys_zone=h2:1m;
+        server { listen 127.0.0.1:{port} http2;
+                 add_header X-Cache $upstream_cache_status always;
+                 location / { proxy_pass http://{origin}; proxy_cache h2; } }
+    """, origin=o.addr)
+    url = f"http://127.0.0.1:{p.port}/h?cc=max-age=60&size=20000"
+    outs = [subprocess.run(["curl", "-s", "-i", "--http2-prior-knowledge", url],
+                           capture_output=True, timeout=10).stdout for _ in range(2)]
+    assert b"x-cache: MISS" in outs[0] and b"x-cache: HIT" in outs[1]
+    assert outs[1].endswith(pattern(20000)) and o.count("/h?cc=max-age=60&size=20000") == 1
