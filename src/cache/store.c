@@ -986,7 +986,7 @@ static void load_file(struct cache_zone *z, const char *path, const char *name)
         cache_obj_unref(o); /* stored again since the start: that one wins */
         return;
     }
-    publish(z, o, (uint64_t)st.st_size, h.response_time_ms);
+    publish(z, o, (uint64_t)st.st_size, wall_ms()); /* as if just used, as nginx does */
     return;
 bad:
     free(meta);
