@@ -1439,7 +1439,7 @@ void h2_session_start(struct worker *w, int fd, const struct net_addr *peer,
     const struct listen_set *ls = snapshot_find_listen(worker_snapshot(w), local);
     if (!s || !ls || npreread > BUF_SEG_SIZE)
         goto fail;
-    s->io = (struct io){.fd = fd, .cb = sess_io, .data = s, .readable = true, .writable = true};
+    s->io = (struct io){.fd = fd, .cb = sess_io, .data = s};
     s->tls = tls;
     s->w = w;
     s->peer = *peer;
@@ -1457,6 +1457,10 @@ void h2_session_start(struct worker *w, int fd, const struct net_addr *peer,
         nghttp2_session_del(s->ng);
         goto fail;
     }
+    /* loop_io_add() cleared these; with TLS, OpenSSL's read-ahead may hold
+     * the client's first records already, and no epoll edge would come */
+    s->io.readable = true;
+    s->io.writable = true;
     s->next = tl_sessions;
     if (tl_sessions)
         tl_sessions->prev = s;
