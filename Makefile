@@ -42,7 +42,7 @@ $(FUZZ_BUILD)/build.ninja:
 # Run every libFuzzer target for FUZZ_SECONDS, growing fuzz/out/<target>.
 fuzz: $(FUZZ_BUILD)/build.ninja
 	ninja -C $(FUZZ_BUILD)
-	for t in h1_request h1_response h1_chunked config; do \
+	for t in h1_request h1_response h1_chunked config h2_session; do \
 	  mkdir -p fuzz/out/$$t; \
 	  $(FUZZ_BUILD)/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
 	    -artifact_prefix=fuzz/out/$$t- fuzz/out/$$t fuzz/corpus/$$t || exit 1; \
