@@ -11,8 +11,11 @@
  *   bits 1-3  feed in chunks of 2^(2n) bytes (0: all at once), running the
  *             loop's posted work between chunks
  *   bits 4-6  the sink takes at most 2^(2n) bytes per write (0: no limit)
+ *   bit 7     after each chunk the clock jumps 11 s and due timers fire
+ *             (send and body timeouts are 10 s, the idle timeout 30 s)
  * Invariants: what the session writes starts with a SETTINGS frame and is
- * a sequence of whole frames. */
+ * a sequence of whole frames; after the session is killed no session or
+ * exchange is left. The seeds are written by fuzz/make_h2_seeds.py. */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
@@ -36,12 +39,15 @@ static const char conf_text[] =
     "http {\n"
     "  access_log off;\n"
     "  client_max_body_size 64k;\n"
+    "  send_timeout 10s;\n"
+    "  client_body_timeout 10s;\n"
     "  upstream gone { server 127.0.0.1:9 down; }\n"
     "  server {\n"
     "    listen " LISTEN " http2 h2c_only;\n"
     "    http2_max_concurrent_streams 8;\n"
     "    http2_max_header_size 2k;\n"
     "    http2_initial_window_size 4k;\n"
+    "    http2_idle_timeout 30s;\n"
     "    location / { return 200 \"hello h2\\n\"; }\n"
     "    location = /empty { return 204; }\n"
     "    location /redirect { return 302 /; }\n"
@@ -197,6 +203,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         size_t took = h2_session_input(s, in + off, n);
         off += took;
         open = settle();
+        if (open && (opt & 0x80)) {
+            loop_advance(wk.loop, 11000);
+            open = settle();
+        }
         if (!took)
             break; /* the session reads no more: the rest stays unread */
     }

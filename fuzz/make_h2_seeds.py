@@ -28,6 +28,11 @@ def sink(n):
     return (n & 7) << 4
 
 
+def clock():
+    """options bit 7: the clock jumps 11 s after each chunk"""
+    return 0x80
+
+
 def req(enc, method="GET", path="/", authority="localhost", extra=()):
     return enc.encode([(":method", method), (":scheme", "http"), (":path", path),
                        (":authority", authority), *extra])
@@ -141,6 +146,22 @@ def seeds():
         *start(),
         HeadersFrame(1, req(e), flags=["END_HEADERS", "END_STREAM"]),
         GoAwayFrame(0, last_stream_id=1, error_code=0)))
+
+    e = Encoder()
+    out["clock_window_stalled"] = (clock() | chunks(4), PREFACE + seq(
+        *start({SettingsFrame.INITIAL_WINDOW_SIZE: 10}),
+        HeadersFrame(1, req(e, path="/big"), flags=["END_HEADERS", "END_STREAM"]),
+        PingFrame(0, opaque_data=b"stalled!")))
+
+    e = Encoder()
+    out["clock_body_timeout"] = (clock() | chunks(3), PREFACE + seq(
+        *start(),
+        HeadersFrame(1, req(e, "POST", "/buffered", extra=[("content-length", "100")]),
+                     flags=["END_HEADERS"]),
+        DataFrame(1, b"only part of the body"),
+        PingFrame(0, opaque_data=b"waiting!")))
+
+    out["clock_idle"] = (clock() | chunks(1), PREFACE + seq(*start()))
 
     out["http1_request"] = (0, b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
     out["invalid_preface"] = (0, b"INVALID CONNECTION PREFACE\r\n\r\n")
