@@ -14,7 +14,7 @@ PORTICO=${PORTICO_BIN:-build/portico}
 PORT=${PORT:-18443}
 ORIGIN_PORT=$((PORT + 1))
 tmp=$(mktemp -d)
-trap 'kill $ppid $opid 2>/dev/null || true; rm -rf "$tmp"' EXIT
+trap 'kill $ppid $opid 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$tmp"' EXIT
 
 # an origin that answers every request with a small body (at least 5 bytes:
 # h2spec skips its negative-window case 6.9.2/2 for shorter ones)
