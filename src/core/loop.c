@@ -30,6 +30,7 @@ struct loop {
     void *wake_data;
     bool stop;
     uint64_t now_ms;
+    uint64_t skew_ms;    /* loop_advance(): how far this clock runs ahead */
     uint64_t swept_tick; /* ticks below this one have been swept */
     size_t ntimers;
     /* posted callbacks: `queue` for the next batch, `running` for the batch
@@ -56,7 +57,7 @@ static uint64_t mono_ms(void)
 
 void loop_update_time(struct loop *l)
 {
-    l->now_ms = mono_ms();
+    l->now_ms = mono_ms() + l->skew_ms;
 }
 
 uint64_t loop_now_ms(const struct loop *l)
@@ -242,6 +243,13 @@ static void timers_sweep(struct loop *l)
         }
     }
     l->swept_tick = now_tick + 1;
+}
+
+void loop_advance(struct loop *l, uint64_t ms)
+{
+    l->skew_ms += ms;
+    loop_update_time(l);
+    timers_sweep(l);
 }
 
 /* How long epoll may sleep: until the next slot holding a timer is due (a

@@ -69,6 +69,10 @@ void loop_io_del(struct loop *l, struct io *io);
  * an event for it may still be pending in the current batch. */
 io_cb loop_io_noop;
 
+/* Tests and fuzzing: move this loop's clock `ms` ahead (for good) and fire
+ * the timers now due, without waiting. */
+void loop_advance(struct loop *l, uint64_t ms);
+
 void timer_init(struct timer *t, timer_cb *cb, void *data);
 /* (Re)arm `t` to fire after `ms` milliseconds. */
 void timer_set(struct loop *l, struct timer *t, uint64_t ms);

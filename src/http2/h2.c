@@ -169,8 +169,10 @@ struct flood {
 };
 
 struct h2_session {
-    struct io io;
+    struct io io; /* fd -1 for a detached session */
     struct tls_conn *tls;
+    h2_sink_fn *sink; /* detached: where the bytes go instead of a socket */
+    void *sink_ctx;
     struct worker *w;
     struct net_addr peer, local;
     struct h2_session *next, *prev;
@@ -255,6 +257,8 @@ static ssize_t sess_recv(struct h2_session *s, void *buf, size_t want)
 
 static ssize_t sess_writev(struct h2_session *s, const struct iovec *iov, int n)
 {
+    if (s->sink)
+        return s->sink(s->sink_ctx, iov, n);
     return tls_io_writev(s->io.fd, s->tls, iov, n);
 }
 
@@ -1189,6 +1193,10 @@ static void sess_linger(struct h2_session *s)
     if (s->lingering)
         return;
     s->lingering = true;
+    if (s->sink) {
+        sess_close(s); /* no socket: nothing to drain */
+        return;
+    }
     /* TLS: close_notify, then the TCP FIN, so the client sees the end */
     if (s->tls)
         tls_shutdown(s->tls);
@@ -1358,7 +1366,8 @@ static void sess_close(struct h2_session *s)
         tls_shutdown(s->tls);
         tls_conn_free(s->tls);
     }
-    close(s->io.fd);
+    if (s->io.fd >= 0)
+        close(s->io.fd);
     s->io.fd = -1;
     pq_clear(&s->wq);
     if (s->rseg)
@@ -1431,16 +1440,15 @@ static int ng_new(struct h2_session *s)
     return 0;
 }
 
-void h2_session_start(struct worker *w, int fd, const struct net_addr *peer,
-                      const struct net_addr *local, struct tls_conn *tls, const char *preread,
-                      size_t npreread)
+/* What every session starts with: not yet in the loop nor in the list. */
+static struct h2_session *sess_new(struct worker *w, int fd, const struct net_addr *peer,
+                                   const struct net_addr *local)
 {
-    struct h2_session *s = calloc(1, sizeof(*s));
     const struct listen_set *ls = snapshot_find_listen(worker_snapshot(w), local);
-    if (!s || !ls || npreread > BUF_SEG_SIZE)
-        goto fail;
-    s->io = (struct io){.fd = fd, .cb = sess_io, .data = s, .readable = true, .writable = true};
-    s->tls = tls;
+    struct h2_session *s = ls ? calloc(1, sizeof(*s)) : NULL;
+    if (!s)
+        return NULL;
+    s->io = (struct io){.fd = fd, .cb = sess_io, .data = s};
     s->w = w;
     s->peer = *peer;
     s->local = *local;
@@ -1451,18 +1459,41 @@ void h2_session_start(struct worker *w, int fd, const struct net_addr *peer,
     timer_init(&s->idle_timer, idle_timer_cb, s);
     timer_init(&s->wtimer, sess_wtimer_cb, s);
     posted_init(&s->flush_post, flush_post_cb, s);
-    if (ng_new(s) < 0)
-        goto fail;
-    if (loop_io_add(w->loop, &s->io) < 0) {
-        nghttp2_session_del(s->ng);
-        goto fail;
+    if (ng_new(s) < 0) {
+        free(s);
+        return NULL;
     }
+    return s;
+}
+
+static void sess_link(struct h2_session *s)
+{
     s->next = tl_sessions;
     if (tl_sessions)
         tl_sessions->prev = s;
     tl_sessions = s;
-    w->nsessions++;
-    timer_set(w->loop, &s->idle_timer, s->conf.idle_timeout_ms);
+    s->w->nsessions++;
+    timer_set(s->w->loop, &s->idle_timer, s->conf.idle_timeout_ms);
+}
+
+void h2_session_start(struct worker *w, int fd, const struct net_addr *peer,
+                      const struct net_addr *local, struct tls_conn *tls, const char *preread,
+                      size_t npreread)
+{
+    struct h2_session *s = npreread <= BUF_SEG_SIZE ? sess_new(w, fd, peer, local) : NULL;
+    if (!s)
+        goto fail;
+    s->tls = tls;
+    if (loop_io_add(w->loop, &s->io) < 0) {
+        nghttp2_session_del(s->ng);
+        free(s);
+        goto fail;
+    }
+    /* loop_io_add() cleared these; with TLS, OpenSSL's read-ahead may hold
+     * the client's first records already, and no epoll edge would come */
+    s->io.readable = true;
+    s->io.writable = true;
+    sess_link(s);
     if (npreread) {
         if (rseg_room(s) < 0) {
             sess_close(s);
@@ -1483,7 +1514,50 @@ fail:
     if (tls)
         tls_conn_free(tls);
     close(fd);
-    free(s);
+}
+
+/* ---- without a socket ---- */
+
+struct h2_session *h2_session_detached(struct worker *w, const struct net_addr *peer,
+                                       const struct net_addr *local, h2_sink_fn *sink,
+                                       void *sink_ctx)
+{
+    struct h2_session *s = sess_new(w, -1, peer, local);
+    if (!s)
+        return NULL;
+    s->sink = sink;
+    s->sink_ctx = sink_ctx;
+    s->io.writable = true; /* never readable: bytes come by h2_session_input() */
+    sess_link(s);
+    queue_flush(s); /* the server preface */
+    return s;
+}
+
+size_t h2_session_input(struct h2_session *s, const char *p, size_t len)
+{
+    size_t taken = 0;
+    /* the same conditions as sess_read(): what it would leave in the socket
+     * is left to the caller */
+    while (taken < len && !s->closed && !s->calm && s->wq.bytes < WQ_READ_PAUSE &&
+           nghttp2_session_want_read(s->ng)) {
+        if (rseg_room(s) < 0) {
+            sess_close(s);
+            break;
+        }
+        size_t n = s->rseg->cap - s->rend;
+        if (n > len - taken)
+            n = len - taken;
+        memcpy(s->rseg->data + s->rend, p + taken, n);
+        taken += n;
+        int rv = feed(s, n);
+        if (rv < 0) {
+            feed_failed(s, rv);
+            break;
+        }
+    }
+    if (!s->closed)
+        queue_flush(s);
+    return taken;
 }
 
 /* ---- the worker's hooks ---- */

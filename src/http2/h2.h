@@ -10,6 +10,8 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <sys/types.h>
+#include <sys/uio.h>
 
 #include "core/str.h"
 #include "http/http.h"
@@ -27,6 +29,30 @@ struct listen_set;
 void h2_session_start(struct worker *w, int fd, const struct net_addr *peer,
                       const struct net_addr *local, struct tls_conn *tls, const char *preread,
                       size_t npreread);
+
+/* ---- sessions without a socket (fuzzing, tests) ---- */
+
+/* Takes bytes a session would write to its socket; returns how many it
+ * took (at least 1; fewer than offered is a short write), or -1 when the
+ * connection is to be taken as broken (the session closes). */
+typedef ssize_t h2_sink_fn(void *ctx, const struct iovec *iov, int iovcnt);
+
+struct h2_session;
+
+/* A session like h2_session_start()'s on a plain listener at `local` (which
+ * must be one of the worker snapshot's listen addresses), with no socket:
+ * the client's bytes come by h2_session_input() and everything written goes
+ * to `sink`. Output and the corridor run from the worker's loop (posted
+ * callbacks) as for any session. Counted in h2_sessions_count(); once that
+ * drops, the session is closed and freed by the loop, so hold `s` only
+ * while it counts. NULL if it cannot be made. */
+struct h2_session *h2_session_detached(struct worker *w, const struct net_addr *peer,
+                                       const struct net_addr *local, h2_sink_fn *sink,
+                                       void *sink_ctx);
+/* Bytes as read from the client. Returns how many the session took: fewer
+ * than `len` when it reads no more for now (terminated, closing, or its
+ * output is too far behind), as a socket would keep them. */
+size_t h2_session_input(struct h2_session *s, const char *p, size_t len);
 
 /* Graceful stop of every HTTP/2 session of `w`: GOAWAY with the last stream
  * id, in-flight streams finish, each connection closes when it has none. */

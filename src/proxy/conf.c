@@ -678,10 +678,19 @@ static int set_listen(struct cf_ctx *cx, const struct cf_node *n, const struct c
             l->ssl = true;
         } else if (strcmp(a, "http2") == 0) {
             l->http2 = true;
+        } else if (strcmp(a, "h2c_only") == 0) {
+            /* HTTP/2 with prior knowledge and nothing else (h2spec, gRPC
+             * behind a TLS-terminating balancer): no HTTP/1 sniffing */
+            l->h2c_only = true;
+            l->http2 = true;
         } else {
             return cf_error(cx, n, "invalid parameter \"%s\"", a);
         }
     }
+    if (l->h2c_only && l->ssl)
+        return cf_error(cx, n,
+                        "\"h2c_only\" is for plain listeners; with \"ssl\", ALPN picks the "
+                        "protocol");
     sc->listens = nl;
     sc->nlistens++;
     return 0;
@@ -951,8 +960,11 @@ static const struct cf_directive http_directives[] = {
     {"upstream", CF_HTTP, 1, 1, true, set_upstream, CONF_LOC, 0, "name { ... }", "-",
      "a group of servers to proxy to"},
     {"listen", CF_SERVER, 1, CF_ARGS_ANY, false, set_listen, CONF_SRV, 0,
-     "address[:port] [default_server] [reuseport] [backlog=number]", "*:80",
-     "address and port to accept connections on"},
+     "address[:port] [default_server] [ssl] [http2 [h2c_only]] [reuseport] [backlog=number]",
+     "*:80",
+     "address and port to accept connections on; http2: HTTP/2 there too (ALPN h2 with ssl, "
+     "else h2c with prior knowledge beside HTTP/1.x); h2c_only (plain, implies http2): HTTP/2 "
+     "only, anything but the client preface gets GOAWAY(PROTOCOL_ERROR)"},
     {"server_name", CF_SERVER, 1, CF_ARGS_ANY, false, set_server_name, CONF_SRV, 0, "name ...",
      "\"\"", "names of the virtual server: exact, *.wildcard, wildcard.*, ~regex"},
     {"location", CF_SERVER | CF_LOCATION, 1, 2, true, set_location, CONF_LOC, 0,
@@ -1219,6 +1231,7 @@ static int build_listens(struct snapshot *s, struct load_state *ls, char *err, s
             }
             set->ssl = l->ssl;
             set->http2 |= l->http2;
+            set->h2c_only |= l->h2c_only;
             if (l->default_server) {
                 if (set->dflt) {
                     snprintf(err, errlen, "%s:%d: a duplicate default server for %s", l->file,

@@ -156,7 +156,8 @@ struct listen_conf {
     struct net_addr addr;
     char text[80];
     bool ssl;
-    bool http2; /* listen ... http2: h2c prior knowledge, h2 in ALPN */
+    bool http2;    /* listen ... http2: h2c prior knowledge, h2 in ALPN */
+    bool h2c_only; /* listen ... http2 h2c_only: no HTTP/1 on this plain address */
     bool default_server;
     bool reuseport;
     int backlog;
@@ -220,7 +221,9 @@ struct listen_set {
     int backlog;
     bool reuseport;
     bool ssl;
-    bool http2; /* some listen of this address says http2 */
+    bool http2;    /* some listen of this address says http2 */
+    bool h2c_only; /* some listen of this address says h2c_only: every
+                    * connection is HTTP/2 from its first byte */
     struct srv_conf **servers;
     size_t nservers;
     struct vhost_table *vhosts;

@@ -218,6 +218,13 @@ static void answer_bad_request(struct h1_session *s, int status, const char *why
 void h1_session_start(struct worker *w, int fd, const struct net_addr *peer,
                       const struct net_addr *local)
 {
+    const struct listen_set *ls = snapshot_find_listen(worker_snapshot(w), local);
+    if (ls && ls->h2c_only && !ls->ssl) {
+        /* HTTP/2 from the first byte: nghttp2 checks the preface itself and
+         * answers anything else (HTTP/1 too) with GOAWAY(PROTOCOL_ERROR) */
+        h2_session_start(w, fd, peer, local, NULL, NULL, 0);
+        return;
+    }
     struct h1_session *s = calloc(1, sizeof(*s));
     if (!s) {
         close(fd);

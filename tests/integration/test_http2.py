@@ -23,7 +23,7 @@ import h2.settings
 from hyperframe.frame import (ContinuationFrame, DataFrame, Frame, GoAwayFrame, HeadersFrame,
                               PingFrame, RstStreamFrame, SettingsFrame)
 
-from conftest import IS_NGINX, RawRecorder, pattern, wait_for
+from conftest import IS_NGINX, RawRecorder, pattern, raw_exchange, wait_for
 
 pytestmark = pytest.mark.skipif(IS_NGINX, reason="Portico's HTTP/2 limits and messages")
 
@@ -591,3 +591,84 @@ def test_request_trailers_reach_the_upstream(res):
     assert head is not None and head[":status"] == "200"
     assert b"Transfer-Encoding: chunked" in raw
     assert raw.endswith(b"0\r\nx-check: abc\r\n\r\n"), raw[-80:]
+
+
+# --------------------------------------------------------------------------
+# h2c-only listeners (`listen ... http2 h2c_only`)
+# --------------------------------------------------------------------------
+
+H2C_ONLY = """
+server {
+    listen 127.0.0.1:{port} http2 h2c_only;
+    location / { return 200 "only h2\\n"; }
+}
+server {
+    listen 127.0.0.1:{port2} http2;
+    location / { return 200 "both\\n"; }
+}
+"""
+
+
+def goaway_then_close(port, data):
+    """Send `data` as the first bytes; read frames until the server closes.
+    Returns (frames, bytes received)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(data)
+        buf = b""
+        while True:
+            d = s.recv(65536)  # a timeout fails the test: the server must close
+            if not d:
+                break
+            buf += d
+    frames, off = [], 0
+    while off + 9 <= len(buf):
+        f, length = Frame.parse_frame_header(memoryview(buf[off:off + 9]))
+        f.parse_body(memoryview(buf[off + 9:off + 9 + length]))
+        frames.append(f)
+        off += 9 + length
+    return frames, buf
+
+
+@pytest.mark.parametrize("first", [b"INVALID CONNECTION PREFACE\r\n\r\n",
+                                   b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n",
+                                   b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n"],
+                         ids=["h2spec-3.5-2", "http1", "broken-pri"])
+def test_h2c_only_refuses_anything_but_the_preface(res, first):
+    """h2spec 3.5/2 over h2c: an invalid preface is a connection error
+    (PROTOCOL_ERROR): GOAWAY, then close. HTTP/1.1 gets no HTTP/1 answer."""
+    p = res.proxy(H2C_ONLY)
+    frames, buf = goaway_then_close(p.port, first)
+    assert not buf.startswith(b"HTTP/1"), buf[:40]
+    goaways = [f for f in frames if isinstance(f, GoAwayFrame)]
+    assert [g.error_code for g in goaways] == [PROTOCOL_ERROR], frames
+
+
+def test_h2c_only_serves_http2(res):
+    p = res.proxy(H2C_ONLY)
+    c = H2Client(p.port)
+    head, body = c.response(c.request(path="/"))
+    assert head[":status"] == "200" and body == b"only h2\n"
+    c.close()
+
+
+def test_plain_http2_listener_still_serves_http11(res):
+    """Without h2c_only, `listen ... http2` is nginx's: HTTP/1.1 and h2c with
+    prior knowledge on the same port."""
+    p = res.proxy(H2C_ONLY)
+    port2 = p.ports["port2"]
+    data, closed = raw_exchange(port2, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert data.startswith(b"HTTP/1.1 200"), data[:60]
+    assert data.endswith(b"both\n")
+    c = H2Client(port2)
+    head, body = c.response(c.request(path="/"))
+    assert head[":status"] == "200" and body == b"both\n"
+    c.close()
+
+
+def test_h2c_only_with_ssl_is_refused(res):
+    p = res.proxy_unstarted("server {\n listen 127.0.0.1:{port} ssl h2c_only;\n"
+                            " location / { return 200; }\n}\n")
+    line = 1 + p.conf_text.splitlines().index(f" listen 127.0.0.1:{p.port} ssl h2c_only;")
+    cp = p.run_cmd("-t")
+    assert cp.returncode != 0, cp.output
+    assert f"{p.conf_path}:{line}: \"h2c_only\"" in cp.output, cp.output

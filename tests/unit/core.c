@@ -864,6 +864,35 @@ Test(loop, long_timer_does_not_fire_early)
     loop_free(l);
 }
 
+/* loop_advance() (tests and fuzzing): the clock jumps, what is due fires at
+ * once, what is not stays armed; a jump past a whole turn of the wheel too. */
+Test(loop, advance_fires_what_is_due)
+{
+    struct timer safety, a, b, c;
+    struct loop *l = new_loop(&safety, 100000);
+    timer_init(&a, record_cb, (void *)1);
+    timer_init(&b, record_cb, (void *)2);
+    timer_init(&c, record_cb, (void *)3);
+    timer_set(l, &a, 5000);
+    timer_set(l, &b, 11000);
+    timer_set(l, &c, 60000);
+    uint64_t t0 = loop_now_ms(l);
+    loop_advance(l, 6000);
+    cr_assert_geq(loop_now_ms(l) - t0, 6000);
+    cr_assert_eq(TS.fired, 1);
+    cr_assert_eq(TS.order[0], 1);
+    loop_advance(l, 6000);
+    cr_assert_eq(TS.fired, 2);
+    cr_assert_eq(TS.order[1], 2);
+    loop_advance(l, 40000); /* more than a turn (16.4 s) */
+    cr_assert_eq(TS.fired, 2);
+    loop_advance(l, 20000);
+    cr_assert_eq(TS.fired, 3);
+    cr_assert(timer_armed(&safety));
+    timer_cancel(&safety);
+    loop_free(l);
+}
+
 /* A timer armed with 0 ms from a timer callback fires on a following
  * iteration, also when the loop's clock sits on a tick boundary (regression:
  * it landed in the slot being swept and waited a whole turn, 16.4 s). */

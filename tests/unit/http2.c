@@ -89,6 +89,26 @@ Test(http2, directives_merge_and_listen_flag, .init = conf_register_all)
     snapshot_unref(s);
 }
 
+Test(http2, h2c_only_listen, .init = conf_register_all)
+{
+    struct snapshot *s =
+        load("events {} http {\n"
+             "  server { listen 127.0.0.1:18504 h2c_only; location / { return 200; } }\n"
+             "  server { listen 127.0.0.1:18504; server_name b; }\n"
+             "  server { listen 127.0.0.1:18505 http2; location / { return 200; } }\n"
+             "}\n");
+    for (size_t i = 0; i < s->nlistens; i++) {
+        const struct listen_set *ls = &s->listens[i];
+        bool only = net_addr_port(&ls->addr) == 18504;
+        cr_assert_eq(ls->h2c_only, only, "%s", ls->text);
+        /* h2c_only implies http2, for every server of the address */
+        cr_assert(h2_listen_enabled(ls), "%s", ls->text);
+        for (size_t k = 0; k < ls->nservers; k++)
+            cr_assert(ls->servers[k]->http2, "%s", ls->text);
+    }
+    snapshot_unref(s);
+}
+
 Test(http2, directive_errors, .init = conf_register_all)
 {
     const char *bad[] = {
@@ -97,6 +117,8 @@ Test(http2, directive_errors, .init = conf_register_all)
         "events {} http { server { http2_max_concurrent_streams 0; } }",
         "events {} http { server { http2_max_header_size 100; } }",
         "events {} http { server { location / { http2_idle_timeout 1s; } } }",
+        "events {} http { server { listen 127.0.0.1:18506 ssl h2c_only; } }",
+        "events {} http { server { listen 127.0.0.1:18506 h2c_only=on; } }",
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         char path[] = "/tmp/portico_h2_unit_XXXXXX";
