@@ -7,6 +7,12 @@ where the CPU exposes them, instructions/cycles per request).
     bench/callgrind.sh portico                     # callgrind, 5000 requests of /1k
     /usr/bin/python3 bench/instr.py nginx --tool perf --requests 200000
     /usr/bin/python3 bench/instr.py haproxy --path /100k --conns 50
+    bench/callgrind.sh portico --cache             # cache hits (the g scenarios' config)
+
+With --cache the proxy gets the configuration of the cache scenarios (bench/run.py g1/g100:
+@IF_CACHE@ lines), the warm-up fills the cache, and the run fails unless the origin saw no
+request during the measured ones (every one a hit). varnish works with --tool perf only
+(its worker threads live in a child process, which callgrind is not told to follow).
 
 The proxy is warmed up first, then its counters are zeroed (callgrind_control -z) or perf
 attaches (perf stat -p), so start-up and warm-up cost are excluded. The callgrind profile is
@@ -40,7 +46,7 @@ def h2load(port, path, n, conns):
 def main():
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("proxy", choices=["portico", "nginx", "haproxy", "h2o"])
+    ap.add_argument("proxy", choices=["portico", "nginx", "haproxy", "h2o", "varnish"])
     ap.add_argument("--tool", choices=["callgrind", "perf"], default="callgrind")
     ap.add_argument("--requests", type=int, default=None,
                     help="measured requests (default 5000 callgrind, 100000 perf)")
@@ -48,7 +54,16 @@ def main():
     ap.add_argument("--path", default="/1k")
     ap.add_argument("--conns", type=int, default=10)
     ap.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    ap.add_argument("--cache", action="store_true",
+                    help="cache scenarios' config; measure hits (origin must see none)")
     a = ap.parse_args()
+    if a.proxy == "varnish" and a.tool == "callgrind":
+        ap.error("varnish: use --tool perf (callgrind would only see the manager process)")
+    if a.proxy == "varnish" and not a.cache:
+        ap.error("varnish is a cache: use --cache")
+    if a.cache and a.proxy == "h2o":
+        ap.error("h2o 2.2 has no proxy cache")
+    sc = dict(cache=True) if a.cache else None
     n = a.requests or (5000 if a.tool == "callgrind" else 100000)
     run.raise_nofile()
 
@@ -70,7 +85,7 @@ def main():
         wrapper = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={cg_out}",
                    "--vgdb=yes", "--trace-children=no"]
     proc, port = run.start_proxy(a.proxy, oport, work, "0", 1, False, wrapper=wrapper,
-                                 ready_timeout=90)
+                                 ready_timeout=90, sc=sc)
     if not proc:
         origin.stop()
         print(f"{a.proxy}: {port}")
@@ -78,10 +93,18 @@ def main():
     perf = None
     try:
         h2load(port, a.path, a.warmup, a.conns)
+        if a.cache:
+            ok, note = run.check_hits(oport, port, a.path)
+            print(f"{a.proxy} {a.path}: {note}")
+            if not ok:
+                raise RuntimeError("cache hits are not hits")
+            o0 = run.origin_settle(oport)
         if a.tool == "callgrind":
             subprocess.run(["callgrind_control", "-z", str(proc.pid)], check=True,
                            capture_output=True, timeout=60)
             ok = h2load(port, a.path, n, a.conns)
+            if a.cache:
+                print(f"  origin requests during the measured ones: {run.origin_settle(oport) - o0}")
             for f in glob.glob(cg_out.replace("%p", str(proc.pid)) + "*"):
                 os.unlink(f)
             subprocess.run(["callgrind_control", "-d", "measured", str(proc.pid)], check=True,
@@ -104,11 +127,14 @@ def main():
             pf = os.path.join(work, "perf.txt")
             perf = subprocess.Popen(["perf", "stat", "-x", ",", "-o", pf, "-e",
                                      "task-clock,context-switches,raw_syscalls:sys_enter,"
-                                     "instructions,cycles", "-p", str(proc.pid)])
+                                     "instructions,cycles", "-p",
+                                     ",".join(map(str, run.tree(proc.pid)))])
             time.sleep(0.3)
             ok = h2load(port, a.path, n, a.conns)
             perf.send_signal(signal.SIGINT)
             perf.wait(10)
+            if a.cache:
+                print(f"  origin requests during the measured ones: {run.origin_settle(oport) - o0}")
             print(f"{a.proxy} {a.path}: {ok} requests, per request:")
             with open(pf) as f:
                 for line in f:

@@ -6,6 +6,9 @@
  * GET  /0 /1k /100k /1m   -> 200 with a fixed body of 0 / 1024 / 102400 / 1048576 bytes
  * POST (any path)         -> reads and discards the body (Content-Length or chunked),
  *                            answers 200 with "ok\n"
+ * GET  /_stats             -> 200 "requests N\n": requests answered so far (all threads, not
+ *                            counting /_stats itself), for the cache scenarios' hit checks;
+ *                            not for pipelining (one reply buffer per connection)
  * anything else           -> 404, empty body
  *
  * Keep-alive by default (HTTP/1.1), "Connection: close" or HTTP/1.0 without keep-alive
@@ -42,6 +45,8 @@ static char *hdr[R_N][2]; /* [resp][close] */
 static size_t hdr_len[R_N][2];
 static char *body[R_N];
 
+static unsigned long long served; /* answered requests, /_stats excluded (atomic) */
+
 static const char *addr = "127.0.0.1";
 static int port = 18080;
 
@@ -54,6 +59,7 @@ struct conn {
     long long chunk_rem;
     int qhead, qn;      /* iovec queue */
     struct iovec q[MAXQ];
+    char sbuf[192];     /* the /_stats reply */
     char rbuf[RBUF];
 };
 
@@ -240,6 +246,7 @@ static int process(struct conn *c)
             } else if ((v = header(p, end, "Content-Length", &vl))) {
                 c->body_rem = strtoll(v, NULL, 10);
             }
+            __atomic_fetch_add(&served, 1, __ATOMIC_RELAXED);
             if (c->body_rem == 0) {
                 push(c, hdr[R_POST][close], hdr_len[R_POST][close]);
                 push(c, body[R_POST], body_len[R_POST]);
@@ -254,6 +261,18 @@ static int process(struct conn *c)
             size_t ul = (size_t)(ue - u);
             const char *qm = memchr(u, '?', ul);
             if (qm) ul = (size_t)(qm - u);
+            if (ul == 7 && !memcmp(u, "/_stats", 7)) {
+                unsigned long long nreq = __atomic_load_n(&served, __ATOMIC_RELAXED);
+                char b[32];
+                int bl = snprintf(b, sizeof b, "requests %llu\n", nreq);
+                int hl = snprintf(c->sbuf, sizeof c->sbuf,
+                                  "HTTP/1.1 200 OK\r\nServer: origin\r\nContent-Type: text/plain\r\n"
+                                  "Cache-Control: no-store\r\nContent-Length: %d\r\n%s\r\n%s",
+                                  bl, close ? "Connection: close\r\n" : "", p[0] == 'G' ? b : "");
+                push(c, c->sbuf, (size_t)hl);
+                continue;
+            }
+            __atomic_fetch_add(&served, 1, __ATOMIC_RELAXED);
             if (ul == 2 && !memcmp(u, "/0", 2)) r = R_0;
             else if (ul == 3 && !memcmp(u, "/1k", 3)) r = R_1K;
             else if (ul == 5 && !memcmp(u, "/100k", 5)) r = R_100K;

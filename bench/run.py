@@ -9,7 +9,9 @@ then runs wrk for several rounds, interleaving the proxies round by round so tha
 drift hits them all alike. Reported: median req/s with min-max, ratio vs nginx, p50/p99/p99.9
 latency (from wrk's HdrHistogram via a done()-only Lua hook, which adds no per-request cost),
 proxy CPU µs per request (/proc/PID/stat utime+stime delta over the process tree / requests),
-and peak RSS (/proc/PID/status VmHWM). Writes bench/results/<date>.md and .json and prints
+and peak RSS (/proc/PID/status VmHWM). Cache scenarios (g) check that hits are hits: the
+origin's request counter (GET /_stats) must not move while each proxy answers a probe, and
+its growth during every measured round is reported as the hit ratio. Writes bench/results/<date>.md and .json and prints
 the Markdown table. See bench/README.md.
 """
 import argparse
@@ -35,7 +37,14 @@ ROOT = os.path.dirname(BENCH)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
-ALL_PROXIES = ["direct", "portico", "nginx", "haproxy", "h2o"]
+ALL_PROXIES = ["direct", "portico", "nginx", "haproxy", "h2o", "varnish"]
+# peers that have no HTTP cache (their g rows read n/a) and peers that only cache (they take
+# part in the g scenarios only)
+NO_CACHE = {"h2o": "n/a: h2o 2.2 has no proxy cache (only a file server and mruby)",
+            "direct": "n/a (no cache: the origin itself)"}
+CACHE_ONLY = {"varnish": "n/a (a cache: runs in the g scenarios only)"}
+# probe requests per proxy before measuring a cache scenario (see check_hits)
+HIT_PROBES = 20
 
 # id, group letter, title, path, connections, extra
 SCENARIOS = [
@@ -62,7 +71,11 @@ SCENARIOS = [
          path="/1k", conns=10, streams=10, tls=True, resume=True, h2=True, tool="h2load"),
     dict(id="fc", group="f", title="HTTP/2 cleartext (h2c prior knowledge), 1 KiB, 10 conns x "
          "10 streams", path="/1k", conns=10, streams=10, h2=True, tool="h2load"),
-    dict(id="g", group="g", title="cache hits", todo="not yet: needs the cache in Portico (later issue)"),
+    # cache filled by the warm-up (one miss per path), then every measured request is a hit
+    dict(id="g1", group="g", title="cache hits, 1 KiB, keep-alive, 50 conns", path="/1k",
+         conns=50, cache=True),
+    dict(id="g100", group="g", title="cache hits, 100 KiB, keep-alive, 50 conns", path="/100k",
+         conns=50, cache=True),
 ]
 
 WRK_LUA = r"""
@@ -216,6 +229,67 @@ def h2c_ok(port, timeout=1.0):
         return False
 
 
+def http_get(port, path, host, timeout=5.0):
+    """one keep-alive-less GET; returns (status line, headers dict lower-case, body)"""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        end = time.time() + timeout
+        while time.time() < end:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    hdrs = {}
+    for l in lines[1:]:
+        k, _, v = l.partition(":")
+        hdrs[k.strip().lower()] = v.strip()
+    return lines[0], hdrs, body
+
+
+def origin_count(origin_port):
+    """requests the origin has answered so far (origin.c's GET /_stats)"""
+    _, _, body = http_get(origin_port, "/_stats", "origin")
+    return int(body.split()[1])
+
+
+def origin_settle(origin_port, quiet_s=0.3, max_s=5.0):
+    """the origin's counter once it has stopped moving for quiet_s (requests a proxy was still
+    forwarding when wrk stopped: they belong to that proxy, not to the next one measured)"""
+    end = time.time() + max_s
+    last = origin_count(origin_port)
+    still = time.time()
+    while time.time() < end:
+        time.sleep(0.1)
+        n = origin_count(origin_port)
+        if n != last:
+            last, still = n, time.time()
+        elif time.time() - still >= quiet_s:
+            break
+    return last
+
+
+def check_hits(origin_port, port, path, n=HIT_PROBES):
+    """n GETs of path through the proxy (with wrk's Host header): the origin must see none of
+    them; returns (ok, note). Cache headers a proxy adds on its own (Age, X-Varnish) are
+    quoted as extra evidence."""
+    before = origin_settle(origin_port)
+    statuses, evidence = set(), ""
+    for _ in range(n):
+        st, hdrs, _ = http_get(port, path, f"127.0.0.1:{port}")
+        statuses.add(st.split(" ")[1] if " " in st else st)
+        ev = [f"{k}: {hdrs[k]}" for k in ("x-cache-status", "age", "x-varnish") if k in hdrs]
+        evidence = ", ".join(ev) or evidence
+    seen = origin_count(origin_port) - before
+    ok = seen == 0 and statuses == {"200"}
+    note = (f"hit check {'OK' if ok else 'FAILED'}: {n} GETs, origin saw {seen}"
+            + (f", status {'/'.join(sorted(statuses))}" if statuses != {"200"} else "")
+            + (f" ({evidence})" if evidence else ""))
+    return ok, note
+
+
 def http_get_ok(port, path="/0", timeout=1.0, tls=False, h2c=False):
     if h2c:
         return h2c_ok(port, timeout)
@@ -300,7 +374,7 @@ def proxy_binary(name):
         b = portico_bin()
         return b if os.path.isfile(b) and os.access(b, os.X_OK) else None
     cand = {"nginx": ["/usr/sbin/nginx"], "haproxy": ["/usr/sbin/haproxy"],
-            "h2o": ["/usr/bin/h2o"]}[name]
+            "h2o": ["/usr/bin/h2o"], "varnish": ["/usr/sbin/varnishd"]}[name]
     for c in cand:
         if os.access(c, os.X_OK):
             return c
@@ -314,7 +388,7 @@ def missing_note(name):
 
 
 CONF_FILE = {"nginx": "nginx.conf", "haproxy": "haproxy.cfg", "h2o": "h2o.conf",
-             "portico": "portico.conf"}
+             "portico": "portico.conf", "varnish": "varnish.vcl"}
 
 
 def listener_flags(sc):
@@ -329,6 +403,8 @@ def listener_flags(sc):
         f = {"PLAIN"}
     if sc.get("h2"):
         f.add("H2")
+    if sc.get("cache"):
+        f.add("CACHE")
     return f
 
 
@@ -374,13 +450,18 @@ def render_conf(name, port, origin_port, d, workers, access_log, sc=None, tls_fi
     return path
 
 
-def proxy_argv(name, binary, conf, d):
+def proxy_argv(name, binary, conf, d, port):
     if name == "nginx":
         return [binary, "-p", d + "/", "-e", os.path.join(d, "error.log"), "-c", conf]
     if name == "haproxy":
         return [binary, "-db", "-f", conf]
     if name == "h2o":
         return [binary, "-c", conf]
+    if name == "varnish":
+        # port: the listen address is a flag, not in the VCL (see configs/varnish.vcl)
+        return [binary, "-F", "-j", "none", "-a", f"127.0.0.1:{port}", "-f", conf,
+                "-n", os.path.join(d, "varnish"), "-s", "malloc,256m",
+                "-p", "thread_pools=1", "-p", "timeout_idle=60"]
     # Portico: nginx-style command line by default; override with PORTICO_ARGS="... {conf} ..."
     args = os.environ.get("PORTICO_ARGS", "-c {conf}")
     return [binary] + [a.replace("{conf}", conf) for a in args.split()]
@@ -398,7 +479,7 @@ def start_proxy(name, origin_port, workdir, cpus, workers, access_log, wrapper=N
         os.makedirs(os.path.join(d, sub), exist_ok=True)
     port = free_port()
     conf = render_conf(name, port, origin_port, d, workers, access_log, sc, tls_files)
-    p = Proc(name, (wrapper or []) + proxy_argv(name, binary, conf, d), cpus,
+    p = Proc(name, (wrapper or []) + proxy_argv(name, binary, conf, d, port), cpus,
              os.path.join(d, f"{name}.out"), cwd=d)
     if not p.wait_ready(port, ready_timeout, tls=bool(sc and sc.get("tls")),
                         h2c=bool(sc and sc.get("h2") and not sc.get("tls"))):
@@ -540,14 +621,17 @@ def run_wrk(cfg, port, sc, lua, duration):
     raise RuntimeError(f"wrk gave no result: {out.stdout[-300:]} {out.stderr[-300:]}")
 
 
-def measure(cfg, name, proc, port, sc, lua, origin):
+def measure(cfg, name, proc, port, sc, lua, origin, origin_port):
     pids = tree(proc.pid) if proc else []
+    n0 = origin_settle(origin_port) if sc.get("cache") else None
     c0 = cpu_seconds(pids) if proc else 0.0
     o0 = cpu_seconds([origin.pid])
     b0 = cpu_busy()
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     w = run_load(cfg, port, sc, lua, cfg.duration)
     ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # origin requests during the round: the cache misses (0 when every request was a hit)
+    misses = origin_settle(origin_port) - n0 if n0 is not None else None
     b1 = cpu_busy()
     c1 = cpu_seconds(pids) if proc else 0.0
     o1 = cpu_seconds([origin.pid])
@@ -570,6 +654,7 @@ def measure(cfg, name, proc, port, sc, lua, origin):
         "errors": errors, "errors_detail": {k: w[k] for k in
                                              ("connect", "read", "write", "status", "timeout")},
         "reused_pct": w.get("reused_pct"),
+        "origin_requests": misses,
     }
 
 
@@ -587,6 +672,11 @@ def summarise(rounds):
         "foreign_cpu_pct": max(r["foreign_cpu_pct"] for r in rounds),
         "cpu_busy_pct": rounds[len(rounds) // 2]["cpu_busy_pct"],
         "reused_pct": med("reused_pct"),
+        "origin_requests": (sum(r["origin_requests"] for r in rounds)
+                            if rounds[0].get("origin_requests") is not None else None),
+        "hit_pct": (100.0 * (1 - sum(r["origin_requests"] for r in rounds) /
+                             max(1, sum(r["requests"] for r in rounds)))
+                    if rounds[0].get("origin_requests") is not None else None),
     }
 
 
@@ -651,6 +741,9 @@ def run_idle(cfg, names, origin_port, workdir):
     for name in names:
         if name == "direct":
             rows[name] = {"note": "n/a (no proxy)"}
+            continue
+        if name in CACHE_ONLY:
+            rows[name] = {"note": CACHE_ONLY[name]}
             continue
         proc, port = start_proxy(name, origin_port, workdir, cfg.proxy_cpus, cfg.workers, False)
         if not proc:
@@ -758,7 +851,7 @@ def markdown(res):
                        f"{per} | {ratio} | {r['open']} | {note} |")
     tg = targets(res)
     if tg:
-        out += ["", "**Targets (Portico): issue 4, and issues 6 (TLS) and 7 (HTTP/2)**", ""] + [f"- {t}" for t in tg]
+        out += ["", "**Targets (Portico): issue 4 (a-d, g), and issues 6 (TLS) and 7 (HTTP/2)**", ""] + [f"- {t}" for t in tg]
     out += ["", "Ratios are Portico-or-peer / nginx on the same run; absolute numbers are "
             "machine-dependent. \"CPU busy\" is the busiest CPU of the proxy group and of the "
             "origin+wrk group during the median round: a generator near 100% with the proxy "
@@ -820,6 +913,31 @@ def targets(res):
             check(f"issue 7: {sid} HTTP/2 req/s {p / h:.2f} x h2o (>= 1.0)", p >= h)
         if n:
             check(f"issue 7: {sid} HTTP/2 req/s {p / n:.2f} x nginx (>= 1.2)", p >= 1.2 * n)
+    # scenario g (cache hits): req/s >= 1.2 x nginx's hits and >= 1.0 x Varnish; only counts
+    # if Portico's hits were hits (probe and measured rounds)
+    for sid in ("g1", "g100"):
+        p, n, v = (get(sid, x, "rps_median") for x in ("portico", "nginx", "varnish"))
+        if p is None:
+            continue
+        hp = get(sid, "portico", "hit_pct")
+        hc = get(sid, "portico", "hit_check") or ""
+        bad = (hp is not None and hp < 99.9) or "FAILED" in hc
+        why = f" — but Portico's hit ratio was {hp:.2f}% ({hc})" if bad else ""
+        if n:
+            check(f"g: {sid} cache-hit req/s {p / n:.2f} x nginx (>= 1.2){why}",
+                  p >= 1.2 * n and not bad)
+        if v:
+            check(f"g: {sid} cache-hit req/s {p / v:.2f} x varnish (>= 1.0){why}",
+                  p >= v and not bad)
+        # the issue says "per core": req/s per CPU-second of the proxy (1 / CPU µs/req), which
+        # holds even when the generator, not the proxy, was the limit
+        pc, nc, vc = (get(sid, x, "cpu_us_per_req") for x in ("portico", "nginx", "varnish"))
+        if pc and nc:
+            check(f"g: {sid} cache-hit req/s per core {nc / pc:.2f} x nginx (>= 1.2; CPU "
+                  f"{pc:.1f} vs {nc:.1f} µs/req){why}", nc >= 1.2 * pc and not bad)
+        if pc and vc:
+            check(f"g: {sid} cache-hit req/s per core {vc / pc:.2f} x varnish (>= 1.0; CPU "
+                  f"{pc:.1f} vs {vc:.1f} µs/req){why}", vc >= pc and not bad)
     return out
 
 
@@ -836,6 +954,9 @@ def versions():
     v["nginx"] = first(["/usr/sbin/nginx", "-v"]).split("/")[-1]
     v["haproxy"] = first(["/usr/sbin/haproxy", "-v"]).split()[2] if shutil.which("haproxy") else "?"
     v["h2o"] = first(["/usr/bin/h2o", "--version"]).split()[-1] if os.path.exists("/usr/bin/h2o") else "?"
+    vm = re.search(r"varnish-([\d.]+)", first(["/usr/sbin/varnishd", "-V"])
+                   if os.path.exists("/usr/sbin/varnishd") else "")
+    v["varnish"] = vm.group(1) if vm else "?"
     v["wrk"] = first(["wrk", "-v"]).split()[1]
     v["h2load"] = first(["h2load", "--version"]).split()[-1]
     v["openssl"] = first(["openssl", "version"]).split()[1]
@@ -871,7 +992,8 @@ def main():
     ap.add_argument("--quick", action="store_true", help="1 round of 3 s, 1 s warm-up")
     ap.add_argument("--only", default=",".join(ALL_PROXIES), help="comma list of proxies")
     ap.add_argument("--scenarios", default="a,b,c,d,l,i,e,f,g",
-                    help="comma list of groups (a,b,c,d,l=access log on,i=idle,e,f,g) or ids")
+                    help="comma list of groups (a,b,c,d,l=access log on,i=idle,e,f,g=cache "
+                    "hits) or ids")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--duration", type=float, default=10)
     ap.add_argument("--warmup", type=float, default=2)
@@ -944,6 +1066,12 @@ def main():
             lua = write_lua(workdir, sc)
             procs, rows = {}, {}
             for name in names:
+                if sc.get("cache") and name in NO_CACHE:
+                    rows[name] = {"note": NO_CACHE[name]}
+                    continue
+                if not sc.get("cache") and name in CACHE_ONLY:
+                    rows[name] = {"note": CACHE_ONLY[name]}
+                    continue
                 if name == "direct":
                     if sc.get("tls") or sc.get("h2"):
                         rows[name] = {"note": "n/a (the origin speaks plain HTTP/1.1 only)"}
@@ -963,6 +1091,15 @@ def main():
                     run_load(cfg, port, sc, lua, cfg.warmup)
                 except Exception as e:  # noqa: BLE001
                     log(f"  {name}: warm-up failed: {e}")
+            hit_notes = {}
+            if sc.get("cache"):  # the warm-up filled the cache: are hits hits?
+                for name, (p, port) in list(procs.items()):
+                    try:
+                        ok, note = check_hits(origin_port, port, sc["path"])
+                    except (OSError, ValueError, IndexError) as e:
+                        ok, note = False, f"hit check FAILED: {e}"
+                    hit_notes[name] = note
+                    log(f"  {name}: {note}")
             rounds = {n: [] for n in procs}
             order = list(procs)
             for r in range(cfg.rounds):
@@ -972,7 +1109,7 @@ def main():
                     if p and not p.alive():
                         continue
                     try:
-                        m = measure(cfg, name, p, port, sc, lua, origin)
+                        m = measure(cfg, name, p, port, sc, lua, origin, origin_port)
                         rounds[name].append(m)
                         log(f"  round {r + 1} {name}: {m['rps']:.0f} req/s"
                             + (f", p99 {m['p99_us']:.0f}µs" if m['p99_us'] is not None else "")
@@ -996,6 +1133,10 @@ def main():
                     s["note"] = "proxy exited during the run"
                 if s.get("reused_pct") is not None:
                     s["note"] = (s.get("note", "") + f" {s['reused_pct']:.0f}% resumed").strip()
+                if sc.get("cache"):
+                    s["hit_check"] = hit_notes.get(name, "")
+                    s["note"] = (s.get("note", "") + f" hits {s['hit_pct']:.2f}% (origin saw "
+                                 f"{s['origin_requests']}); {s['hit_check']}").strip()
                 rows[name] = s
             for name, (p, port) in procs.items():
                 if p:

@@ -16,7 +16,8 @@ PKGS=(
 )
 
 if [ "${1:-}" = "--bench" ]; then
-  PKGS+=(h2o linux-perf valgrind)
+  # varnish: the cache peer of the g scenarios (cache hits) only
+  PKGS+=(h2o linux-perf valgrind varnish)
 fi
 
 missing=()
@@ -33,9 +34,11 @@ SUDO=""
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
-# The nginx package starts a system service on install; Portico's tests and
-# benchmarks start their own instances, so stop it if it came up.
+# The nginx and varnish packages start system services on install; Portico's
+# tests and benchmarks start their own instances, so stop them if they came up.
 if command -v systemctl >/dev/null 2>&1; then
-  $SUDO systemctl stop nginx 2>/dev/null || true
-  $SUDO systemctl disable nginx 2>/dev/null || true
+  for svc in nginx varnish varnishncsa; do
+    $SUDO systemctl stop "$svc" 2>/dev/null || true
+    $SUDO systemctl disable "$svc" 2>/dev/null || true
+  done
 fi
