@@ -37,10 +37,35 @@ struct buf *buf_new(size_t cap)
     return b;
 }
 
+struct buf_ext {
+    void (*release)(void *ctx);
+    void *ctx;
+};
+
+struct buf *buf_wrap(void (*release)(void *ctx), void *ctx)
+{
+    struct buf *b = malloc(sizeof(*b) + sizeof(struct buf_ext));
+    if (!b)
+        return NULL;
+    b->refs = 1;
+    b->cap = 0;
+    b->next_free = NULL;
+    struct buf_ext ext = {release, ctx};
+    memcpy(b->data, &ext, sizeof(ext));
+    return b;
+}
+
 void buf_unref(struct buf *b)
 {
     if (--b->refs > 0)
         return;
+    if (b->cap == 0) {
+        struct buf_ext ext;
+        memcpy(&ext, b->data, sizeof(ext));
+        free(b);
+        ext.release(ext.ctx);
+        return;
+    }
     live_count--;
     if (b->cap == BUF_SEG_SIZE && free_count < BUF_CACHE_MAX) {
         b->next_free = free_list;

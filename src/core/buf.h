@@ -31,6 +31,12 @@ static inline struct buf *buf_ref(struct buf *b)
 
 void buf_unref(struct buf *b);
 
+/* A segment that owns no bytes of its own: a reference token for memory
+ * kept alive elsewhere (a cached object). Pieces point into that memory and
+ * hold this segment; when the last reference goes, release(ctx) runs (on
+ * whichever thread drops it). cap is 0. NULL on allocation failure. */
+struct buf *buf_wrap(void (*release)(void *ctx), void *ctx);
+
 /* Free this thread's cached segments (at worker exit). */
 void buf_trim_cache(void);
 

@@ -15,6 +15,7 @@
 
 #define LOCK_POLL_MS 10
 #define SEND_HIGH    (64 * 1024)
+#define SMALL_COPY   4096 /* memory bodies up to this are copied, larger ones referenced */
 
 struct pcache {
     struct exchange *ex;
@@ -323,10 +324,33 @@ static void serve(struct pcache *pc, struct cache_obj *o, const char *status_tex
     send_more(pc);
 }
 
+static void obj_release(void *ctx)
+{
+    cache_obj_unref(ctx);
+}
+
 static void send_more(struct pcache *pc)
 {
     struct exchange *ex = pc->ex;
     struct cache_obj *o = pc->serving;
+    if (o->body && pc->end - pc->pos > SMALL_COPY) {
+        /* in memory: the whole range goes out by reference, no copy; the
+         * token segment keeps the object alive until it is written */
+        cache_obj_ref(o);
+        struct buf *tok = buf_wrap(obj_release, o);
+        if (!tok) {
+            cache_obj_unref(o);
+            pc->sending = false;
+            ex->client->done(ex, true);
+            return;
+        }
+        struct body_piece piece = {tok, o->body + pc->pos, (size_t)(pc->end - pc->pos)};
+        pc->pos = pc->end;
+        int r = ex->client->send_body(ex, &piece);
+        buf_unref(tok);
+        if (r < 0)
+            return;
+    }
     while (pc->pos < pc->end) {
         if (ex->client->pending(ex) >= SEND_HIGH)
             return; /* proxy_client_drained() brings us back */
@@ -339,7 +363,7 @@ static void send_more(struct pcache *pc)
             return;
         }
         if (o->body) {
-            memcpy(seg->data, o->body + pc->pos, n);
+            memcpy(seg->data, o->body + pc->pos, n); /* small: a copy is cheaper */
         } else {
             ssize_t r = pread(pc->fd, seg->data, n, (off_t)(o->file_hdr_len + pc->pos));
             if (r <= 0) {

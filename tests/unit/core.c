@@ -1506,3 +1506,26 @@ Test(net, connect_refused)
     cr_assert_eq(net_connect_result(cfd), ECONNREFUSED);
     close(cfd);
 }
+
+static int wrap_released;
+
+static void wrap_release(void *ctx)
+{
+    wrap_released += *(int *)ctx;
+}
+
+Test(buf, wrap_releases_its_owner_once)
+{
+    int one = 1;
+    size_t live = buf_live_count();
+    struct buf *b = buf_wrap(wrap_release, &one);
+    cr_assert_not_null(b);
+    cr_assert_eq(b->cap, 0);
+    cr_assert_eq(buf_live_count(), live); /* not a pooled segment */
+    buf_ref(b);
+    buf_unref(b);
+    cr_assert_eq(wrap_released, 0);
+    buf_unref(b);
+    cr_assert_eq(wrap_released, 1);
+    cr_assert_eq(buf_live_count(), live);
+}
