@@ -728,6 +728,7 @@ static ssize_t fwd_recv(struct fwd *f, void *buf, size_t want)
 
 static ssize_t fwd_send(struct fwd *f)
 {
+    net_nodelay_before_write(f->uc->io.fd, &f->uc->nodelay);
     if (!f->uc->tls)
         return outq_write(&f->out, f->uc->io.fd);
     return outq_write_with(&f->out, tls_outq_writev, fwd_tls(f));
@@ -782,6 +783,11 @@ static int start_tls(struct fwd *f)
     if (sess) {
         tls_conn_session_set(t, sess);
         tls_session_free(sess);
+    }
+    /* the handshake writes more than once, inside OpenSSL */
+    if (f->uc->nodelay < 2) {
+        net_set_nodelay(f->uc->io.fd);
+        f->uc->nodelay = 2;
     }
     f->uc->tls = t;
     f->uc->tls_free = free_tls;

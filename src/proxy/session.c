@@ -63,8 +63,9 @@ struct h1_session {
 
     uint64_t conn_number;
     int requests;
-    bool close_after; /* close once the output is written */
-    bool linger;      /* ... after draining what the client may still send */
+    unsigned char nodelay; /* net_nodelay_before_write */
+    bool close_after;      /* close once the output is written */
+    bool linger;           /* ... after draining what the client may still send */
     bool shutting_down;
 
     /* the exchange in flight */
@@ -163,6 +164,7 @@ static ssize_t sess_recv(struct h1_session *s, void *buf, size_t want)
 
 static ssize_t sess_send(struct h1_session *s)
 {
+    net_nodelay_before_write(s->io.fd, &s->nodelay);
     if (!s->tls)
         return outq_write(&s->b->out, s->io.fd);
     return outq_write_with(&s->b->out, tls_outq_writev, s->tls);
@@ -250,6 +252,9 @@ void h1_session_start(struct worker *w, int fd, const struct net_addr *peer,
     /* the first bytes usually arrived with the connection */
     s->io.readable = true;
     if (s->lset && s->lset->ssl) {
+        /* the handshake writes more than once, inside OpenSSL */
+        net_set_nodelay(fd);
+        s->nodelay = 2;
         s->tls = tls_conn_server(s->lset->dflt->tls_ctx, fd);
         if (!s->tls) {
             sess_close(s);
@@ -500,6 +505,8 @@ static void handoff_h2(struct h1_session *s)
 {
     int fd = s->io.fd;
     struct tls_conn *tls = s->tls;
+    if (s->nodelay < 2)
+        net_set_nodelay(fd); /* HTTP/2 writes frames as they come */
     loop_io_del(s->w->loop, &s->io);
     s->io.fd = -1;
     s->tls = NULL;

@@ -289,6 +289,7 @@ struct ups_conn {
     const void *group_key; /* the group it was opened for */
     size_t group_id;
     int requests;                 /* requests made on it so far */
+    unsigned char nodelay;        /* net_nodelay_before_write, by its user */
     struct ups_conn *next, *prev; /* pool list */
     struct timer idle_timer;
     struct posted release;
