@@ -27,6 +27,7 @@ void arena_init(struct arena *a, size_t chunk_size, size_t cap)
 #define CHUNK_CACHE_MAX  256
 static __thread struct arena_chunk *chunk_cache;
 static __thread size_t chunk_cached;
+static __thread size_t chunk_low; /* fewest cached since the last arena_trim_unused */
 
 static void chunk_free(struct arena_chunk *c)
 {
@@ -47,6 +48,22 @@ void arena_trim_cache(size_t keep)
         chunk_cached--;
         free(c);
     }
+    if (chunk_low > chunk_cached)
+        chunk_low = chunk_cached;
+}
+
+size_t arena_trim_unused(size_t keep)
+{
+    size_t freed = 0;
+    for (size_t spare = chunk_low; spare > 0 && chunk_cached > keep; spare--) {
+        struct arena_chunk *c = chunk_cache;
+        chunk_cache = c->next;
+        chunk_cached--;
+        freed += sizeof(*c) + c->size;
+        free(c);
+    }
+    chunk_low = chunk_cached;
+    return freed;
 }
 
 void arena_deinit(struct arena *a)
@@ -93,7 +110,8 @@ void *arena_alloc(struct arena *a, size_t n)
     if (size == CHUNK_CACHE_SIZE && chunk_cache) {
         c = chunk_cache;
         chunk_cache = c->next;
-        chunk_cached--;
+        if (--chunk_cached < chunk_low)
+            chunk_low = chunk_cached;
     } else {
         c = malloc(sizeof(*c) + size);
         if (!c)

@@ -23,8 +23,11 @@ void arena_init(struct arena *a, size_t chunk_size, size_t cap);
 /* Free every chunk. The arena may be used again afterwards. */
 void arena_deinit(struct arena *a);
 
-/* Free this thread's cached chunks beyond `keep` (idle time, thread exit). */
+/* Free this thread's cached chunks beyond `keep` (thread exit). */
 void arena_trim_cache(size_t keep);
+/* Free the cached chunks that no arena needed since the last call, keeping at
+ * least `keep` (see buf_trim_unused). Returns the bytes freed. */
+size_t arena_trim_unused(size_t keep);
 
 /* Forget every allocation but keep the first chunk for reuse. */
 void arena_reset(struct arena *a);

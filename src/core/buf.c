@@ -1,20 +1,18 @@
 #include "core/buf.h"
 
 #include <errno.h>
-#include <malloc.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 /* Free segments kept per thread; beyond this many, they go back to malloc. */
-#define BUF_CACHE_MAX  512
-#define BUF_CACHE_IDLE 64 /* what the cache keeps once a burst is over */
+#define BUF_CACHE_MAX 512
 
 static __thread struct buf *free_list;
 static __thread size_t free_count;
+static __thread size_t free_low; /* fewest cached since the last buf_trim_unused */
 static __thread size_t live_count;
-static __thread size_t peak_count; /* most segments live at once since buf_trim_check */
 
 struct buf *buf_new(size_t cap)
 {
@@ -22,7 +20,8 @@ struct buf *buf_new(size_t cap)
     if (cap <= BUF_SEG_SIZE && free_list) {
         b = free_list;
         free_list = b->next_free;
-        free_count--;
+        if (--free_count < free_low)
+            free_low = free_count;
     } else {
         size_t c = cap < BUF_SEG_SIZE ? BUF_SEG_SIZE : cap;
         b = malloc(sizeof(*b) + c);
@@ -32,8 +31,7 @@ struct buf *buf_new(size_t cap)
     }
     b->refs = 1;
     b->next_free = NULL;
-    if (++live_count > peak_count)
-        peak_count = live_count;
+    live_count++;
     return b;
 }
 
@@ -83,25 +81,21 @@ void buf_trim_cache(void)
         free_list = b->next_free;
         free(b);
     }
-    free_count = 0;
+    free_count = free_low = 0;
 }
 
-bool buf_trim_check(void)
+size_t buf_trim_unused(size_t keep)
 {
-    /* after a burst (thousands of requests in flight at once) glibc keeps the
-     * freed segments' pages: give them back once the burst is over */
-    bool trim = peak_count > live_count + 512;
-    peak_count = live_count;
-    if (trim) {
-        while (free_count > BUF_CACHE_IDLE) {
-            struct buf *b = free_list;
-            free_list = b->next_free;
-            free_count--;
-            free(b);
-        }
-        malloc_trim(0);
+    size_t freed = 0;
+    for (size_t spare = free_low; spare > 0 && free_count > keep; spare--) {
+        struct buf *b = free_list;
+        free_list = b->next_free;
+        free_count--;
+        freed += sizeof(*b) + b->cap;
+        free(b);
     }
-    return trim;
+    free_low = free_count;
+    return freed;
 }
 
 size_t buf_live_count(void)

@@ -40,9 +40,10 @@ struct buf *buf_wrap(void (*release)(void *ctx), void *ctx);
 /* Free this thread's cached segments (at worker exit). */
 void buf_trim_cache(void);
 
-/* Called about once a second: if far fewer segments are live than at the
- * peak since the last call, return freed memory to the system. */
-bool buf_trim_check(void);
+/* Free the cached segments that no buf_new needed since the last call (the
+ * cache never ran lower than that), keeping at least `keep`: a burst's
+ * segments go back to malloc once it is over. Returns the bytes freed. */
+size_t buf_trim_unused(size_t keep);
 
 /* Number of segments allocated and not freed, summed over this thread (for
  * the memory tests and the status page). */

@@ -197,12 +197,13 @@ fail:;
 int net_accept(int lfd, struct net_addr *peer)
 {
     peer->len = sizeof(peer->in6);
-    int fd = accept4(lfd, (struct sockaddr *)&peer->in6, &peer->len, SOCK_NONBLOCK | SOCK_CLOEXEC);
-    if (fd < 0)
-        return -1;
+    return accept4(lfd, (struct sockaddr *)&peer->in6, &peer->len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+}
+
+int net_set_nodelay(int fd)
+{
     int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    return fd;
+    return setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 }
 
 int net_connect(const struct net_addr *a)
@@ -210,8 +211,6 @@ int net_connect(const struct net_addr *a)
     int fd = socket(a->sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return -1;
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     if (connect(fd, (const struct sockaddr *)&a->in6, a->len) < 0 && errno != EINPROGRESS) {
         int e = errno;
         close(fd);

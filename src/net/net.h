@@ -48,12 +48,30 @@ bool net_cidr_match(const struct net_cidr *c, const struct net_addr *a);
  * asked, TCP_DEFER_ACCEPT off. Returns the fd or -1 (errno). */
 int net_listen(const struct net_addr *a, int backlog, bool reuseport);
 
-/* Accept one connection (non-blocking, CLOEXEC, TCP_NODELAY set). Returns the
- * fd or -1 (errno; EAGAIN when none is waiting). */
+/* Accept one connection (non-blocking, CLOEXEC; TCP_NODELAY is left to
+ * net_nodelay_before_write). Returns the fd or -1 (errno; EAGAIN when none is
+ * waiting). */
 int net_accept(int lfd, struct net_addr *peer);
 
-/* Start a non-blocking connect. Returns the fd (connect may still be in
- * progress: wait for writability, then net_connect_result) or -1 (errno). */
+/* Set TCP_NODELAY. 0 or -1 (errno). */
+int net_set_nodelay(int fd);
+
+/* Call before each write to a TCP socket; `*state` starts at 0 per socket.
+ * Sets TCP_NODELAY before the second write only: Linux holds back a small
+ * segment only while an earlier small one is unacknowledged, so a socket
+ * written once (a response with Connection: close, a request on a connection
+ * used once) never needs it and saves the system call. */
+static inline void net_nodelay_before_write(int fd, unsigned char *state)
+{
+    if (*state == 1)
+        net_set_nodelay(fd);
+    if (*state < 2)
+        (*state)++;
+}
+
+/* Start a non-blocking connect (TCP_NODELAY: see net_nodelay_before_write).
+ * Returns the fd (connect may still be in progress: wait for writability,
+ * then net_connect_result) or -1 (errno). */
 int net_connect(const struct net_addr *a);
 /* 0 when the connect succeeded, else the errno it failed with. */
 int net_connect_result(int fd);

@@ -21,9 +21,10 @@
 #define CLIENT_HIGH_BUFFERED (64 * 1024)
 
 enum fwd_phase {
-    P_CACHE,   /* the cache answers or waits for its lock */
-    P_COLLECT, /* reading the request body before connecting */
-    P_QUEUED,  /* every server at max_conns: waiting in the group's queue */
+    P_CACHE,    /* the cache answers or waits for its lock */
+    P_COLLECT,  /* reading the request body before connecting */
+    P_QUEUED,   /* every server at max_conns: waiting in the group's queue */
+    P_DEFERRED, /* no idle connection: look again once this loop round is over */
     P_CONNECTING,
     P_HANDSHAKE, /* proxy_pass https://: TLS handshake (proxy_connect_timeout) */
     P_ACTIVE,    /* connected: sending the request, reading the response */
@@ -49,7 +50,9 @@ struct fwd {
     struct slice uri;     /* request target sent upstream */
     struct slice dyn_uri; /* the URI part of a proxy_pass with variables */
     struct timer timer;
-    struct ups_waiter wait; /* `queue N`: while P_QUEUED */
+    struct ups_waiter wait;     /* `queue N`: while P_QUEUED */
+    struct posted connect_post; /* while P_DEFERRED */
+    bool connect_deferred;      /* this try waited for the end of a round already */
 
     /* request toward the upstream */
     struct buf *req_head; /* serialized head */
@@ -79,13 +82,13 @@ struct fwd {
     bool resp_done;
     bool upstream_reusable;
     int error_page_status; /* status forced by error_page, 0 if none */
-    char tls_why[192];     /* a failed upstream handshake, for the log and ending */
     struct pcache *pc;     /* proxy_cache state, NULL without a cache */
 };
 
 static void fwd_run(struct fwd *f);
 static void push_last_chunk(struct fwd *f);
 static void try_upstream(struct fwd *f);
+static void try_connect(struct fwd *f);
 static void respond_status(struct exchange *ex, int status);
 
 size_t proxy_error_html(int status, const char *detail, bool tokens, char *out, size_t cap)
@@ -609,7 +612,7 @@ static void reset_try_state(struct fwd *f)
 
 static const char *phase_text(const struct fwd *f)
 {
-    if (f->phase == P_CONNECTING)
+    if (f->phase == P_CONNECTING || f->phase == P_DEFERRED)
         return "connecting to upstream";
     if (f->phase == P_HANDSHAKE)
         return "SSL handshaking to upstream";
@@ -753,6 +756,7 @@ static ssize_t fwd_recv(struct fwd *f, void *buf, size_t want)
 
 static ssize_t fwd_send(struct fwd *f)
 {
+    net_nodelay_before_write(f->uc->io.fd, &f->uc->nodelay);
     if (!f->uc->tls)
         return outq_write(&f->out, f->uc->io.fd);
     return outq_write_with(&f->out, tls_outq_writev, fwd_tls(f));
@@ -808,6 +812,11 @@ static int start_tls(struct fwd *f)
         tls_conn_session_set(t, sess);
         tls_session_free(sess);
     }
+    /* the handshake writes more than once, inside OpenSSL */
+    if (f->uc->nodelay < 2) {
+        net_set_nodelay(f->uc->io.fd);
+        f->uc->nodelay = 2;
+    }
     f->uc->tls = t;
     f->uc->tls_free = free_tls;
     f->uc->tls_key = ps;
@@ -831,13 +840,14 @@ static int handshake_step(struct fwd *f)
     if (r != TLS_OK) {
         const char *text = NULL;
         long v = tls_conn_verify_result(t, &text);
+        /* in the arena: the ending and the log line read it later */
+        const char *why;
         if (v != 0 && f->ex->lc->proxy_ssl.verify == 1)
-            snprintf(f->tls_why, sizeof(f->tls_why), "SSL certificate verify error: (%ld:%s)", v,
-                     text);
+            why = arena_printf(&f->ex->arena, "SSL certificate verify error: (%ld:%s)", v, text);
         else
-            snprintf(f->tls_why, sizeof(f->tls_why), "SSL_do_handshake() failed (SSL: %s)",
-                     tls_conn_error(t));
-        fail_try(f, END_UPSTREAM_TLS, f->tls_why, 0, NEXT_UPS_ERROR);
+            why = arena_printf(&f->ex->arena, "SSL_do_handshake() failed (SSL: %s)",
+                               tls_conn_error(t));
+        fail_try(f, END_UPSTREAM_TLS, why ? why : "SSL_do_handshake() failed", 0, NEXT_UPS_ERROR);
         return -1;
     }
     return 1;
@@ -911,12 +921,42 @@ static void try_upstream(struct fwd *f)
     } else {
         f->cur_try = NULL;
     }
+    f->connect_deferred = false;
+    try_connect(f);
+}
+
+static void connect_post_cb(struct posted *p)
+{
+    struct fwd *f = p->data;
+    if (f->phase == P_DEFERRED) {
+        ups_server_unhold(f->srv);
+        try_connect(f);
+    }
+}
+
+/* Take an idle connection to f->srv, or open one. When none is idle, the
+ * first look waits for the end of the loop round: responses read in the same
+ * round put their connections back, and a busy worker then reuses them
+ * instead of opening (and soon closing) one more than keepalive allows. The
+ * connect would wait for the next epoll_wait anyway, so nothing is slower. */
+static void try_connect(struct fwd *f)
+{
+    struct exchange *ex = f->ex;
+    struct ups_server *s = f->srv;
     struct ups_pool *pool = ex->worker->pool;
     f->uc = ups_pool_get(pool, f->group, s);
     while (f->uc && f->uc->tls_key != (const void *)ex->lc->proxy_ssl_rt) {
         /* made for another location's TLS (or plain): not ours to reuse */
         ups_conn_close(f->uc);
         f->uc = ups_pool_get(pool, f->group, s);
+    }
+    if (!f->uc && !f->connect_deferred && f->group->keepalive > 0) {
+        f->connect_deferred = true;
+        f->phase = P_DEFERRED;
+        ups_server_hold(s);
+        posted_init(&f->connect_post, connect_post_cb, f);
+        loop_post(ex->loop, &f->connect_post);
+        return;
     }
     f->uc_reused = f->uc != NULL;
     if (!f->uc) {
@@ -1752,6 +1792,10 @@ void proxy_release(struct exchange *ex)
     timer_cancel(&f->timer);
     ups_queue_cancel(&f->wait);
     pcache_release(f->pc);
+    if (f->phase == P_DEFERRED) {
+        posted_cancel(ex->loop, &f->connect_post);
+        ups_server_unhold(f->srv);
+    }
     if (f->uc) {
         ups_conn_close(f->uc);
         f->uc = NULL;

@@ -35,6 +35,9 @@ enum sess_state {
 
 enum rb_kind { RB_NONE, RB_LENGTH, RB_CHUNKED };
 
+/* Every open connection holds one of these, idle keep-alive ones included
+ * (10,000 idle connections: 10,000 of them), so what only a request or
+ * output in flight needs lives in struct h1_busy. */
 struct h1_session {
     struct io io;
     struct tls_conn *tls; /* NULL on plain connections */
@@ -43,26 +46,27 @@ struct h1_session {
     struct h1_session *next, *prev;
     struct snapshot *snap; /* for the head being read */
     const struct listen_set *lset;
-    enum sess_state state;
 
     struct buf *rseg; /* read buffer: unconsumed bytes are [rstart, rend) */
     size_t rstart, rend;
-    size_t scanned;    /* head bytes already searched for the blank line */
-    bool head_started; /* bytes of the next head have arrived */
-    bool checked_line_limit;
+    size_t scanned; /* head bytes already searched for the blank line */
 
-    struct h1_busy *b;   /* exchange and output queue; NULL while idle */
-    struct buf *scratch; /* small framing strings (chunk sizes) */
-    size_t scratch_used;
+    struct h1_busy *b; /* exchange and output queue; NULL while idle */
 
     struct timer rtimer; /* header, keep-alive, body, linger */
-    struct timer wtimer; /* send_timeout */
-    struct posted flush_post;
-    struct posted resume_post;
+    /* runs what post_flush / post_resume ask for after the loop round; once
+     * the session is closed, it carries the free */
+    struct posted post;
     uint64_t linger_deadline;
 
     uint64_t conn_number;
     int requests;
+    unsigned char state;   /* enum sess_state */
+    unsigned char nodelay; /* net_nodelay_before_write */
+    bool post_flush;       /* write what is queued */
+    bool post_resume;      /* read the next (pipelined) head */
+    bool head_started;     /* bytes of the next head have arrived */
+    bool checked_line_limit;
     bool close_after; /* close once the output is written */
     bool linger;      /* ... after draining what the client may still send */
     bool shutting_down;
@@ -72,10 +76,6 @@ struct h1_session {
     bool ex_done;
     bool ex_broken;
     bool waiting_drain;
-    struct buf *head_seg; /* holds the request head the exchange points into */
-    enum rb_kind rb_kind;
-    uint64_t rb_left;
-    uint64_t rb_total;
     bool rb_done;
     bool rb_error; /* the body broke or timed out: ex->ending says how */
     bool sent_continue;
@@ -90,6 +90,13 @@ struct h1_busy {
     struct exchange ex;
     struct outq out;
     struct h1_chunked rb_dec; /* the request body's chunked decoder */
+    struct buf *head_seg;     /* holds the request head the exchange points into */
+    struct buf *scratch;      /* small framing strings (chunk sizes) */
+    size_t scratch_used;
+    struct timer wtimer; /* send_timeout */
+    enum rb_kind rb_kind;
+    uint64_t rb_left;
+    uint64_t rb_total;
 };
 
 static const struct client_ops h1_ops;
@@ -98,6 +105,7 @@ static const struct client_ops h1_ops;
 #define BUSY_CACHE_MAX 256
 static __thread struct h1_busy *busy_cache;
 static __thread size_t busy_cached;
+static __thread size_t busy_low; /* fewest cached since the last h1_session_trim_unused */
 
 static void busy_release(struct h1_busy *b)
 {
@@ -118,7 +126,25 @@ void h1_session_trim_cache(size_t keep)
         busy_cached--;
         free(b);
     }
+    if (busy_low > busy_cached)
+        busy_low = busy_cached;
 }
+
+size_t h1_session_trim_unused(size_t keep)
+{
+    size_t freed = 0;
+    for (size_t spare = busy_low; spare > 0 && busy_cached > keep; spare--) {
+        struct h1_busy *b = busy_cache;
+        busy_cache = *(struct h1_busy **)b;
+        busy_cached--;
+        freed += sizeof(*b);
+        free(b);
+    }
+    busy_low = busy_cached;
+    return freed;
+}
+
+static void wtimer_cb(struct timer *t);
 
 static int busy_get(struct h1_session *s)
 {
@@ -127,7 +153,8 @@ static int busy_get(struct h1_session *s)
     if (busy_cache) {
         s->b = busy_cache;
         busy_cache = *(struct h1_busy **)s->b;
-        busy_cached--;
+        if (--busy_cached < busy_low)
+            busy_low = busy_cached;
     } else {
         s->b = malloc(sizeof(*s->b));
     }
@@ -135,7 +162,23 @@ static int busy_get(struct h1_session *s)
         return -1;
     memset(&s->b->ex, 0, sizeof(s->b->ex));
     outq_init(&s->b->out);
+    s->b->head_seg = s->b->scratch = NULL;
+    s->b->scratch_used = 0;
+    timer_init(&s->b->wtimer, wtimer_cb, s);
     return 0;
+}
+
+/* Give the block back (its output queue is empty or cleared). */
+static void busy_drop(struct h1_session *s)
+{
+    struct h1_busy *b = s->b;
+    timer_cancel(&b->wtimer);
+    if (b->head_seg)
+        buf_unref(b->head_seg);
+    if (b->scratch)
+        buf_unref(b->scratch);
+    busy_release(b);
+    s->b = NULL;
 }
 
 static size_t out_count(const struct h1_session *s)
@@ -145,10 +188,8 @@ static size_t out_count(const struct h1_session *s)
 
 static void busy_put(struct h1_session *s)
 {
-    if (s->b && !s->active && s->b->out.count == 0) {
-        busy_release(s->b);
-        s->b = NULL;
-    }
+    if (s->b && !s->active && s->b->out.count == 0)
+        busy_drop(s);
 }
 
 static void sess_io(struct io *io, uint32_t events);
@@ -163,6 +204,7 @@ static ssize_t sess_recv(struct h1_session *s, void *buf, size_t want)
 
 static ssize_t sess_send(struct h1_session *s)
 {
+    net_nodelay_before_write(s->io.fd, &s->nodelay);
     if (!s->tls)
         return outq_write(&s->b->out, s->io.fd);
     return outq_write_with(&s->b->out, tls_outq_writev, s->tls);
@@ -196,20 +238,19 @@ static void release_post_cb(struct posted *p)
     free(p->data);
 }
 
-static void flush_post_cb(struct posted *p)
-{
-    sess_flush(p->data);
-}
-
-static void resume_post_cb(struct posted *p)
+static void post_cb(struct posted *p)
 {
     struct h1_session *s = p->data;
-    if (s->state == S_HEAD)
+    bool flush = s->post_flush, resume = s->post_resume;
+    s->post_flush = s->post_resume = false;
+    if (flush)
+        sess_flush(s);
+    /* a pipelined request may be waiting in the buffer or the socket */
+    if (resume && s->state == S_HEAD)
         read_head(s);
 }
 
 static void rtimer_cb(struct timer *t);
-static void wtimer_cb(struct timer *t);
 static void do_handshake(struct h1_session *s);
 static void handoff_h2(struct h1_session *s);
 static void answer_bad_request(struct h1_session *s, int status, const char *why,
@@ -238,9 +279,7 @@ void h1_session_start(struct worker *w, int fd, const struct net_addr *peer,
     s->local = *local;
     s->conn_number = ++w->next_conn_number;
     timer_init(&s->rtimer, rtimer_cb, s);
-    timer_init(&s->wtimer, wtimer_cb, s);
-    posted_init(&s->flush_post, flush_post_cb, s);
-    posted_init(&s->resume_post, resume_post_cb, s);
+    posted_init(&s->post, post_cb, s);
     s->snap = snapshot_ref(worker_snapshot(w));
     s->lset = snapshot_find_listen(s->snap, local);
     if (loop_io_add(w->loop, &s->io) < 0) {
@@ -257,6 +296,9 @@ void h1_session_start(struct worker *w, int fd, const struct net_addr *peer,
     /* the first bytes usually arrived with the connection */
     s->io.readable = true;
     if (s->lset && s->lset->ssl) {
+        /* the handshake writes more than once, inside OpenSSL */
+        net_set_nodelay(fd);
+        s->nodelay = 2;
         s->tls = tls_conn_server(s->lset->dflt->tls_ctx, fd);
         if (!s->tls) {
             sess_close(s);
@@ -314,12 +356,13 @@ static void do_handshake(struct h1_session *s)
 
 static void queue_flush(struct h1_session *s)
 {
-    loop_post(s->w->loop, &s->flush_post);
+    s->post_flush = true;
+    loop_post(s->w->loop, &s->post);
 }
 
 static int queue_small(struct h1_session *s, const char *p, size_t len)
 {
-    return outq_push_copy(&s->b->out, &s->scratch, &s->scratch_used, p, len);
+    return outq_push_copy(&s->b->out, &s->b->scratch, &s->b->scratch_used, p, len);
 }
 
 static void finish_exchange(struct h1_session *s);
@@ -328,7 +371,9 @@ static void sess_flush(struct h1_session *s)
 {
     if (s->state == S_CLOSED)
         return;
-    posted_cancel(s->w->loop, &s->flush_post);
+    s->post_flush = false;
+    if (!s->post_resume)
+        posted_cancel(s->w->loop, &s->post);
     if (out_count(s)) {
         size_t before = s->b->out.bytes;
         ssize_t w = sess_send(s);
@@ -342,12 +387,13 @@ static void sess_flush(struct h1_session *s)
         if (s->b->out.count) {
             s->io.writable = false;
             const struct loc_conf *lc = s->active && s->b->ex.lc ? s->b->ex.lc : dflt_lc(s);
-            if (!timer_armed(&s->wtimer) || w > 0)
-                timer_set(s->w->loop, &s->wtimer, lc->send_timeout_client_ms);
+            if (!timer_armed(&s->b->wtimer) || w > 0)
+                timer_set(s->w->loop, &s->b->wtimer, lc->send_timeout_client_ms);
             return;
         }
     }
-    timer_cancel(&s->wtimer);
+    if (s->b)
+        timer_cancel(&s->b->wtimer);
     if (s->active) {
         if (s->ex_done) {
             finish_exchange(s);
@@ -470,10 +516,6 @@ static void release_idle_buffer(struct h1_session *s)
         s->rseg = NULL;
         s->rstart = s->rend = s->scanned = 0;
     }
-    if (s->scratch && out_count(s) == 0) {
-        buf_unref(s->scratch);
-        s->scratch = NULL;
-    }
     busy_put(s);
 }
 
@@ -507,6 +549,8 @@ static void handoff_h2(struct h1_session *s)
 {
     int fd = s->io.fd;
     struct tls_conn *tls = s->tls;
+    if (s->nodelay < 2)
+        net_set_nodelay(fd); /* HTTP/2 writes frames as they come */
     loop_io_del(s->w->loop, &s->io);
     s->io.fd = -1;
     s->tls = NULL;
@@ -663,7 +707,7 @@ static void start_exchange(struct h1_session *s, struct h1_request *req)
     s->head_started = false;
     s->state = S_EXCHANGE;
     s->w->nactive++;
-    s->head_seg = buf_ref(s->rseg);
+    s->b->head_seg = buf_ref(s->rseg);
 
     const char *base = s->rseg->data + s->rstart;
     ex->method = req->method;
@@ -688,18 +732,18 @@ static void start_exchange(struct h1_session *s, struct h1_request *req)
     s->rstart += req->head_len;
     s->scanned = s->rstart;
     if (req->chunked) {
-        s->rb_kind = RB_CHUNKED;
+        s->b->rb_kind = RB_CHUNKED;
         h1_chunked_init(&s->b->rb_dec, 16384);
         s->rb_done = false;
     } else if (req->content_length > 0) {
-        s->rb_kind = RB_LENGTH;
-        s->rb_left = (uint64_t)req->content_length;
+        s->b->rb_kind = RB_LENGTH;
+        s->b->rb_left = (uint64_t)req->content_length;
         s->rb_done = false;
     } else {
-        s->rb_kind = RB_NONE;
+        s->b->rb_kind = RB_NONE;
         s->rb_done = true;
     }
-    s->rb_total = 0;
+    s->b->rb_total = 0;
     s->rb_error = false;
     ex->req_has_body = !s->rb_done;
     if (!req->keep_alive)
@@ -760,9 +804,9 @@ static void finish_exchange(struct h1_session *s)
     arena_deinit(&ex->arena);
     snapshot_unref(ex->snap);
     ex->snap = NULL;
-    if (s->head_seg) {
-        buf_unref(s->head_seg);
-        s->head_seg = NULL;
+    if (s->b->head_seg) {
+        buf_unref(s->b->head_seg);
+        s->b->head_seg = NULL;
     }
     s->active = false;
     s->w->nactive--;
@@ -783,7 +827,8 @@ static void finish_exchange(struct h1_session *s)
     timer_set(s->w->loop, &s->rtimer, s->rstart < s->rend ? hdr_timeout(s) : ka);
     release_idle_buffer(s);
     /* a pipelined request may be waiting in the buffer or the socket */
-    loop_post(s->w->loop, &s->resume_post);
+    s->post_resume = true;
+    loop_post(s->w->loop, &s->post);
 }
 
 /* ---- client_ops ---- */
@@ -977,14 +1022,15 @@ static enum body_status op_body_read(struct exchange *ex, struct body_piece *pie
         if (s->rseg && s->rstart < s->rend) {
             char *base = s->rseg->data + s->rstart;
             size_t have = s->rend - s->rstart;
-            if (s->rb_kind == RB_LENGTH) {
-                size_t n = have < s->rb_left ? have : (size_t)s->rb_left;
+            struct h1_busy *b = s->b;
+            if (b->rb_kind == RB_LENGTH) {
+                size_t n = have < b->rb_left ? have : (size_t)b->rb_left;
                 *piece = (struct body_piece){s->rseg, base, n};
                 s->rstart += n;
-                s->rb_left -= n;
-                s->rb_total += n;
+                b->rb_left -= n;
+                b->rb_total += n;
                 ex->request_length += n;
-                if (s->rb_left == 0)
+                if (b->rb_left == 0)
                     s->rb_done = true;
                 timer_cancel(&s->rtimer);
                 return BODY_DATA;
@@ -1006,8 +1052,8 @@ static enum body_status op_body_read(struct exchange *ex, struct body_piece *pie
                     ex->req_trailers = arena_slice_dup(&ex->arena, trailers);
             }
             if (data.len) {
-                s->rb_total += data.len;
-                if (lc->client_max_body_size && s->rb_total > lc->client_max_body_size)
+                b->rb_total += data.len;
+                if (lc->client_max_body_size && b->rb_total > lc->client_max_body_size)
                     return body_fail(s, END_BODY_TOO_LARGE, "request body too large");
                 *piece = (struct body_piece){s->rseg, data.p, data.len};
                 timer_cancel(&s->rtimer);
@@ -1197,9 +1243,7 @@ static void sess_close(struct h1_session *s)
         close(s->io.fd);
     s->io.fd = -1;
     timer_cancel(&s->rtimer);
-    timer_cancel(&s->wtimer);
-    posted_cancel(l, &s->flush_post);
-    posted_cancel(l, &s->resume_post);
+    posted_cancel(l, &s->post);
     if (s->b)
         outq_clear(&s->b->out);
     if (s->active) {
@@ -1219,18 +1263,13 @@ static void sess_close(struct h1_session *s)
         s->active = false;
         s->w->nactive--;
     }
-    if (s->head_seg)
-        buf_unref(s->head_seg);
     if (s->rseg)
         buf_unref(s->rseg);
-    if (s->scratch)
-        buf_unref(s->scratch);
-    s->head_seg = s->rseg = s->scratch = NULL;
+    s->rseg = NULL;
     snapshot_unref(s->snap);
     s->snap = NULL;
     if (s->b)
-        busy_release(s->b);
-    s->b = NULL;
+        busy_drop(s);
     worker_session_closed(s->w, s);
     if (s->prev)
         s->prev->next = s->next;
@@ -1239,9 +1278,9 @@ static void sess_close(struct h1_session *s)
     if (s->next)
         s->next->prev = s->prev;
     s->w->nsessions--;
-    /* flush_post is idle from here on (cancelled above): it carries the free */
-    posted_init(&s->flush_post, release_post_cb, s);
-    loop_post(l, &s->flush_post);
+    /* post is idle from here on (cancelled above): it carries the free */
+    posted_init(&s->post, release_post_cb, s);
+    loop_post(l, &s->post);
 }
 
 void h1_session_shutdown(struct h1_session *s)

@@ -21,5 +21,8 @@ struct h1_session *h1_session_next(struct h1_session *s);
 bool h1_session_busy(const struct h1_session *s);
 /* Free this thread's spare request blocks beyond `keep`. */
 void h1_session_trim_cache(size_t keep);
+/* Free the spare blocks no request needed since the last call, keeping at
+ * least `keep` (see buf_trim_unused). Returns the bytes freed. */
+size_t h1_session_trim_unused(size_t keep);
 
 #endif

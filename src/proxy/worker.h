@@ -46,6 +46,7 @@ struct worker {
     struct timer stop_timer;
     struct posted stop_post;
     struct timer flush_timer;
+    struct timer trim_timer; /* spare memory back to malloc (worker.c) */
     _Atomic bool started;
     _Atomic int start_error; /* errno of a failed start */
 };

@@ -508,6 +508,16 @@ static void conn_bind(struct ups_conn *c, struct ups_server *s)
     atomic_fetch_add_explicit(&s->requests, 1, memory_order_relaxed);
 }
 
+void ups_server_hold(struct ups_server *s)
+{
+    atomic_fetch_add_explicit(&s->active, 1, memory_order_relaxed);
+}
+
+void ups_server_unhold(struct ups_server *s)
+{
+    atomic_fetch_sub_explicit(&s->active, 1, memory_order_relaxed);
+}
+
 void ups_conn_close(struct ups_conn *c)
 {
     conn_unbind(c);

@@ -289,6 +289,7 @@ struct ups_conn {
     const void *group_key; /* the group it was opened for */
     size_t group_id;
     int requests;                 /* requests made on it so far */
+    unsigned char nodelay;        /* net_nodelay_before_write, by its user */
     struct ups_conn *next, *prev; /* pool list */
     struct timer idle_timer;
     struct posted release;
@@ -312,6 +313,11 @@ void ups_pool_free(struct ups_pool *p);
  * connection in use (opened, or taken from the pool) counts in s->active
  * (least_conn, max_conns) until it is put back or closed. */
 struct ups_conn *ups_conn_open(struct ups_pool *p, const struct ups_group *g, struct ups_server *s);
+/* A request that waits a moment for a connection to `s` to come back to the
+ * pool holds a place in s->active meanwhile, so balancers and max_conns count
+ * it; it lets go just before ups_pool_get or ups_conn_open (or when it ends). */
+void ups_server_hold(struct ups_server *s);
+void ups_server_unhold(struct ups_server *s);
 /* Take an idle connection to `s` for group `g`, or NULL. */
 struct ups_conn *ups_pool_get(struct ups_pool *p, const struct ups_group *g, struct ups_server *s);
 /* Park a connection whose last response was read whole. Closes it instead if
