@@ -32,7 +32,8 @@ static int set_api(struct cf_ctx *cx, const struct cf_node *n, const struct cf_d
 static const struct cf_directive admin_directives[] = {
     {"api", CF_LOCATION, 0, 1, false, set_api, CONF_LOC, 0, "[write=off]", "-",
      "this location answers itself with the JSON state of the upstream groups: GET "
-     "<location>, <location>/upstreams, <location>/upstreams/NAME; read-only (write=off)"},
+     "<location>, <location>/upstreams, <location>/upstreams/NAME, <location>/caches; read-only "
+     "(write=off)"},
     {NULL, 0, 0, 0, false, NULL, 0, 0, NULL, NULL, NULL},
 };
 
@@ -197,6 +198,34 @@ static void json_groups(struct jbuf *j, const struct snapshot *s, uint64_t now_m
     jraw(j, "}", 1);
 }
 
+static void json_caches(struct jbuf *j, const struct snapshot *s)
+{
+    jraw(j, "{", 1);
+    bool first = true;
+    for (const struct cache_path_decl *d = s->http_lc->cache.paths; d; d = d->next) {
+        if (!d->zone)
+            continue; /* declared, used by no location */
+        struct cache_stats st;
+        cache_zone_stats(d->zone, &st);
+        if (!first)
+            jraw(j, ",", 1);
+        first = false;
+        jstr(j, d->zc.name);
+        jraw(j, ":{\"path\":", 9);
+        jstr(j, d->zc.path);
+        jf(j,
+           ",\"entries\":%llu,\"disk_bytes\":%llu,\"max_size\":%llu,\"memory_bytes\":%llu,"
+           "\"memory_size\":%llu,\"hits\":%llu,\"misses\":%llu,\"stores\":%llu,"
+           "\"evictions\":%llu,\"loading\":%s}",
+           (unsigned long long)st.entries, (unsigned long long)st.disk_bytes,
+           (unsigned long long)d->zc.max_size, (unsigned long long)st.mem_bytes,
+           (unsigned long long)d->zc.mem_size, (unsigned long long)st.hits,
+           (unsigned long long)st.misses, (unsigned long long)st.stores,
+           (unsigned long long)st.evictions, st.loading ? "true" : "false");
+    }
+    jraw(j, "}", 1);
+}
+
 static void answer_error(struct exchange *ex, int status, const char *text)
 {
     struct jbuf j = {.a = &ex->arena};
@@ -213,7 +242,7 @@ void admin_answer(struct exchange *ex)
         answer_error(ex, 405, "method not allowed: the api is read-only");
         return;
     }
-    /* the path below the location: "", "upstreams", "upstreams/NAME" */
+    /* the path below the location: "", "upstreams", "upstreams/NAME", "caches" */
     struct slice rest = ex->uri;
     const struct location *loc = ex->loc;
     if (loc &&
@@ -235,7 +264,11 @@ void admin_answer(struct exchange *ex)
         jstr(&j, PORTICO_VERSION);
         jf(&j, ",\"generation\":%llu,\"upstreams\":", (unsigned long long)s->generation);
         json_groups(&j, s, now_ms);
+        jraw(&j, ",\"caches\":", 10);
+        json_caches(&j, s);
         jraw(&j, "}", 1);
+    } else if (slice_eq(rest, SLICE_LIT("caches"))) {
+        json_caches(&j, s);
     } else if (slice_eq(rest, up)) {
         json_groups(&j, s, now_ms);
     } else if (rest.len > up.len + 1 && slice_starts_with(rest, up) && rest.p[up.len] == '/') {

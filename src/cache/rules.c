@@ -14,15 +14,7 @@ static bool tchar(char c)
 
 struct slice cache_field(const struct http_field *f, size_t n, const char *name, bool *found)
 {
-    for (size_t i = 0; i < n; i++)
-        if (slice_eq_lit_ci(f[i].name, name)) {
-            if (found)
-                *found = true;
-            return f[i].value;
-        }
-    if (found)
-        *found = false;
-    return SLICE_NULL;
+    return http_field_get(f, n, slice_cstr(name), found);
 }
 
 /* delta-seconds, optionally quoted; -1 if not a number */

@@ -355,3 +355,16 @@ struct slice http_host_normalize(struct arena *a, struct slice h)
     p[end] = '\0';
     return slice_make(p, end);
 }
+
+struct slice http_field_get(const struct http_field *f, size_t n, struct slice name, bool *found)
+{
+    for (size_t i = 0; i < n; i++)
+        if (slice_eq_ci(f[i].name, name)) {
+            if (found)
+                *found = true;
+            return f[i].value;
+        }
+    if (found)
+        *found = false;
+    return SLICE_NULL;
+}

@@ -43,6 +43,10 @@ extern const uint8_t http_tchar[256];
  * incl. NUL). Returns 29. */
 size_t http_date_format(time_t t, char out[30]);
 
+/* The first value of field `name` (case-insensitive) among f[0..n), with
+ * *found (may be NULL); an empty slice when absent. */
+struct slice http_field_get(const struct http_field *f, size_t n, struct slice name, bool *found);
+
 /* Is `name` a hop-by-hop field (RFC 9110 7.6.1) that a proxy never forwards? */
 bool http_is_hop_by_hop(struct slice name);
 

@@ -315,15 +315,7 @@ void vars_new_request_id(struct exchange *ex)
 
 struct slice fields_get(const struct http_field *f, size_t n, struct slice name, bool *found)
 {
-    for (size_t i = 0; i < n; i++)
-        if (slice_eq_ci(f[i].name, name)) {
-            if (found)
-                *found = true;
-            return f[i].value;
-        }
-    if (found)
-        *found = false;
-    return SLICE_NULL;
+    return http_field_get(f, n, name, found);
 }
 
 /* $http_x: several fields of one name are joined with ", " (cookies with "; "). */

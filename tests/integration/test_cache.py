@@ -644,3 +644,19 @@ def test_hits_over_http2(res):
                            capture_output=True, timeout=10).stdout for _ in range(2)]
     assert b"x-cache: MISS" in outs[0] and b"x-cache: HIT" in outs[1]
     assert outs[1].endswith(pattern(20000)) and o.count("/h?cc=max-age=60&size=20000") == 1
+
+
+def test_api_lists_cache_zones(res):
+    o = res.add(CacheOrigin())
+    p = res.proxy(r"""
+        proxy_cache_path {tmp}/c keys_zone=apiz:1m max_size=1m;
+        server { listen 127.0.0.1:{port};
+                 location / { proxy_pass http://{origin}; proxy_cache apiz; }
+                 location /api { api; } }
+    """, origin=o.addr)
+    get(p, "/x?cc=max-age=60")
+    get(p, "/x?cc=max-age=60")
+    z = get(p, "/api/caches").json()["apiz"]
+    assert (z["entries"], z["hits"], z["stores"], z["max_size"]) == (1, 1, 1, 1048576)
+    assert z["disk_bytes"] > 0 and z["loading"] is False
+    assert "apiz" in get(p, "/api").json()["caches"]
