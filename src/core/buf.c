@@ -4,6 +4,7 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/sendfile.h>
 #include <unistd.h>
 
 /* Free segments kept per thread; beyond this many, they go back to malloc. */
@@ -132,19 +133,93 @@ int outq_push(struct outq *q, struct buf *seg, const char *p, size_t len)
     it->seg = seg ? buf_ref(seg) : NULL;
     it->p = p;
     it->len = len;
+    it->fd = -1;
     q->count++;
     q->bytes += len;
     return 0;
 }
 
-static ssize_t plain_writev(void *ctx, const struct iovec *iov, int iovcnt)
+int outq_push_file(struct outq *q, struct buf *token, int fd, uint64_t off, size_t len)
 {
-    return writev(*(int *)ctx, iov, iovcnt);
+    if (len == 0)
+        return 0;
+    if (q->count == OUTQ_MAX)
+        return -1;
+    struct outq_item *it = &q->items[(q->head + q->count) % OUTQ_MAX];
+    it->seg = buf_ref(token);
+    it->off = off;
+    it->len = len;
+    it->fd = fd;
+    q->count++;
+    q->bytes += len;
+    return 0;
+}
+
+/* Drop `left` written bytes from the head of the queue. */
+static void outq_consume(struct outq *q, size_t left)
+{
+    q->bytes -= left;
+    while (left && q->count) {
+        struct outq_item *it = &q->items[q->head];
+        if (left < it->len) {
+            if (it->fd >= 0)
+                it->off += left;
+            else
+                it->p += left;
+            it->len -= left;
+            return;
+        }
+        left -= it->len;
+        if (it->seg)
+            buf_unref(it->seg);
+        q->head = (q->head + 1) % OUTQ_MAX;
+        q->count--;
+    }
 }
 
 ssize_t outq_write(struct outq *q, int fd)
 {
-    return outq_write_with(q, plain_writev, &fd);
+    size_t total = 0;
+    while (q->count) {
+        struct outq_item *first = &q->items[q->head];
+        ssize_t w;
+        size_t want = 0;
+        if (first->fd >= 0) {
+            off_t off = (off_t)first->off;
+            want = first->len;
+            w = sendfile(fd, first->fd, &off, want);
+            if (w == 0) {
+                errno = EIO; /* the file is shorter than promised */
+                w = -1;
+            }
+        } else {
+            struct iovec iov[OUTQ_MAX];
+            int n = 0;
+            for (unsigned i = 0; i < q->count; i++) {
+                struct outq_item *it = &q->items[(q->head + i) % OUTQ_MAX];
+                if (it->fd >= 0)
+                    break; /* memory up to the next file item */
+                iov[n].iov_base = (void *)it->p;
+                iov[n].iov_len = it->len;
+                want += it->len;
+                n++;
+            }
+            w = writev(fd, iov, n);
+        }
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return total ? (ssize_t)total : -1;
+        }
+        total += (size_t)w;
+        outq_consume(q, (size_t)w);
+        if ((size_t)w < want) {
+            /* a short write means the socket is full */
+            errno = EAGAIN;
+            return (ssize_t)total;
+        }
+    }
+    return (ssize_t)total;
 }
 
 ssize_t outq_write_with(struct outq *q, outq_writev_fn *wv, void *ctx)
@@ -155,6 +230,10 @@ ssize_t outq_write_with(struct outq *q, outq_writev_fn *wv, void *ctx)
         unsigned n = 0;
         for (unsigned i = 0; i < q->count && n < OUTQ_MAX; i++) {
             struct outq_item *it = &q->items[(q->head + i) % OUTQ_MAX];
+            if (it->fd >= 0) {
+                errno = EINVAL; /* file items are for plain sockets */
+                return total ? (ssize_t)total : -1;
+            }
             iov[n].iov_base = (void *)it->p;
             iov[n].iov_len = it->len;
             n++;
@@ -167,23 +246,8 @@ ssize_t outq_write_with(struct outq *q, outq_writev_fn *wv, void *ctx)
                 return (ssize_t)total;
             return -1;
         }
-        size_t left = (size_t)w;
-        total += left;
-        q->bytes -= left;
-        while (left && q->count) {
-            struct outq_item *it = &q->items[q->head];
-            if (left < it->len) {
-                it->p += left;
-                it->len -= left;
-                left = 0;
-                break;
-            }
-            left -= it->len;
-            if (it->seg)
-                buf_unref(it->seg);
-            q->head = (q->head + 1) % OUTQ_MAX;
-            q->count--;
-        }
+        total += (size_t)w;
+        outq_consume(q, (size_t)w);
         if (q->count) {
             /* a short write means the socket is full */
             errno = EAGAIN;

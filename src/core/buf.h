@@ -53,8 +53,12 @@ size_t buf_live_count(void);
  * writev. Holds a reference on every segment it points into. */
 struct outq_item {
     struct buf *seg; /* NULL for static or arena memory owned elsewhere */
-    const char *p;
+    union {
+        const char *p; /* memory item */
+        uint64_t off;  /* file item: where the next byte is read */
+    };
     size_t len;
+    int fd; /* -1: memory; else a file whose bytes go out with sendfile(2) */
 };
 
 #define OUTQ_MAX 32
@@ -76,6 +80,11 @@ static inline unsigned outq_room(const struct outq *q)
 {
     return OUTQ_MAX - q->count;
 }
+/* Queue `len` bytes of file `fd` from `off`, sent with sendfile(2) by
+ * outq_write (plain sockets only: outq_write_with fails with EINVAL on such
+ * an item). `token` (referenced) keeps the fd open until written. */
+int outq_push_file(struct outq *q, struct buf *token, int fd, uint64_t off, size_t len);
+
 /* Copy `len` small bytes (framing text) into a scratch segment and queue
  * them; `scratch` and `used` track the segment being filled (a new one is taken
  * when it is full; the queue holds references to the old ones). */

@@ -51,6 +51,11 @@ struct client_ops {
     int (*send_interim)(struct exchange *ex, int status, struct http_field *f, size_t n);
     /* Queue body bytes; the piece's segment gets a reference. */
     int (*send_body)(struct exchange *ex, const struct body_piece *piece);
+    /* Optional: queue `len` bytes of file `fd` from `off` to go out with
+     * sendfile(2); `token` (referenced) keeps the fd open. 0 queued, -1 the
+     * client is gone, 1 not possible on this connection (TLS, HTTP/2, a
+     * chunked response): the caller sends the bytes as pieces instead. */
+    int (*send_file)(struct exchange *ex, struct buf *token, int fd, uint64_t off, size_t len);
     /* The body is complete (trailers: field lines with CRLFs, may be empty). */
     int (*send_end)(struct exchange *ex, struct slice trailers);
     /* Bytes queued toward the client and not yet written: backpressure. */

@@ -875,6 +875,8 @@ static void queue_ready(struct ups_waiter *w, bool expired)
               (unsigned long long)ex->id, f->group->name);
     ex->ending = (struct ending){.code = END_NO_SERVER, .why = "queue timeout"};
     f->phase = P_DONE;
+    if (pcache_upstream_failed(f->pc, END_NO_SERVER))
+        return;
     respond_status(ex, 502);
 }
 
@@ -902,6 +904,8 @@ static void try_upstream(struct fwd *f)
                   f->group->queue_max ? " (queue full)" : "");
         ex->ending = (struct ending){.code = END_NO_SERVER, .why = "no live upstreams"};
         f->phase = P_DONE;
+        if (pcache_upstream_failed(f->pc, END_NO_SERVER))
+            return;
         respond_status(ex, 502);
         return;
     }

@@ -965,6 +965,20 @@ static int op_send_body(struct exchange *ex, const struct body_piece *piece)
     return 0;
 }
 
+static int op_send_file(struct exchange *ex, struct buf *token, int fd, uint64_t off, size_t len)
+{
+    struct h1_session *s = S(ex);
+    if (s->tls || s->resp_chunked)
+        return 1;
+    if (s->resp_no_body || len == 0)
+        return 0;
+    if (outq_push_file(&s->b->out, token, fd, off, len) < 0)
+        return -1;
+    ex->body_bytes_sent += len;
+    queue_flush(s);
+    return 0;
+}
+
 static int op_send_end(struct exchange *ex, struct slice trailers)
 {
     struct h1_session *s = S(ex);
@@ -1104,6 +1118,7 @@ static const struct client_ops h1_ops = {
     .send_head = op_send_head,
     .send_interim = op_send_interim,
     .send_body = op_send_body,
+    .send_file = op_send_file,
     .send_end = op_send_end,
     .pending = op_pending,
     .body_read = op_body_read,

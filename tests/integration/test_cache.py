@@ -512,6 +512,9 @@ def test_large_object_streams_while_stored(env):
     r2 = get(p, t)
     assert (xc(r1), xc(r2)) == ("MISS", "HIT")
     assert hashlib.sha256(r2.body).digest() == hashlib.sha256(pattern(3000000)).digest()
+    # too large for the memory tier: served from the file (sendfile), ranges too
+    r = get(p, t, [("Range", "bytes=1000000-1199999")])
+    assert r.status == 206 and r.body == pattern(3000000)[1000000:1200000]
 
 
 def test_eviction_keeps_max_size(env):
