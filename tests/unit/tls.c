@@ -72,13 +72,37 @@ static int ocsp_port(void)
     return p ? atoi(p) : 0;
 }
 
+/* A port for the OCSP responder, baked into the certificate's OCSP URL:
+ * below the kernel's ephemeral range (32768+, where busy machines hand out
+ * client ports) and free on every address right now. The old choice,
+ * 20000 + pid % 30000, was often inside the ephemeral range, and the
+ * responder then failed to bind under load. */
+static int pick_ocsp_port(void)
+{
+    for (int k = 0; k < 2000; k++) {
+        int p = 10000 + (int)((getpid() * 7u + (unsigned)k * 7919u) % 22000u);
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        if (fd < 0)
+            break;
+        int one = 1;
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+        struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)p)};
+        sa.sin_addr.s_addr = htonl(INADDR_ANY);
+        int ok = bind(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0;
+        close(fd);
+        if (ok)
+            return p;
+    }
+    return 20000 + (int)(getpid() % 10000);
+}
+
 static void generate(void)
 {
     char tmpl[] = "/tmp/portico-tls-XXXXXX";
     if (!mkdtemp(tmpl))
         abort();
     char port[16];
-    snprintf(port, sizeof(port), "%d", 20000 + (int)(getpid() % 30000));
+    snprintf(port, sizeof(port), "%d", pick_ocsp_port());
     setenv("PORTICO_TLS_TEST_DIR", tmpl, 1);
     setenv("PORTICO_TLS_OCSP_PORT", port, 1);
     setenv("D", tmpl, 1);
