@@ -196,7 +196,9 @@ server {
     listen 127.0.0.1:{port};
     location / {
         proxy_pass http://u;
-        proxy_read_timeout 200ms;
+        # long enough that the (Python) good origins never hit it on a
+        # loaded machine; the hanging one is marked failed after one try
+        proxy_read_timeout 1s;
         proxy_next_upstream error timeout;
         add_header X-Up $upstream_addr always;
     }
