@@ -196,7 +196,8 @@ struct h2_session {
     struct flood fl;
 
     struct timer idle_timer;
-    struct timer wtimer; /* the socket takes nothing */
+    uint32_t header_timeout_ms; /* client_header_timeout: until the first request */
+    struct timer wtimer;        /* the socket takes nothing */
     struct posted flush_post;
     struct posted release_post;
     bool closed;
@@ -1454,6 +1455,7 @@ static struct h2_session *sess_new(struct worker *w, int fd, const struct net_ad
     s->local = *local;
     s->conf = ls->dflt->h2;
     s->send_timeout_ms = ls->dflt->lc->send_timeout_client_ms;
+    s->header_timeout_ms = ls->dflt->client_header_timeout_ms;
     s->conn_number = ++w->next_conn_number;
     s->last_data_ms = loop_now_ms(w->loop);
     timer_init(&s->idle_timer, idle_timer_cb, s);
@@ -1473,7 +1475,13 @@ static void sess_link(struct h2_session *s)
         tl_sessions->prev = s;
     tl_sessions = s;
     s->w->nsessions++;
-    timer_set(s->w->loop, &s->idle_timer, s->conf.idle_timeout_ms);
+    /* a connection that never sends a request goes after
+     * client_header_timeout, as an HTTP/1 one does (nginx: the same); after
+     * its first stream the idle timeout rules */
+    uint32_t first = s->conf.idle_timeout_ms;
+    if (s->header_timeout_ms && s->header_timeout_ms < first)
+        first = s->header_timeout_ms;
+    timer_set(s->w->loop, &s->idle_timer, first);
 }
 
 void h2_session_start(struct worker *w, int fd, const struct net_addr *peer,

@@ -509,6 +509,15 @@ def test_idle_timeout(res):
     assert g is not None and g.error_code == NO_ERROR
 
 
+def test_no_request_goes_after_client_header_timeout(res):
+    # the idle timeout is long; a connection that never asks for anything
+    # still goes after client_header_timeout, as an HTTP/1 one does
+    p, _ = start(res, extra="http2_idle_timeout 1h; client_header_timeout 300ms;")
+    raw = RawH2(p.port)
+    g = raw.goaway(timeout=5)
+    assert g is not None and g.error_code == NO_ERROR
+
+
 # --------------------------------------------------------------------------
 # graceful stop and reload
 # --------------------------------------------------------------------------
