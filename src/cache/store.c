@@ -61,6 +61,7 @@ struct purge_rec {
 
 struct cache_zone {
     struct cache_zone *next;
+    int refs;                    /* configuration snapshots using it (under zones_mu) */
     struct cache_zone_conf conf; /* strings owned */
     pthread_mutex_t mu;
     struct entry **table;
@@ -1056,6 +1057,7 @@ struct cache_zone *cache_zone_get(const struct cache_zone_conf *c, char *err, si
             z->conf.min_free = c->min_free;
             z->conf.inactive_ms = c->inactive_ms;
             pthread_mutex_unlock(&z->mu);
+            z->refs++;
             pthread_mutex_unlock(&zones_mu);
             return z;
         }
@@ -1089,6 +1091,7 @@ struct cache_zone *cache_zone_get(const struct cache_zone_conf *c, char *err, si
     } else {
         z->loader_started = true;
     }
+    z->refs = 1;
     z->next = zones;
     zones = z;
     pthread_mutex_unlock(&zones_mu);
@@ -1117,31 +1120,52 @@ void cache_wait_loaded(void)
     pthread_mutex_unlock(&zones_mu);
 }
 
+/* Stop the loader and free a zone that is no longer listed. */
+static void zone_free(struct cache_zone *z)
+{
+    atomic_store(&z->stop, true);
+    if (z->loader_started)
+        pthread_join(z->loader, NULL);
+    while (z->lru_head)
+        remove_entry(z, z->lru_head, false);
+    while (z->purged_while_loading) {
+        struct purge_rec *r = z->purged_while_loading;
+        z->purged_while_loading = r->next;
+        free(r);
+    }
+    pthread_mutex_destroy(&z->mu);
+    free(z->table);
+    free((void *)z->conf.name);
+    free((void *)z->conf.path);
+    free(z);
+}
+
+void cache_zone_release(struct cache_zone *z)
+{
+    pthread_mutex_lock(&zones_mu);
+    bool last = --z->refs == 0;
+    if (last) {
+        struct cache_zone **pp = &zones;
+        while (*pp != z)
+            pp = &(*pp)->next;
+        *pp = z->next;
+    }
+    pthread_mutex_unlock(&zones_mu);
+    if (last)
+        zone_free(z); /* files stay: a later configuration may use them again */
+}
+
 void cache_shutdown(void)
 {
     pthread_mutex_lock(&zones_mu);
-    for (struct cache_zone *z = zones; z; z = z->next)
-        atomic_store(&z->stop, true);
+    struct cache_zone *list = zones;
+    zones = NULL;
     pthread_mutex_unlock(&zones_mu);
-    cache_wait_loaded();
-    pthread_mutex_lock(&zones_mu);
-    while (zones) {
-        struct cache_zone *z = zones;
-        zones = z->next;
-        while (z->lru_head)
-            remove_entry(z, z->lru_head, false);
-        while (z->purged_while_loading) {
-            struct purge_rec *r = z->purged_while_loading;
-            z->purged_while_loading = r->next;
-            free(r);
-        }
-        pthread_mutex_destroy(&z->mu);
-        free(z->table);
-        free((void *)z->conf.name);
-        free((void *)z->conf.path);
-        free(z);
+    while (list) {
+        struct cache_zone *z = list;
+        list = z->next;
+        zone_free(z);
     }
-    pthread_mutex_unlock(&zones_mu);
 }
 
 void cache_zone_stats(struct cache_zone *z, struct cache_stats *out)

@@ -60,10 +60,14 @@ struct cache_obj {
     struct cache_zone *zone;
 };
 
-/* Find or create the zone for `c`. A zone of the same name and path keeps
- * running (its limits are updated); the directory is created if missing.
- * Returns NULL with a message in err. */
+/* Find or create the zone for `c` and take a reference (one per snapshot).
+ * A zone of the same name and path keeps running (its limits are updated);
+ * the directory is created if missing. Returns NULL with a message in err. */
 struct cache_zone *cache_zone_get(const struct cache_zone_conf *c, char *err, size_t errlen);
+
+/* A snapshot that used the zone is gone; the last one frees it (its files
+ * stay on disk). */
+void cache_zone_release(struct cache_zone *z);
 
 /* Stop the loaders and free every zone (at exit). */
 void cache_shutdown(void);

@@ -460,3 +460,12 @@ static const struct cf_directive cache_directives[] = {
 };
 
 const struct cf_module cache_cf_module = {"cache", cache_directives};
+
+void cache_conf_release(struct cache_loc_conf *http)
+{
+    for (struct cache_path_decl *d = http->paths; d; d = d->next)
+        if (d->zone) {
+            cache_zone_release(d->zone);
+            d->zone = NULL;
+        }
+}

@@ -86,5 +86,7 @@ void cache_loc_conf_init(struct cache_loc_conf *c);
 void cache_loc_conf_merge(struct cache_loc_conf *c, const struct cache_loc_conf *p);
 /* Defaults, the key template and the zone of a merged location. */
 int cache_loc_conf_finish(struct arena *a, struct cache_loc_conf *c, char *err, size_t errlen);
+/* The snapshot is freed: drop its references on the zones (http level). */
+void cache_conf_release(struct cache_loc_conf *http);
 
 #endif

@@ -1410,6 +1410,8 @@ oom:
     snprintf(err, errlen, "%s: out of memory", path);
 fail:
     conf_tls_free(s);
+    if (s->http_lc)
+        cache_conf_release(&s->http_lc->cache);
     if (ls.cur_srv)
         release_regexes(ls.cur_srv->locs, ls.cur_srv->nlocs);
     for (size_t i = 0; i < ls.nservers; i++)
@@ -1439,6 +1441,7 @@ void snapshot_unref(struct snapshot *s)
         return;
     accesslog_close_all(s, NULL);
     conf_tls_free(s);
+    cache_conf_release(&s->http_lc->cache);
     for (size_t i = 0; i < s->ngroups; i++)
         ups_group_release(s->groups[i]);
     for (size_t i = 0; i < s->nservers; i++)

@@ -663,3 +663,17 @@ def test_api_lists_cache_zones(res):
     assert (z["entries"], z["hits"], z["stores"], z["max_size"]) == (1, 1, 1, 1048576)
     assert z["disk_bytes"] > 0 and z["loading"] is False
     assert "apiz" in get(p, "/api").json()["caches"]
+
+
+def test_reload_renamed_zone_reads_the_same_files(res):
+    o = res.add(CacheOrigin())
+    p = res.proxy(RESTART_CONF, origin=o.addr)
+    first = get(p, "/k?cc=max-age=600")
+    renamed = RESTART_CONF.replace("keys_zone=r:", "keys_zone=r2:").replace("proxy_cache r;",
+                                                                           "proxy_cache r2;")
+    p.reload(renamed)
+    wait_for(lambda: p.error_log.count("entries loaded") >= 2, what="the new zone's index")
+    r = get(p, "/k?cc=max-age=600")
+    assert (xc(r), r.body) == ("HIT", first.body)
+    p.reload(RESTART_CONF.replace("proxy_cache r;", "proxy_cache off;"))
+    assert xc(get(p, "/k?cc=max-age=600")) in (None, "")
