@@ -1305,12 +1305,8 @@ static int read_head_step(struct fwd *f)
         if (f->body_kind == H1_BODY_CHUNKED)
             h1_chunked_init(&f->dec, 16384);
         f->upstream_reusable = r->keep_alive && f->body_kind != H1_BODY_UNTIL_CLOSE;
-        if (deliver_head(f) != 0) {
-            if (f->phase != P_DONE && f->ex->proxy == f && !f->uc) {
-                /* retry or error page took over */
-            }
-            return 1;
-        }
+        if (deliver_head(f) != 0)
+            return 1; /* a retry, an error page or the cache took over: f may be gone */
         if (f->body_kind == H1_BODY_NONE)
             f->resp_done = true;
         return 0;
