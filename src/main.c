@@ -237,6 +237,7 @@ int main(int argc, char **argv)
         log_write(LOG_ALERT, "could not start the health checker: %s", strerror(errno));
     if (ups_resolve_start(snap->groups, snap->ngroups) < 0)
         log_write(LOG_ALERT, "could not start the resolver: %s", strerror(errno));
+    cache_start_loaders();
     write_pid(snap);
     log_write(LOG_NOTICE, "portico %s started: %d worker(s), %zu listener(s)", PORTICO_VERSION,
               nworkers, snap->nlistens);
@@ -272,6 +273,7 @@ int main(int argc, char **argv)
             ups_resolve_reload(next->groups, next->ngroups);
             struct snapshot *old = workers_swap_snapshot(next);
             workers_reload(workers, nworkers);
+            cache_start_loaders();
             snapshot_unref(old);
             log_write(LOG_NOTICE, "reload done: configuration generation %llu",
                       (unsigned long long)next->generation);

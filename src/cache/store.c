@@ -114,10 +114,19 @@ void cache_obj_ref(struct cache_obj *o)
     atomic_fetch_add_explicit(&o->refs, 1, memory_order_relaxed);
 }
 
+/* Files kept open for sendfile, over every zone (bounded: each is an fd). */
+#define OPEN_FILES_MAX 256
+static _Atomic int open_files;
+
 void cache_obj_unref(struct cache_obj *o)
 {
     if (!o || atomic_fetch_sub_explicit(&o->refs, 1, memory_order_acq_rel) != 1)
         return;
+    int fd = atomic_load(&o->fd);
+    if (fd >= 0) {
+        close(fd);
+        atomic_fetch_sub(&open_files, 1);
+    }
     free((void *)o->body);
     free(o); /* key, vary, head and fields live in the same block */
 }
@@ -172,6 +181,7 @@ static struct cache_obj *obj_new(const char *key, size_t key_len, const char *pr
         return NULL;
     struct cache_obj *o = (struct cache_obj *)m;
     atomic_init(&o->refs, 1);
+    atomic_init(&o->fd, -1);
     o->fields = (struct http_field *)(m + sizeof(*o));
     char *p = (char *)(o->fields + nf);
     memcpy(p, key, key_len);
@@ -825,6 +835,27 @@ int cache_open_body(struct cache_obj *o)
     return open_checked(o);
 }
 
+int cache_obj_fd(struct cache_obj *o)
+{
+    int fd = atomic_load_explicit(&o->fd, memory_order_acquire);
+    if (fd >= 0)
+        return fd;
+    if (atomic_fetch_add(&open_files, 1) >= OPEN_FILES_MAX) {
+        atomic_fetch_sub(&open_files, 1);
+        return -1;
+    }
+    fd = open_checked(o);
+    int none = -1;
+    if (fd < 0 || !atomic_compare_exchange_strong(&o->fd, &none, fd)) {
+        /* no file, or another thread kept one first */
+        if (fd >= 0)
+            close(fd);
+        atomic_fetch_sub(&open_files, 1);
+        return fd < 0 ? -1 : atomic_load(&o->fd);
+    }
+    return fd;
+}
+
 static int read_full(int fd, char *p, size_t len, off_t off)
 {
     while (len) {
@@ -1085,12 +1116,8 @@ struct cache_zone *cache_zone_get(const struct cache_zone_conf *c, char *err, si
         goto fail;
     }
     pthread_mutex_init(&z->mu, NULL);
+    /* lookups miss until cache_start_loaders() has read the files back */
     atomic_store(&z->loading, true);
-    if (pthread_create(&z->loader, NULL, loader_main, z) != 0) {
-        atomic_store(&z->loading, false);
-    } else {
-        z->loader_started = true;
-    }
     z->refs = 1;
     z->next = zones;
     zones = z;
@@ -1109,8 +1136,23 @@ fail:
     return NULL;
 }
 
+void cache_start_loaders(void)
+{
+    pthread_mutex_lock(&zones_mu);
+    for (struct cache_zone *z = zones; z; z = z->next) {
+        if (z->loader_started || !atomic_load(&z->loading))
+            continue;
+        if (pthread_create(&z->loader, NULL, loader_main, z) == 0)
+            z->loader_started = true;
+        else
+            atomic_store(&z->loading, false);
+    }
+    pthread_mutex_unlock(&zones_mu);
+}
+
 void cache_wait_loaded(void)
 {
+    cache_start_loaders();
     pthread_mutex_lock(&zones_mu);
     for (struct cache_zone *z = zones; z; z = z->next)
         if (z->loader_started) {

@@ -58,6 +58,7 @@ struct cache_obj {
     const char *body;      /* memory tier copy, or NULL: read it from the file */
     uint32_t file_hdr_len; /* offset of the body in the file */
     struct cache_zone *zone;
+    _Atomic int fd; /* the file kept open for sendfile (cache_obj_fd), -1 none */
 };
 
 /* Find or create the zone for `c` and take a reference (one per snapshot).
@@ -129,6 +130,12 @@ int cache_open_body(struct cache_obj *o);
  * body read from the file (promoted to the memory tier when it fits). NULL
  * if the file cannot be read. Referenced. */
 struct cache_obj *cache_obj_in_memory(struct cache_obj *o);
+/* The object's file, opened once and kept with the object (closed when it
+ * is freed), for sendfile of large bodies; -1 when the file is gone or the
+ * zone already keeps its share of open files. Not to be closed by the
+ * caller; valid while the caller holds a reference. */
+int cache_obj_fd(struct cache_obj *o);
+
 /* Is the object small enough for the zone's memory tier? */
 bool cache_fits_memory(const struct cache_obj *o);
 
@@ -139,7 +146,12 @@ struct cache_stats {
 };
 void cache_zone_stats(struct cache_zone *z, struct cache_stats *out);
 
-/* Wait until the background loader of every zone is done (tests). */
+/* Start the background index rebuild of zones that have not had one: called
+ * once the process serves (after start-up and after each reload), so `-t`
+ * reads no cache directory and the loader logs to the error log. */
+void cache_start_loaders(void);
+
+/* Start the loaders, then wait until every one is done (tests). */
 void cache_wait_loaded(void);
 
 #endif

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/sendfile.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 /* Free segments kept per thread; beyond this many, they go back to malloc. */
@@ -195,16 +196,27 @@ ssize_t outq_write(struct outq *q, int fd)
         } else {
             struct iovec iov[OUTQ_MAX];
             int n = 0;
+            bool file_next = false;
             for (unsigned i = 0; i < q->count; i++) {
                 struct outq_item *it = &q->items[(q->head + i) % OUTQ_MAX];
-                if (it->fd >= 0)
-                    break; /* memory up to the next file item */
+                if (it->fd >= 0) {
+                    file_next = true; /* memory up to the next file item */
+                    break;
+                }
                 iov[n].iov_base = (void *)it->p;
                 iov[n].iov_len = it->len;
                 want += it->len;
                 n++;
             }
-            w = writev(fd, iov, n);
+            if (file_next) {
+                /* a head before a file: MSG_MORE lets both share a packet */
+                struct msghdr m = {.msg_iov = iov, .msg_iovlen = (size_t)n};
+                w = sendmsg(fd, &m, MSG_MORE | MSG_NOSIGNAL);
+                if (w < 0 && errno == ENOTSOCK)
+                    w = writev(fd, iov, n);
+            } else {
+                w = writev(fd, iov, n);
+            }
         }
         if (w < 0) {
             if (errno == EINTR)
