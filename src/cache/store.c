@@ -956,43 +956,40 @@ static bool purged_during_load(struct cache_zone *z, const char *key, size_t len
     return false;
 }
 
-static void load_file(struct cache_zone *z, const char *path, const char *name)
+/* Times as the rules can produce them (delta-seconds cap 2^31 s, dates
+ * before year 10000): a file with others is corrupt, and its numbers would
+ * overflow the age arithmetic. */
+static bool times_sane(const struct disk_hdr *h)
 {
-    if (strncmp(name, "tmp.", 4) == 0) {
-        unlink(path); /* a response that was never finished */
-        return;
-    }
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return;
+    const int64_t delta_max = 2147483648LL * 1000 * 2, date_max = 253402300800LL * 1000;
+    return h->lifetime_ms >= 0 && h->lifetime_ms <= delta_max && h->initial_age_ms >= 0 &&
+           h->initial_age_ms <= delta_max && h->response_time_ms >= 0 &&
+           h->response_time_ms <= date_max && h->swr_ms >= -1 && h->swr_ms <= delta_max &&
+           h->sie_ms >= -1 && h->sie_ms <= delta_max;
+}
+
+struct cache_obj *cache_obj_read(int fd, uint64_t *file_size)
+{
     struct disk_hdr h;
     struct stat st;
-    char *meta = NULL;
     if (fstat(fd, &st) < 0 || pread(fd, &h, sizeof(h), 0) != (ssize_t)sizeof(h) ||
         memcmp(h.magic, DISK_MAGIC, 8) || h.hdr_len < sizeof(h) || h.hdr_len > (1u << 20) ||
-        (uint64_t)st.st_size != h.hdr_len + h.body_len ||
-        (uint64_t)h.key_len + h.primary_len + h.vary_len + h.head_len + sizeof(h) != h.hdr_len)
-        goto bad;
-    meta = malloc(h.hdr_len - sizeof(h) + 1);
-    if (!meta || read_full(fd, meta, h.hdr_len - sizeof(h), sizeof(h)) < 0)
-        goto bad;
-    close(fd);
+        h.body_len > (uint64_t)st.st_size || (uint64_t)st.st_size != h.hdr_len + h.body_len ||
+        (uint64_t)h.key_len + h.primary_len + h.vary_len + h.head_len + sizeof(h) != h.hdr_len ||
+        h.key_len == 0 || !times_sane(&h))
+        return NULL;
+    char *meta = malloc(h.hdr_len - sizeof(h) + 1);
+    if (!meta || read_full(fd, meta, h.hdr_len - sizeof(h), sizeof(h)) < 0) {
+        free(meta);
+        return NULL;
+    }
     const char *key = meta, *primary = meta + h.key_len;
     const char *vary = primary + h.primary_len, *head = vary + h.vary_len;
     struct cache_obj *o = obj_new(key, h.key_len, h.primary_len ? primary : NULL, h.primary_len,
                                   vary, h.vary_len, head, h.head_len, NULL, 0);
-    if (!o) {
-        free(meta);
-        return;
-    }
-    char want[4096];
-    o->zone = z;
-    obj_path(z, o->hash, want, sizeof(want));
-    if (strcmp(want, path) != 0) {
-        cache_obj_unref(o); /* not where its key says: not ours */
-        free(meta);
-        return;
-    }
+    free(meta);
+    if (!o)
+        return NULL;
     o->status = h.status;
     o->fresh = (struct cache_fresh){.lifetime_ms = h.lifetime_ms,
                                     .initial_age_ms = h.initial_age_ms,
@@ -1004,7 +1001,34 @@ static void load_file(struct cache_zone *z, const char *path, const char *name)
                                     .heuristic = h.heuristic};
     o->body_len = h.body_len;
     o->file_hdr_len = h.hdr_len;
-    free(meta);
+    *file_size = (uint64_t)st.st_size;
+    return o;
+}
+
+static void load_file(struct cache_zone *z, const char *path, const char *name)
+{
+    if (strncmp(name, "tmp.", 4) == 0) {
+        unlink(path); /* a response that was never finished */
+        return;
+    }
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return;
+    uint64_t size = 0;
+    struct cache_obj *o = cache_obj_read(fd, &size);
+    close(fd);
+    if (!o) {
+        log_write(LOG_WARN, "cache \"%s\": removing unreadable file \"%s\"", z->conf.name, path);
+        unlink(path);
+        return;
+    }
+    char want[4096];
+    o->zone = z;
+    obj_path(z, o->hash, want, sizeof(want));
+    if (strcmp(want, path) != 0) {
+        cache_obj_unref(o); /* not where its key says: not ours */
+        return;
+    }
     pthread_mutex_lock(&z->mu);
     bool skip = purged_during_load(z, o->key, o->key_len, o->primary, o->primary_len);
     struct entry *e = skip ? NULL : find(z, o->hash, o->key, o->key_len);
@@ -1018,13 +1042,7 @@ static void load_file(struct cache_zone *z, const char *path, const char *name)
         cache_obj_unref(o); /* stored again since the start: that one wins */
         return;
     }
-    publish(z, o, (uint64_t)st.st_size, wall_ms()); /* as if just used, as nginx does */
-    return;
-bad:
-    free(meta);
-    close(fd);
-    log_write(LOG_WARN, "cache \"%s\": removing unreadable file \"%s\"", z->conf.name, path);
-    unlink(path);
+    publish(z, o, size, wall_ms()); /* as if just used, as nginx does */
 }
 
 static void load_dir(struct cache_zone *z, const char *dir, int depth)

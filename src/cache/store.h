@@ -139,6 +139,11 @@ int cache_obj_fd(struct cache_obj *o);
 /* Is the object small enough for the zone's memory tier? */
 bool cache_fits_memory(const struct cache_obj *o);
 
+/* Read a cache file's header (as the loader does after a restart): the
+ * object without its zone, or NULL when the file is not a complete,
+ * consistent cache file. *file_size gets the file's size. */
+struct cache_obj *cache_obj_read(int fd, uint64_t *file_size);
+
 /* Statistics for the API. */
 struct cache_stats {
     uint64_t entries, disk_bytes, mem_bytes, hits, misses, stores, evictions;

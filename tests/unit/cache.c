@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -453,4 +454,47 @@ Test(store, age_list_takes_the_first_value)
     struct http_field f[] = {F("Cache-Control", "max-age=60"), F("Age", "7200, 0")};
     cr_assert_eq(store(200, f, 2, NULL, 0, &fr), CACHE_STORE_OK);
     cr_assert_geq(fr.initial_age_ms, 7200000);
+}
+
+static int memfd_of(const char *p, size_t len)
+{
+    int fd = memfd_create("t", 0);
+    cr_assert_geq(fd, 0);
+    cr_assert_eq(write(fd, p, len), (ssize_t)len);
+    return fd;
+}
+
+Test(zone, files_read_back_strictly, .fini = cleanup)
+{
+    struct cache_zone *z = zone("h", 0, 0);
+    cache_obj_unref(put(z, "strict", "the body", NULL, NULL));
+    char cmd[400], path[512] = "";
+    snprintf(cmd, sizeof(cmd), "find %s -type f -name '[0-9a-f]*'", dir);
+    FILE *f = popen(cmd, "r");
+    cr_assert(fgets(path, sizeof(path), f));
+    pclose(f);
+    path[strcspn(path, "\n")] = 0;
+    char buf[4096];
+    FILE *in = fopen(path, "rb");
+    size_t n = fread(buf, 1, sizeof(buf), in);
+    fclose(in);
+    uint64_t size;
+    int fd = memfd_of(buf, n);
+    struct cache_obj *o = cache_obj_read(fd, &size);
+    close(fd);
+    cr_assert_not_null(o);
+    cr_assert(size == n && o->body_len == 8 && o->key_len == 6);
+    cache_obj_unref(o);
+    /* one byte short, one byte of garbage more, a bad magic: refused */
+    fd = memfd_of(buf, n - 1);
+    cr_assert_null(cache_obj_read(fd, &size));
+    close(fd);
+    buf[n] = 'x';
+    fd = memfd_of(buf, n + 1);
+    cr_assert_null(cache_obj_read(fd, &size));
+    close(fd);
+    buf[0] ^= 1;
+    fd = memfd_of(buf, n);
+    cr_assert_null(cache_obj_read(fd, &size));
+    close(fd);
 }
