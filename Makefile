@@ -64,6 +64,8 @@ bench-quick: deps build
 micro: build
 	$(BUILD)/micro_h1_parse
 	$(BUILD)/micro_router_lookup
+	$(BUILD)/micro_balancer
+	$(BUILD)/micro_header_rewrite
 
 docs: build
 	$(BUILD)/portico --docs > docs/directives.md
