@@ -1008,7 +1008,12 @@ struct cache_obj *cache_obj_read(int fd, uint64_t *file_size)
 static void load_file(struct cache_zone *z, const char *path, const char *name)
 {
     if (strncmp(name, "tmp.", 4) == 0) {
-        unlink(path); /* a response that was never finished */
+        /* a response a previous process never finished; ours (tmp.PID.N)
+         * are being written right now */
+        char own[32];
+        int n = snprintf(own, sizeof(own), "tmp.%d.", (int)getpid());
+        if (strncmp(name, own, (size_t)n) != 0)
+            unlink(path);
         return;
     }
     int fd = open(path, O_RDONLY | O_CLOEXEC);

@@ -296,3 +296,9 @@ bool net_cidr_match(const struct net_cidr *c, const struct net_addr *a)
             return false;
     return true;
 }
+
+int net_defer_accept(int fd)
+{
+    int secs = 1;
+    return setsockopt(fd, IPPROTO_TCP, TCP_DEFER_ACCEPT, &secs, sizeof(secs));
+}

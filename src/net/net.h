@@ -48,6 +48,10 @@ bool net_cidr_match(const struct net_cidr *c, const struct net_addr *a);
  * asked, TCP_DEFER_ACCEPT off. Returns the fd or -1 (errno). */
 int net_listen(const struct net_addr *a, int backlog, bool reuseport);
 
+/* Wake the listener only when a new connection has data (TCP_DEFER_ACCEPT):
+ * for protocols where the client speaks first. Returns 0 or -1 (errno). */
+int net_defer_accept(int fd);
+
 /* Accept one connection (non-blocking, CLOEXEC; TCP_NODELAY is left to
  * net_nodelay_before_write). Returns the fd or -1 (errno; EAGAIN when none is
  * waiting). */

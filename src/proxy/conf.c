@@ -671,6 +671,8 @@ static int set_listen(struct cf_ctx *cx, const struct cf_node *n, const struct c
             l->default_server = true;
         } else if (strcmp(a, "reuseport") == 0) {
             l->reuseport = true;
+        } else if (strcmp(a, "deferred") == 0) {
+            /* nginx's TCP_DEFER_ACCEPT: Portico's listeners always defer */
         } else if (strncmp(a, "backlog=", 8) == 0) {
             if (cf_parse_int(a + 8, &l->backlog) < 0 || l->backlog < 1)
                 return cf_error(cx, n, "invalid backlog \"%s\"", a + 8);
@@ -960,11 +962,14 @@ static const struct cf_directive http_directives[] = {
     {"upstream", CF_HTTP, 1, 1, true, set_upstream, CONF_LOC, 0, "name { ... }", "-",
      "a group of servers to proxy to"},
     {"listen", CF_SERVER, 1, CF_ARGS_ANY, false, set_listen, CONF_SRV, 0,
-     "address[:port] [default_server] [ssl] [http2 [h2c_only]] [reuseport] [backlog=number]",
+     "address[:port] [default_server] [ssl] [http2 [h2c_only]] [reuseport] [deferred] "
+     "[backlog=number]",
      "*:80",
      "address and port to accept connections on; http2: HTTP/2 there too (ALPN h2 with ssl, "
      "else h2c with prior knowledge beside HTTP/1.x); h2c_only (plain, implies http2): HTTP/2 "
-     "only, anything but the client preface gets GOAWAY(PROTOCOL_ERROR)"},
+     "only, anything but the client preface gets GOAWAY(PROTOCOL_ERROR); accepts are always "
+     "deferred until the client sends (TCP_DEFER_ACCEPT), `deferred` is accepted for nginx "
+     "configs"},
     {"server_name", CF_SERVER, 1, CF_ARGS_ANY, false, set_server_name, CONF_SRV, 0, "name ...",
      "\"\"", "names of the virtual server: exact, *.wildcard, wildcard.*, ~regex"},
     {"location", CF_SERVER | CF_LOCATION, 1, 2, true, set_location, CONF_LOC, 0,

@@ -113,6 +113,9 @@ static int open_listener(struct worker *w, const struct listen_set *ls)
         errno = e;
         return -1;
     }
+    /* HTTP, TLS and h2c clients all speak first: be woken once, when the
+     * request is there, and accept and read it in the same turn */
+    net_defer_accept(fd);
     l->io.fd = fd;
     l->io.cb = accept_cb;
     l->io.data = l;
