@@ -368,3 +368,10 @@ struct slice http_field_get(const struct http_field *f, size_t n, struct slice n
         *found = false;
     return SLICE_NULL;
 }
+
+bool http_is_conditional(struct slice n)
+{
+    return slice_eq_lit_ci(n, "if-none-match") || slice_eq_lit_ci(n, "if-modified-since") ||
+           slice_eq_lit_ci(n, "if-match") || slice_eq_lit_ci(n, "if-unmodified-since") ||
+           slice_eq_lit_ci(n, "range") || slice_eq_lit_ci(n, "if-range");
+}

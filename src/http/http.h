@@ -47,6 +47,10 @@ size_t http_date_format(time_t t, char out[30]);
  * *found (may be NULL); an empty slice when absent. */
 struct slice http_field_get(const struct http_field *f, size_t n, struct slice name, bool *found);
 
+/* Does `name` make a request conditional or partial (If-None-Match,
+ * If-Modified-Since, If-Match, If-Unmodified-Since, Range, If-Range)? */
+bool http_is_conditional(struct slice name);
+
 /* Is `name` a hop-by-hop field (RFC 9110 7.6.1) that a proxy never forwards? */
 bool http_is_hop_by_hop(struct slice name);
 

@@ -163,13 +163,6 @@ static struct slice vary_names(struct exchange *ex, const struct http_field *f, 
 
 /* ---- serving from the cache ---- */
 
-static bool is_conditional_field(struct slice n)
-{
-    return slice_eq_lit_ci(n, "if-none-match") || slice_eq_lit_ci(n, "if-modified-since") ||
-           slice_eq_lit_ci(n, "if-match") || slice_eq_lit_ci(n, "if-unmodified-since") ||
-           slice_eq_lit_ci(n, "range") || slice_eq_lit_ci(n, "if-range");
-}
-
 static bool not_modified(struct exchange *ex, const struct cache_obj *o)
 {
     if (o->status != 200 || (ex->method_id != HTTP_M_GET && ex->method_id != HTTP_M_HEAD))
@@ -575,7 +568,7 @@ static void background_update(struct exchange *ex)
     n->minor_version = 1;
     n->req_fields = arena_alloc(a, (ex->nreq_fields + 1) * sizeof(*n->req_fields));
     for (size_t i = 0; n->req_fields && i < ex->nreq_fields; i++) {
-        if (is_conditional_field(ex->req_fields[i].name))
+        if (http_is_conditional(ex->req_fields[i].name))
             continue;
         n->req_fields[n->nreq_fields++] =
             (struct http_field){sdup(a, ex->req_fields[i].name), sdup(a, ex->req_fields[i].value)};

@@ -433,13 +433,6 @@ static bool set_by_rule(const struct loc_conf *lc, struct slice name)
     return false;
 }
 
-static bool is_conditional(struct slice n)
-{
-    return slice_eq_lit_ci(n, "if-none-match") || slice_eq_lit_ci(n, "if-modified-since") ||
-           slice_eq_lit_ci(n, "if-match") || slice_eq_lit_ci(n, "if-unmodified-since") ||
-           slice_eq_lit_ci(n, "range") || slice_eq_lit_ci(n, "if-range");
-}
-
 static int build_request_head(struct fwd *f)
 {
     struct exchange *ex = f->ex;
@@ -512,7 +505,7 @@ static int build_request_head(struct fwd *f)
                 slice_eq_lit_ci(fl->name, "expect") || set_by_rule(lc, fl->name) ||
                 http_connection_names(ex->req_fields, ex->nreq_fields, fl->name))
                 continue;
-            if (strip && is_conditional(fl->name))
+            if (strip && http_is_conditional(fl->name))
                 continue; /* the cache wants the whole response */
             PUT(fl->name.p, fl->name.len);
             PUTS(": ");
