@@ -1,5 +1,9 @@
 #include "core/arena.h"
 
+#include <stddef.h>
+
+#include "core/freelist.h"
+
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,45 +29,24 @@ void arena_init(struct arena *a, size_t chunk_size, size_t cap)
  * thread for the next arena: an exchange then costs no malloc. */
 #define CHUNK_CACHE_SIZE 4096
 #define CHUNK_CACHE_MAX  256
-static __thread struct arena_chunk *chunk_cache;
-static __thread size_t chunk_cached;
-static __thread size_t chunk_low; /* fewest cached since the last arena_trim_unused */
+static __thread struct freelist chunks =
+    FREELIST_INIT(CHUNK_CACHE_MAX, offsetof(struct arena_chunk, next),
+                  sizeof(struct arena_chunk) + CHUNK_CACHE_SIZE);
 
 static void chunk_free(struct arena_chunk *c)
 {
-    if (c->size == CHUNK_CACHE_SIZE && chunk_cached < CHUNK_CACHE_MAX) {
-        c->next = chunk_cache;
-        chunk_cache = c;
-        chunk_cached++;
-        return;
-    }
-    free(c);
+    if (c->size != CHUNK_CACHE_SIZE || !freelist_push(&chunks, c))
+        free(c);
 }
 
 void arena_trim_cache(size_t keep)
 {
-    while (chunk_cached > keep) {
-        struct arena_chunk *c = chunk_cache;
-        chunk_cache = c->next;
-        chunk_cached--;
-        free(c);
-    }
-    if (chunk_low > chunk_cached)
-        chunk_low = chunk_cached;
+    freelist_trim(&chunks, keep);
 }
 
 size_t arena_trim_unused(size_t keep)
 {
-    size_t freed = 0;
-    for (size_t spare = chunk_low; spare > 0 && chunk_cached > keep; spare--) {
-        struct arena_chunk *c = chunk_cache;
-        chunk_cache = c->next;
-        chunk_cached--;
-        freed += sizeof(*c) + c->size;
-        free(c);
-    }
-    chunk_low = chunk_cached;
-    return freed;
+    return freelist_trim_unused(&chunks, keep);
 }
 
 void arena_deinit(struct arena *a)
@@ -107,12 +90,8 @@ void *arena_alloc(struct arena *a, size_t n)
     size_t size = need > a->chunk_size ? need : a->chunk_size;
     if (a->cap && a->held + size > a->cap)
         return NULL;
-    if (size == CHUNK_CACHE_SIZE && chunk_cache) {
-        c = chunk_cache;
-        chunk_cache = c->next;
-        if (--chunk_cached < chunk_low)
-            chunk_low = chunk_cached;
-    } else {
+    c = size == CHUNK_CACHE_SIZE ? freelist_pop(&chunks) : NULL;
+    if (!c) {
         c = malloc(sizeof(*c) + size);
         if (!c)
             return NULL;

@@ -1,5 +1,9 @@
 #include "core/buf.h"
 
+#include <stddef.h>
+
+#include "core/freelist.h"
+
 #include <errno.h>
 #include <stdbool.h>
 #include <stdlib.h>
@@ -11,20 +15,14 @@
 /* Free segments kept per thread; beyond this many, they go back to malloc. */
 #define BUF_CACHE_MAX 512
 
-static __thread struct buf *free_list;
-static __thread size_t free_count;
-static __thread size_t free_low; /* fewest cached since the last buf_trim_unused */
+static __thread struct freelist segs = FREELIST_INIT(BUF_CACHE_MAX, offsetof(struct buf, next_free),
+                                                     sizeof(struct buf) + BUF_SEG_SIZE);
 static __thread size_t live_count;
 
 struct buf *buf_new(size_t cap)
 {
-    struct buf *b;
-    if (cap <= BUF_SEG_SIZE && free_list) {
-        b = free_list;
-        free_list = b->next_free;
-        if (--free_count < free_low)
-            free_low = free_count;
-    } else {
+    struct buf *b = cap <= BUF_SEG_SIZE ? freelist_pop(&segs) : NULL; /* cap BUF_SEG_SIZE */
+    if (!b) {
         size_t c = cap < BUF_SEG_SIZE ? BUF_SEG_SIZE : cap;
         b = malloc(sizeof(*b) + c);
         if (!b)
@@ -67,37 +65,18 @@ void buf_unref(struct buf *b)
         return;
     }
     live_count--;
-    if (b->cap == BUF_SEG_SIZE && free_count < BUF_CACHE_MAX) {
-        b->next_free = free_list;
-        free_list = b;
-        free_count++;
-        return;
-    }
-    free(b);
+    if (b->cap != BUF_SEG_SIZE || !freelist_push(&segs, b))
+        free(b);
 }
 
 void buf_trim_cache(void)
 {
-    while (free_list) {
-        struct buf *b = free_list;
-        free_list = b->next_free;
-        free(b);
-    }
-    free_count = free_low = 0;
+    freelist_trim(&segs, 0);
 }
 
 size_t buf_trim_unused(size_t keep)
 {
-    size_t freed = 0;
-    for (size_t spare = free_low; spare > 0 && free_count > keep; spare--) {
-        struct buf *b = free_list;
-        free_list = b->next_free;
-        free_count--;
-        freed += sizeof(*b) + b->cap;
-        free(b);
-    }
-    free_low = free_count;
-    return freed;
+    return freelist_trim_unused(&segs, keep);
 }
 
 size_t buf_live_count(void)
@@ -124,36 +103,44 @@ void outq_clear(struct outq *q)
     q->bytes = 0;
 }
 
-int outq_push(struct outq *q, struct buf *seg, const char *p, size_t len)
+/* Queue `len` bytes as items of at most OUTQ_ITEM_MAX (memory from `p`, or
+ * file `fd` from `off`), each holding a reference on `seg`. */
+static int push_items(struct outq *q, struct buf *seg, const char *p, uint64_t off, int fd,
+                      size_t len)
 {
     if (len == 0)
         return 0;
-    if (q->count == OUTQ_MAX)
+    size_t need = (len + OUTQ_ITEM_MAX - 1) / OUTQ_ITEM_MAX;
+    if (q->count + need > OUTQ_MAX)
         return -1;
-    struct outq_item *it = &q->items[(q->head + q->count) % OUTQ_MAX];
-    it->seg = seg ? buf_ref(seg) : NULL;
-    it->p = p;
-    it->len = len;
-    it->fd = -1;
-    q->count++;
     q->bytes += len;
+    while (len) {
+        uint32_t n = len > OUTQ_ITEM_MAX ? OUTQ_ITEM_MAX : (uint32_t)len;
+        struct outq_item *it = &q->items[(q->head + q->count) % OUTQ_MAX];
+        it->seg = seg ? buf_ref(seg) : NULL;
+        if (fd >= 0) {
+            it->off = off;
+            off += n;
+        } else {
+            it->p = p;
+            p += n;
+        }
+        it->len = n;
+        it->fd = fd;
+        q->count++;
+        len -= n;
+    }
     return 0;
+}
+
+int outq_push(struct outq *q, struct buf *seg, const char *p, size_t len)
+{
+    return push_items(q, seg, p, 0, -1, len);
 }
 
 int outq_push_file(struct outq *q, struct buf *token, int fd, uint64_t off, size_t len)
 {
-    if (len == 0)
-        return 0;
-    if (q->count == OUTQ_MAX)
-        return -1;
-    struct outq_item *it = &q->items[(q->head + q->count) % OUTQ_MAX];
-    it->seg = buf_ref(token);
-    it->off = off;
-    it->len = len;
-    it->fd = fd;
-    q->count++;
-    q->bytes += len;
-    return 0;
+    return push_items(q, token, NULL, off, fd, len);
 }
 
 /* Drop `left` written bytes from the head of the queue. */

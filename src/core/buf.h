@@ -57,9 +57,11 @@ struct outq_item {
         const char *p; /* memory item */
         uint64_t off;  /* file item: where the next byte is read */
     };
-    size_t len;
-    int fd; /* -1: memory; else a file whose bytes go out with sendfile(2) */
+    uint32_t len; /* items are at most OUTQ_ITEM_MAX bytes: the struct stays 24 bytes */
+    int32_t fd;   /* -1: memory; else a file whose bytes go out with sendfile(2) */
 };
+
+#define OUTQ_ITEM_MAX (1u << 30)
 
 #define OUTQ_MAX 32
 

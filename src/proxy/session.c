@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "core/buf.h"
+#include "core/freelist.h"
 #include "core/log.h"
 #include "http1/h1.h"
 #include "proxy/accesslog.h"
@@ -103,45 +104,24 @@ static const struct client_ops h1_ops;
 
 /* Per-thread spare blocks: a keep-alive request costs no malloc for them. */
 #define BUSY_CACHE_MAX 256
-static __thread struct h1_busy *busy_cache;
-static __thread size_t busy_cached;
-static __thread size_t busy_low; /* fewest cached since the last h1_session_trim_unused */
+/* a free block's first word links it to the next */
+static __thread struct freelist busy_blocks =
+    FREELIST_INIT(BUSY_CACHE_MAX, 0, sizeof(struct h1_busy));
 
 static void busy_release(struct h1_busy *b)
 {
-    if (busy_cached < BUSY_CACHE_MAX) {
-        *(struct h1_busy **)b = busy_cache;
-        busy_cache = b;
-        busy_cached++;
-        return;
-    }
-    free(b);
+    if (!freelist_push(&busy_blocks, b))
+        free(b);
 }
 
 void h1_session_trim_cache(size_t keep)
 {
-    while (busy_cached > keep) {
-        struct h1_busy *b = busy_cache;
-        busy_cache = *(struct h1_busy **)b;
-        busy_cached--;
-        free(b);
-    }
-    if (busy_low > busy_cached)
-        busy_low = busy_cached;
+    freelist_trim(&busy_blocks, keep);
 }
 
 size_t h1_session_trim_unused(size_t keep)
 {
-    size_t freed = 0;
-    for (size_t spare = busy_low; spare > 0 && busy_cached > keep; spare--) {
-        struct h1_busy *b = busy_cache;
-        busy_cache = *(struct h1_busy **)b;
-        busy_cached--;
-        freed += sizeof(*b);
-        free(b);
-    }
-    busy_low = busy_cached;
-    return freed;
+    return freelist_trim_unused(&busy_blocks, keep);
 }
 
 static void wtimer_cb(struct timer *t);
@@ -150,14 +130,9 @@ static int busy_get(struct h1_session *s)
 {
     if (s->b)
         return 0;
-    if (busy_cache) {
-        s->b = busy_cache;
-        busy_cache = *(struct h1_busy **)s->b;
-        if (--busy_cached < busy_low)
-            busy_low = busy_cached;
-    } else {
+    s->b = freelist_pop(&busy_blocks);
+    if (!s->b)
         s->b = malloc(sizeof(*s->b));
-    }
     if (!s->b)
         return -1;
     memset(&s->b->ex, 0, sizeof(s->b->ex));

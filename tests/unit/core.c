@@ -1529,3 +1529,23 @@ Test(buf, wrap_releases_its_owner_once)
     cr_assert_eq(wrap_released, 1);
     cr_assert_eq(buf_live_count(), live);
 }
+
+Test(outq, large_items_are_split_and_counted)
+{
+    struct outq q;
+    outq_init(&q);
+    const char *p = (const char *)0x10000; /* never written: only queued */
+    size_t big = (size_t)OUTQ_ITEM_MAX * 2 + 5;
+    cr_assert_eq(outq_push(&q, NULL, p, big), 0);
+    cr_assert_eq(q.count, 3);
+    cr_assert_eq(q.bytes, big);
+    cr_assert_eq(q.items[1].p, p + OUTQ_ITEM_MAX);
+    cr_assert_eq(q.items[2].len, 5);
+    /* more items than the queue has room for: refused whole */
+    for (unsigned i = q.count; i < OUTQ_MAX - 1; i++)
+        cr_assert_eq(outq_push(&q, NULL, p, 1), 0);
+    cr_assert_eq(outq_push(&q, NULL, p, big), -1);
+    cr_assert_eq(q.count, OUTQ_MAX - 1);
+    outq_clear(&q);
+    cr_assert_eq(q.count, 0);
+}
