@@ -383,6 +383,12 @@ static int set_purge(struct cf_ctx *cx, const struct cf_node *n, const struct cf
     for (const char *s = p->method; *s; s++)
         if (!http_tchar[(unsigned char)*s])
             return cf_error(cx, n, "invalid method \"%s\"", m);
+    enum http_method id = http_method_id(slice_cstr(p->method));
+    if (id == HTTP_M_GET || id == HTTP_M_HEAD || id == HTTP_M_POST)
+        return cf_error(cx, n,
+                        "\"%s\" cannot be the purge method: it would purge instead of serving "
+                        "those requests (use PURGE)",
+                        m);
     if (n->nargs > 1) {
         if (strcmp(n->args[1], "from") != 0 || n->nargs == 2)
             return cf_error(cx, n, "expected \"from all\" or \"from\" and addresses");

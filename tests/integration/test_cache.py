@@ -632,6 +632,8 @@ def test_purged_stays_purged_after_restart(res):
      "proxy_cache_use_stale sometimes; }", 'invalid value "sometimes"'),
     ("server { listen 127.0.0.1:{port}; location / { proxy_cache_purge PURGE from 300.1.1.1; } }",
      'invalid address "300.1.1.1"'),
+    ("server { listen 127.0.0.1:{port}; location / { proxy_cache_purge GET; } }",
+     '"GET" cannot be the purge method'),
 ])
 def test_bad_cache_config_is_refused(res, conf, msg):
     p = res.proxy_unstarted(conf)
