@@ -47,9 +47,10 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("proxy", choices=["portico", "nginx", "haproxy", "h2o", "varnish"])
-    ap.add_argument("--tool", choices=["callgrind", "perf"], default="callgrind")
+    ap.add_argument("--tool", choices=["callgrind", "perf", "record"], default="callgrind",
+                    help="record: perf record -g of the proxy, top symbols printed")
     ap.add_argument("--requests", type=int, default=None,
-                    help="measured requests (default 5000 callgrind, 100000 perf)")
+                    help="measured requests (default 5000 callgrind, 100000 perf/record)")
     ap.add_argument("--warmup", type=int, default=500)
     ap.add_argument("--path", default="/1k")
     ap.add_argument("--conns", type=int, default=10)
@@ -122,6 +123,24 @@ def main():
             print(f"{a.proxy} {a.path}: {ok} requests, {ir} instructions (Ir), "
                   f"{ir / ok:,.0f} instructions/request")
             print(f"profile: {dumps[-1]}  (callgrind_annotate {dumps[-1]} | head -40)")
+            a.keep = True
+        elif a.tool == "record":
+            pd = os.path.join(work, "perf.data")
+            perf = subprocess.Popen(["perf", "record", "-q", "-g", "-o", pd, "-p",
+                                     ",".join(map(str, run.tree(proc.pid)))],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(0.3)
+            ok = h2load(port, a.path, n, a.conns)
+            perf.send_signal(signal.SIGINT)
+            perf.wait(30)
+            rep = subprocess.run(["perf", "report", "-i", pd, "--no-children", "--stdio",
+                                  "-g", "none", "--percent-limit", "0.7", "--sort", "sym"],
+                                 capture_output=True, text=True, timeout=300)
+            print(f"{a.proxy} {a.path}: {ok} requests, self time by symbol (perf record):")
+            for line in rep.stdout.splitlines():
+                if line.strip() and not line.startswith("#"):
+                    print("  " + line.strip())
+            print(f"profile: {pd}  (perf report -i {pd})")
             a.keep = True
         else:
             pf = os.path.join(work, "perf.txt")

@@ -3,7 +3,9 @@
  * listen sets and the router's tables. */
 #include "proxy/conf.h"
 
+#include <errno.h>
 #include <glob.h>
+#include <sys/stat.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -125,6 +127,8 @@ static void loc_conf_merge(struct loc_conf *c, const struct loc_conf *p)
     MERGE(log_not_found, CF_UNSET_FLAG);
     if (!c->default_type)
         c->default_type = p->default_type;
+    if (!c->body_temp_path)
+        c->body_temp_path = p->body_temp_path;
     proxy_ssl_conf_merge(&c->proxy_ssl, &p->proxy_ssl);
     cache_loc_conf_merge(&c->cache, &p->cache);
     /* arrays are inherited whole, only when this level has none (nginx) */
@@ -174,6 +178,7 @@ static void loc_conf_defaults(struct loc_conf *c)
         d.next_upstream_timeout_ms = 0;
         d.log_not_found = 1;
         d.default_type = "text/plain";
+        d.body_temp_path = "/tmp";
         proxy_ssl_conf_init(&d.proxy_ssl); /* defaults: conf_tls_build() */
         cache_loc_conf_init(&d.cache);     /* defaults: cache_loc_conf_finish() */
         init = true;
@@ -568,6 +573,29 @@ static int set_default_type(struct cf_ctx *cx, const struct cf_node *n,
     struct loc_conf *lc = conf;
     lc->default_type = n->args[0];
     (void)cx;
+    return 0;
+}
+
+/* client_body_temp_path PATH [l1 [l2 [l3]]]: bodies are spooled to unnamed
+ * files (O_TMPFILE), so nginx's levels are accepted and have nothing to do. */
+static int set_body_temp_path(struct cf_ctx *cx, const struct cf_node *n,
+                              const struct cf_directive *d, void *conf)
+{
+    (void)d;
+    struct loc_conf *lc = conf;
+    for (size_t i = 1; i < n->nargs; i++) {
+        const char *a = n->args[i];
+        if (!(a[0] >= '1' && a[0] <= '2' && a[1] == '\0'))
+            return cf_error(cx, n, "invalid level \"%s\" in \"%s\" directive (1 or 2)", a,
+                            n->name);
+    }
+    struct stat st;
+    if (stat(n->args[0], &st) < 0 && mkdir(n->args[0], 0700) < 0 && errno != EEXIST)
+        return cf_error(cx, n, "client_body_temp_path \"%s\": cannot create it: %s", n->args[0],
+                        strerror(errno));
+    if (stat(n->args[0], &st) < 0 || !S_ISDIR(st.st_mode))
+        return cf_error(cx, n, "client_body_temp_path \"%s\" is not a directory", n->args[0]);
+    lc->body_temp_path = n->args[0];
     return 0;
 }
 
@@ -1029,7 +1057,7 @@ static const struct cf_directive http_directives[] = {
      "on", "read the upstream response ahead of a slow client (bounded by proxy_buffer_size)"},
     {"proxy_request_buffering", LOC_ANY, 1, 1, false, cf_set_flag, CONF_LOC,
      OFF_LOC(request_buffering), "on | off", "on",
-     "wait for up to client_body_buffer_size of the body before connecting upstream"},
+     "read the whole request body (memory, then a file) before connecting upstream; off: stream it"},
     {"proxy_buffer_size", LOC_ANY, 1, 1, false, cf_set_size, CONF_LOC, OFF_LOC(proxy_buffer_size),
      "size", "16k", "response bytes read ahead of the client before reading stops"},
     {"proxy_intercept_errors", LOC_ANY, 1, 1, false, cf_set_flag, CONF_LOC,
@@ -1048,7 +1076,12 @@ static const struct cf_directive http_directives[] = {
      "largest request body (413 above it; 0: no limit)"},
     {"client_body_buffer_size", LOC_ANY, 1, 1, false, cf_set_size, CONF_LOC,
      OFF_LOC(client_body_buffer_size), "size", "16k",
-     "request body held before it is streamed upstream"},
+     "request body held in memory; with proxy_request_buffering on the rest goes to a file in "
+     "client_body_temp_path, otherwise it is streamed upstream"},
+    {"client_body_temp_path", LOC_ANY, 1, 4, false, set_body_temp_path, CONF_LOC, 0,
+     "path [level1 [level2 [level3]]]", "/tmp",
+     "directory for request bodies larger than client_body_buffer_size while "
+     "proxy_request_buffering is on (unnamed files: levels are accepted and unused)"},
     {"client_body_timeout", LOC_ANY, 1, 1, false, cf_set_msec, CONF_LOC,
      OFF_LOC(client_body_timeout_ms), "time", "60s",
      "longest silence between two reads of the request body (408)"},

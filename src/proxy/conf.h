@@ -148,6 +148,7 @@ struct loc_conf {
     bool log_off;
     int log_not_found;
     const char *default_type;
+    const char *body_temp_path; /* client_body_temp_path: where spooled bodies go */
     const char *file; /* where this level was defined */
     int line;
 };

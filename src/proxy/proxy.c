@@ -3,6 +3,9 @@
 #include "proxy/proxy.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -60,7 +63,11 @@ struct fwd {
     struct body_piece pre[MAX_PRE_PIECES];
     size_t npre;
     size_t pre_bytes;
-    bool body_collected; /* the whole body is in pre[] */
+    bool body_collected; /* the whole body is in pre[] or in the spool file */
+    struct buf *spool;   /* the body outgrew client_body_buffer_size: it is all in an
+                          * unnamed file, held open by this token (NULL: it is in pre[]) */
+    int spool_fd;
+    uint64_t spool_off; /* TLS upstream: spooled bytes queued so far on this try */
     bool body_eof;       /* the client's body ended */
     bool body_streamed;  /* bytes beyond pre[] went upstream: no replay */
     bool send_chunked;   /* length unknown: chunked toward the upstream */
@@ -537,30 +544,110 @@ static int build_request_head(struct fwd *f)
     return 0;
 }
 
-/* Pull the request body into pre[] up to client_body_buffer_size. Returns
- * 1 when done collecting, 0 to wait for more, -1 on a client error. */
+static void spool_close(void *ctx)
+{
+    close((int)(intptr_t)ctx);
+}
+
+static int spool_write(struct fwd *f, const char *p, size_t len)
+{
+    while (len) {
+        ssize_t n = write(f->spool_fd, p, len);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        p += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+/* The body outgrew client_body_buffer_size (or pre[]): move what we hold to
+ * an unnamed file in client_body_temp_path, which the rest follows. The file
+ * has no name, so nothing is left behind whatever happens to the process. */
+static int spool_open(struct fwd *f)
+{
+    struct exchange *ex = f->ex;
+    const char *dir = ex->lc->body_temp_path;
+    int fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+    if (fd < 0 && (errno == EOPNOTSUPP || errno == EISDIR || errno == EINVAL)) {
+        char path[PATH_MAX];
+        snprintf(path, sizeof(path), "%s/portico-body.XXXXXX", dir);
+        fd = mkostemp(path, O_CLOEXEC);
+        if (fd >= 0)
+            unlink(path);
+    }
+    if (fd < 0)
+        return -1;
+    f->spool = buf_wrap(spool_close, (void *)(intptr_t)fd);
+    if (!f->spool) {
+        close(fd);
+        errno = ENOMEM;
+        return -1;
+    }
+    f->spool_fd = fd;
+    LOG(LOG_WARN, "*%llu a client request body is buffered to a temporary file in %s",
+        (unsigned long long)ex->id, dir);
+    for (size_t i = 0; i < f->npre; i++) {
+        int r = spool_write(f, f->pre[i].p, f->pre[i].len);
+        buf_unref(f->pre[i].seg);
+        f->pre[i].seg = NULL;
+        if (r < 0) {
+            f->npre = 0;
+            return -1;
+        }
+    }
+    f->npre = 0;
+    return 0;
+}
+
+/* Writing the spool failed: the body is half read, so 500 and close. */
+static int spool_fail(struct fwd *f)
+{
+    struct exchange *ex = f->ex;
+    LOG(LOG_CRIT, "*%llu cannot buffer the request body in %s: %s", (unsigned long long)ex->id,
+        ex->lc->body_temp_path, strerror(errno));
+    ex->ending = (struct ending){.code = END_INTERNAL, .why = "request body buffering failed"};
+    ex->close_conn = true;
+    return -1;
+}
+
+/* Read the request body before connecting. With proxy_request_buffering on,
+ * all of it: in pre[] up to client_body_buffer_size, then in a file, so a
+ * slow client never holds an upstream connection and a retry can replay it.
+ * Off: the first piece that is there, the rest is streamed. Returns 1 when
+ * done collecting, 0 to wait for more, -1 on an error (ex->ending says). */
 static int collect_body(struct fwd *f)
 {
     struct exchange *ex = f->ex;
     const struct loc_conf *lc = ex->lc;
-    size_t limit = lc->request_buffering ? lc->client_body_buffer_size : 0;
+    bool buffering = lc->request_buffering;
     ex->client->continue_100(ex);
-    while (!f->body_eof && f->npre < MAX_PRE_PIECES && (f->pre_bytes < limit || f->npre == 0)) {
+    while (!f->body_eof && (buffering || f->npre == 0)) {
         struct body_piece piece;
         enum body_status st = ex->client->body_read(ex, &piece);
         if (st == BODY_AGAIN)
-            return lc->request_buffering ? 0 : 1;
+            return buffering ? 0 : 1;
         if (st == BODY_ERROR)
             return -1;
         if (st == BODY_END) {
             f->body_eof = true;
             break;
         }
-        buf_ref(piece.seg);
-        f->pre[f->npre++] = piece;
+        if (buffering && !f->spool &&
+            (f->npre == MAX_PRE_PIECES || f->pre_bytes + piece.len > lc->client_body_buffer_size) &&
+            spool_open(f) < 0)
+            return spool_fail(f);
+        if (f->spool) {
+            if (spool_write(f, piece.p, piece.len) < 0)
+                return spool_fail(f);
+        } else {
+            buf_ref(piece.seg);
+            f->pre[f->npre++] = piece;
+        }
         f->pre_bytes += piece.len;
-        if (!lc->request_buffering)
-            break;
     }
     f->body_collected = f->body_eof;
     return 1;
@@ -974,6 +1061,10 @@ static void try_connect(struct fwd *f)
               f->uc_reused ? ex->lc->send_timeout_ms : ex->lc->connect_timeout_ms);
     /* queue the request: head, then what we have of the body */
     outq_push(&f->out, f->req_head, f->req_head->data, f->req_head_len);
+    f->spool_off = 0;
+    bool tls = ex->lc->proxy_ssl_rt != NULL; /* the handshake may still be ahead */
+    if (f->spool && !tls) /* a TLS upstream reads it in pump_request */
+        outq_push_file(&f->out, f->spool, f->spool_fd, 0, f->pre_bytes);
     for (size_t i = 0; i < f->npre; i++) {
         if (f->send_chunked) {
             char hdr[24];
@@ -984,7 +1075,8 @@ static void try_connect(struct fwd *f)
         if (f->send_chunked)
             outq_push(&f->out, NULL, "\r\n", 2);
     }
-    if (f->body_eof || !ex->req_has_body || !ex->lc->pass_request_body) {
+    if ((f->body_eof || !ex->req_has_body || !ex->lc->pass_request_body) &&
+        !(f->spool && tls)) {
         if (f->send_chunked)
             push_last_chunk(f);
         f->req_sent = true;
@@ -1009,6 +1101,37 @@ static void push_last_chunk(struct fwd *f)
     outq_push(&f->out, NULL, "\r\n", 2);
 }
 
+/* Queue the next piece of the spool file (TLS cannot sendfile). Returns 0,
+ * or 1 when the try failed. */
+static int spool_refill(struct fwd *f)
+{
+    if (f->spool_off >= f->pre_bytes) {
+        f->req_sent = true;
+        return 0;
+    }
+    struct buf *b = buf_new(BUF_SEG_SIZE);
+    if (!b) {
+        fail_try(f, END_INTERNAL, "out of memory", 0, 0);
+        return 1;
+    }
+    size_t want = f->pre_bytes - f->spool_off < b->cap ? (size_t)(f->pre_bytes - f->spool_off)
+                                                      : b->cap;
+    ssize_t n;
+    do
+        n = pread(f->spool_fd, b->data, want, (off_t)f->spool_off);
+    while (n < 0 && errno == EINTR);
+    if (n <= 0) {
+        buf_unref(b);
+        fail_try(f, END_INTERNAL, "reading the buffered request body failed", n < 0 ? errno : EIO,
+                 0);
+        return 1;
+    }
+    outq_push(&f->out, b, b->data, (size_t)n);
+    buf_unref(b);
+    f->spool_off += (uint64_t)n;
+    return 0;
+}
+
 static int pump_request(struct fwd *f)
 {
     struct exchange *ex = f->ex;
@@ -1016,6 +1139,12 @@ static int pump_request(struct fwd *f)
         /* refill from the client's body */
         bool client_dry = false;
         while (!f->req_sent && outq_room(&f->out) >= 4 && f->out.bytes < UPS_SEND_HIGH) {
+            if (f->spool) { /* TLS upstream: the spooled body through segments */
+                int r = spool_refill(f);
+                if (r)
+                    return r;
+                continue;
+            }
             struct body_piece piece;
             enum body_status st = ex->client->body_read(ex, &piece);
             if (st == BODY_AGAIN) {
@@ -1797,6 +1926,9 @@ void proxy_release(struct exchange *ex)
     for (size_t i = 0; i < f->npre; i++)
         buf_unref(f->pre[i].seg);
     f->npre = 0;
+    if (f->spool)
+        buf_unref(f->spool);
+    f->spool = NULL;
     if (f->req_head)
         buf_unref(f->req_head);
     if (f->rseg)

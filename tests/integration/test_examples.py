@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from conftest import IS_NGINX, PORTICO_BIN, REPO, free_port, get, port_open, wait_for
+from conftest import IS_NGINX, PORTICO_BIN, REPO, free_port, get, port_open, request, wait_for
 
 pytestmark = pytest.mark.skipif(IS_NGINX, reason="examples are Portico configs")
 
@@ -63,6 +63,11 @@ def test_quickstart_round_robin(example):
         seen.add(r.text.splitlines()[0])
     assert seen == {"origin A", "origin B"}
     assert get(port(8080), "/healthz").text == "ok\n"
+    # an upload larger than client_body_buffer_size, chunked: buffered whole
+    body = os.urandom(3 << 20)
+    r = request(port(8080), "POST", "/upload", headers=[("Transfer-Encoding", "chunked")],
+                body=b"%x\r\n" % len(body) + body + b"\r\n0\r\n\r\n")
+    assert r.status == 200 and "uri: /upload" in r.text
 
 
 def test_load_balancing_weights_and_backup(example):

@@ -495,6 +495,27 @@ def test_upstream_tls_no_sni_by_default_and_verify_off(res, pki):
     assert [rec["session_reused"] for rec in o.requests] == [False, False]
 
 
+def test_upstream_tls_spooled_request_body(res, pki):
+    """A body buffered to a file cannot go out with sendfile over TLS: it is
+    read back in segments. Whole, in order, with its length."""
+    import hashlib
+    from conftest import build_request, pattern
+    o = res.origin(tls=(pki.p("origin.pem"), pki.p("origin.key")))
+    p = res.proxy(ups_conf(pki, f"127.0.0.1:{o.port}", "client_max_body_size 0;"))
+    body = pattern(700_000)
+    with Conn(p.port) as c:
+        c.send(build_request("POST", "/big", headers=[("Transfer-Encoding", "chunked")])
+               + b"%x\r\n" % len(body) + body + b"\r\n0\r\n\r\n")
+        r = c.read_response(timeout=20)
+    assert r.status == 200, r
+    rec = o.last()
+    assert rec["body_len"] == len(body)
+    assert rec["body_sha256"] == hashlib.sha256(body).hexdigest()
+    assert ("Content-Length", str(len(body))) in [(k.title(), v) for k, v in rec["headers"]]
+    if not IS_NGINX:
+        p.wait_error_log(r"a client request body is buffered to a temporary file")
+
+
 def test_upstream_tls_pooled_connections(res, pki):
     o = res.origin(tls=(pki.p("origin.pem"), pki.p("origin.key")))
     p = res.proxy(f"""
