@@ -87,6 +87,10 @@ static void loc_conf_init(struct loc_conf *lc)
     lc->client_max_body_size = CF_UNSET_SIZE;
     lc->client_body_buffer_size = CF_UNSET_SIZE;
     lc->proxy_buffer_size = CF_UNSET_SIZE;
+    lc->proxy_buffers = CF_UNSET_SIZE;
+    lc->busy_buffers_size = CF_UNSET_SIZE;
+    lc->max_temp_file_size = CF_UNSET_SIZE;
+    lc->temp_file_write_size = CF_UNSET_SIZE;
     lc->next_upstream = NEXT_UPS_UNSET;
     lc->next_upstream_tries = CF_UNSET_INT;
     lc->next_upstream_timeout_ms = CF_UNSET_MSEC;
@@ -121,6 +125,10 @@ static void loc_conf_merge(struct loc_conf *c, const struct loc_conf *p)
     MERGE(client_max_body_size, CF_UNSET_SIZE);
     MERGE(client_body_buffer_size, CF_UNSET_SIZE);
     MERGE(proxy_buffer_size, CF_UNSET_SIZE);
+    MERGE(proxy_buffers, CF_UNSET_SIZE);
+    MERGE(busy_buffers_size, CF_UNSET_SIZE);
+    MERGE(max_temp_file_size, CF_UNSET_SIZE);
+    MERGE(temp_file_write_size, CF_UNSET_SIZE);
     MERGE(next_upstream, NEXT_UPS_UNSET);
     MERGE(next_upstream_tries, CF_UNSET_INT);
     MERGE(next_upstream_timeout_ms, CF_UNSET_MSEC);
@@ -129,6 +137,8 @@ static void loc_conf_merge(struct loc_conf *c, const struct loc_conf *p)
         c->default_type = p->default_type;
     if (!c->body_temp_path)
         c->body_temp_path = p->body_temp_path;
+    if (!c->proxy_temp_path)
+        c->proxy_temp_path = p->proxy_temp_path;
     proxy_ssl_conf_merge(&c->proxy_ssl, &p->proxy_ssl);
     cache_loc_conf_merge(&c->cache, &p->cache);
     /* arrays are inherited whole, only when this level has none (nginx) */
@@ -173,12 +183,17 @@ static void loc_conf_defaults(struct loc_conf *c)
         d.client_max_body_size = 1024 * 1024;
         d.client_body_buffer_size = 16384;
         d.proxy_buffer_size = 16384;
+        d.proxy_buffers = 8 * 8192;
+        d.busy_buffers_size = 16384;
+        d.max_temp_file_size = (size_t)1024 * 1024 * 1024;
+        d.temp_file_write_size = 16384;
         d.next_upstream = NEXT_UPS_ERROR | NEXT_UPS_TIMEOUT;
         d.next_upstream_tries = 0;
         d.next_upstream_timeout_ms = 0;
         d.log_not_found = 1;
         d.default_type = "text/plain";
         d.body_temp_path = "/tmp";
+        d.proxy_temp_path = "/tmp";
         proxy_ssl_conf_init(&d.proxy_ssl); /* defaults: conf_tls_build() */
         cache_loc_conf_init(&d.cache);     /* defaults: cache_loc_conf_finish() */
         init = true;
@@ -576,13 +591,12 @@ static int set_default_type(struct cf_ctx *cx, const struct cf_node *n,
     return 0;
 }
 
-/* client_body_temp_path PATH [l1 [l2 [l3]]]: bodies are spooled to unnamed
- * files (O_TMPFILE), so nginx's levels are accepted and have nothing to do. */
-static int set_body_temp_path(struct cf_ctx *cx, const struct cf_node *n,
-                              const struct cf_directive *d, void *conf)
+/* client_body_temp_path / proxy_temp_path PATH [l1 [l2 [l3]]]: bodies are
+ * spooled to unnamed files (O_TMPFILE), so nginx's levels are accepted and
+ * have nothing to do. The directory is created if missing, as nginx does. */
+static int set_temp_path(struct cf_ctx *cx, const struct cf_node *n, const struct cf_directive *d,
+                         void *conf)
 {
-    (void)d;
-    struct loc_conf *lc = conf;
     for (size_t i = 1; i < n->nargs; i++) {
         const char *a = n->args[i];
         if (!(a[0] >= '1' && a[0] <= '2' && a[1] == '\0'))
@@ -591,11 +605,30 @@ static int set_body_temp_path(struct cf_ctx *cx, const struct cf_node *n,
     }
     struct stat st;
     if (stat(n->args[0], &st) < 0 && mkdir(n->args[0], 0700) < 0 && errno != EEXIST)
-        return cf_error(cx, n, "client_body_temp_path \"%s\": cannot create it: %s", n->args[0],
+        return cf_error(cx, n, "%s \"%s\": cannot create it: %s", n->name, n->args[0],
                         strerror(errno));
     if (stat(n->args[0], &st) < 0 || !S_ISDIR(st.st_mode))
-        return cf_error(cx, n, "client_body_temp_path \"%s\" is not a directory", n->args[0]);
-    lc->body_temp_path = n->args[0];
+        return cf_error(cx, n, "%s \"%s\" is not a directory", n->name, n->args[0]);
+    *(const char **)((char *)conf + d->offset) = n->args[0];
+    return 0;
+}
+
+/* proxy_buffers NUMBER SIZE: how much of the response is read ahead of a
+ * slow client in memory (NUMBER*SIZE), before proxy_max_temp_file_size. */
+static int set_proxy_buffers(struct cf_ctx *cx, const struct cf_node *n,
+                             const struct cf_directive *d, void *conf)
+{
+    (void)d;
+    struct loc_conf *lc = conf;
+    char *end;
+    long num = strtol(n->args[0], &end, 10);
+    size_t size;
+    if (*end || num < 2 || num > 4096)
+        return cf_error(cx, n, "invalid number \"%s\" in \"%s\" directive (2 to 4096)",
+                        n->args[0], n->name);
+    if (cf_parse_size(n->args[1], &size) < 0 || size == 0 || size > 16 * 1024 * 1024)
+        return cf_error(cx, n, "invalid size \"%s\" in \"%s\" directive", n->args[1], n->name);
+    lc->proxy_buffers = (size_t)num * size;
     return 0;
 }
 
@@ -1054,10 +1087,28 @@ static const struct cf_directive http_directives[] = {
     {"proxy_send_timeout", LOC_ANY, 1, 1, false, cf_set_msec, CONF_LOC, OFF_LOC(send_timeout_ms),
      "time", "60s", "longest stall between two writes to the upstream"},
     {"proxy_buffering", LOC_ANY, 1, 1, false, cf_set_flag, CONF_LOC, OFF_LOC(buffering), "on | off",
-     "on", "read the upstream response ahead of a slow client (bounded by proxy_buffer_size)"},
+     "on", "read the upstream response ahead of a slow client (proxy_buffers in memory, then "
+     "proxy_max_temp_file_size in a file); off: only as fast as the client takes it"},
     {"proxy_request_buffering", LOC_ANY, 1, 1, false, cf_set_flag, CONF_LOC,
      OFF_LOC(request_buffering), "on | off", "on",
      "read the whole request body (memory, then a file) before connecting upstream; off: stream it"},
+    {"proxy_buffers", LOC_ANY, 2, 2, false, set_proxy_buffers, CONF_LOC, 0, "number size", "8 8k",
+     "response bytes read ahead of a slow client in memory (number x size); beyond them "
+     "the response goes to a file (proxy_max_temp_file_size)"},
+    {"proxy_busy_buffers_size", LOC_ANY, 1, 1, false, cf_set_size, CONF_LOC,
+     OFF_LOC(busy_buffers_size), "size", "16k",
+     "accepted for nginx configs; no effect (the client queue is bounded by proxy_buffers as "
+     "a whole)"},
+    {"proxy_max_temp_file_size", LOC_ANY, 1, 1, false, cf_set_size, CONF_LOC,
+     OFF_LOC(max_temp_file_size), "size", "1024m",
+     "with proxy_buffering on: how much of a response a slow client has not taken yet may go "
+     "to an unnamed file in proxy_temp_path, so the upstream connection is freed early "
+     "(0: none, the upstream waits for the client)"},
+    {"proxy_temp_path", LOC_ANY, 1, 4, false, set_temp_path, CONF_LOC, OFF_LOC(proxy_temp_path),
+     "path [level1 [level2 [level3]]]", "/tmp",
+     "directory for responses buffered to files (unnamed files: levels are accepted and unused)"},
+    {"proxy_temp_file_write_size", LOC_ANY, 1, 1, false, cf_set_size, CONF_LOC,
+     OFF_LOC(temp_file_write_size), "size", "16k", "accepted for nginx configs; no effect"},
     {"proxy_buffer_size", LOC_ANY, 1, 1, false, cf_set_size, CONF_LOC, OFF_LOC(proxy_buffer_size),
      "size", "16k", "response bytes read ahead of the client before reading stops"},
     {"proxy_intercept_errors", LOC_ANY, 1, 1, false, cf_set_flag, CONF_LOC,
@@ -1078,7 +1129,8 @@ static const struct cf_directive http_directives[] = {
      OFF_LOC(client_body_buffer_size), "size", "16k",
      "request body held in memory; with proxy_request_buffering on the rest goes to a file in "
      "client_body_temp_path, otherwise it is streamed upstream"},
-    {"client_body_temp_path", LOC_ANY, 1, 4, false, set_body_temp_path, CONF_LOC, 0,
+    {"client_body_temp_path", LOC_ANY, 1, 4, false, set_temp_path, CONF_LOC,
+     OFF_LOC(body_temp_path),
      "path [level1 [level2 [level3]]]", "/tmp",
      "directory for request bodies larger than client_body_buffer_size while "
      "proxy_request_buffering is on (unnamed files: levels are accepted and unused)"},

@@ -131,6 +131,10 @@ struct loc_conf {
     size_t client_max_body_size;
     size_t client_body_buffer_size;
     size_t proxy_buffer_size;
+    size_t proxy_buffers;          /* proxy_buffers N SIZE: N*SIZE read ahead of the client */
+    size_t busy_buffers_size;      /* proxy_busy_buffers_size (checked, see docs) */
+    size_t max_temp_file_size;     /* proxy_max_temp_file_size: beyond proxy_buffers, 0 off */
+    size_t temp_file_write_size;   /* proxy_temp_file_write_size (accepted) */
     uint32_t next_upstream;
     int next_upstream_tries;
     uint32_t next_upstream_timeout_ms;
@@ -149,6 +153,7 @@ struct loc_conf {
     int log_not_found;
     const char *default_type;
     const char *body_temp_path; /* client_body_temp_path: where spooled bodies go */
+    const char *proxy_temp_path; /* proxy_temp_path: where spooled responses go */
     const char *file; /* where this level was defined */
     int line;
 };

@@ -21,7 +21,6 @@
 #define UPS_MAX_FIELDS       100
 #define MAX_PRE_PIECES       16
 #define UPS_SEND_HIGH        (64 * 1024)
-#define CLIENT_HIGH_BUFFERED (64 * 1024)
 
 enum fwd_phase {
     P_CACHE,    /* the cache answers or waits for its lock */
@@ -31,6 +30,7 @@ enum fwd_phase {
     P_CONNECTING,
     P_HANDSHAKE, /* proxy_pass https://: TLS handshake (proxy_connect_timeout) */
     P_ACTIVE,    /* connected: sending the request, reading the response */
+    P_DRAIN,     /* the upstream is done and released; the client drains the response file */
     P_DONE,
 };
 
@@ -88,6 +88,12 @@ struct fwd {
     struct h1_chunked dec;
     bool resp_done;
     bool upstream_reusable;
+    /* response bytes a slow client has not taken, beyond proxy_buffers: an
+     * unnamed file in proxy_temp_path (NULL until needed), rs_read..rs_written */
+    struct buf *rspool;
+    int rspool_fd;
+    uint64_t rs_read, rs_written;
+    struct slice rs_trailers; /* kept for the end of P_DRAIN */
     int error_page_status; /* status forced by error_page, 0 if none */
     struct pcache *pc;     /* proxy_cache state, NULL without a cache */
 };
@@ -549,10 +555,10 @@ static void spool_close(void *ctx)
     close((int)(intptr_t)ctx);
 }
 
-static int spool_write(struct fwd *f, const char *p, size_t len)
+static int write_all(int fd, const char *p, size_t len)
 {
     while (len) {
-        ssize_t n = write(f->spool_fd, p, len);
+        ssize_t n = write(fd, p, len);
         if (n < 0) {
             if (errno == EINTR)
                 continue;
@@ -564,34 +570,58 @@ static int spool_write(struct fwd *f, const char *p, size_t len)
     return 0;
 }
 
-/* The body outgrew client_body_buffer_size (or pre[]): move what we hold to
- * an unnamed file in client_body_temp_path, which the rest follows. The file
- * has no name, so nothing is left behind whatever happens to the process. */
-static int spool_open(struct fwd *f)
+static int pwrite_all(int fd, const char *p, size_t len, uint64_t off)
 {
-    struct exchange *ex = f->ex;
-    const char *dir = ex->lc->body_temp_path;
+    while (len) {
+        ssize_t n = pwrite(fd, p, len, (off_t)off);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        p += n;
+        len -= (size_t)n;
+        off += (uint64_t)n;
+    }
+    return 0;
+}
+
+/* An unnamed file in `dir` (O_TMPFILE; where the file system has none, a
+ * named one unlinked at once), held open by *token: it closes with the last
+ * reference. Nothing is left on disk whatever happens to the process. */
+static int temp_file(const char *dir, struct buf **token, int *fd_out)
+{
     int fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
     if (fd < 0 && (errno == EOPNOTSUPP || errno == EISDIR || errno == EINVAL)) {
         char path[PATH_MAX];
-        snprintf(path, sizeof(path), "%s/portico-body.XXXXXX", dir);
+        snprintf(path, sizeof(path), "%s/portico-tmp.XXXXXX", dir);
         fd = mkostemp(path, O_CLOEXEC);
         if (fd >= 0)
             unlink(path);
     }
     if (fd < 0)
         return -1;
-    f->spool = buf_wrap(spool_close, (void *)(intptr_t)fd);
-    if (!f->spool) {
+    *token = buf_wrap(spool_close, (void *)(intptr_t)fd);
+    if (!*token) {
         close(fd);
         errno = ENOMEM;
         return -1;
     }
-    f->spool_fd = fd;
+    *fd_out = fd;
+    return 0;
+}
+
+/* The body outgrew client_body_buffer_size (or pre[]): move what we hold to
+ * a file in client_body_temp_path, which the rest follows. */
+static int spool_open(struct fwd *f)
+{
+    struct exchange *ex = f->ex;
+    if (temp_file(ex->lc->body_temp_path, &f->spool, &f->spool_fd) < 0)
+        return -1;
     LOG(LOG_WARN, "*%llu a client request body is buffered to a temporary file in %s",
-        (unsigned long long)ex->id, dir);
+        (unsigned long long)ex->id, ex->lc->body_temp_path);
     for (size_t i = 0; i < f->npre; i++) {
-        int r = spool_write(f, f->pre[i].p, f->pre[i].len);
+        int r = write_all(f->spool_fd, f->pre[i].p, f->pre[i].len);
         buf_unref(f->pre[i].seg);
         f->pre[i].seg = NULL;
         if (r < 0) {
@@ -641,7 +671,7 @@ static int collect_body(struct fwd *f)
             spool_open(f) < 0)
             return spool_fail(f);
         if (f->spool) {
-            if (spool_write(f, piece.p, piece.len) < 0)
+            if (write_all(f->spool_fd, piece.p, piece.len) < 0)
                 return spool_fail(f);
         } else {
             buf_ref(piece.seg);
@@ -1446,10 +1476,16 @@ static void complete_response(struct fwd *f, struct slice trailers)
     if (f->uc && f->uc->tls && !f->uc_reused)
         save_session(f);
     release_conn(f, reusable);
-    f->phase = P_DONE;
     pcache_response_done(f->pc);
     if (trailers.len)
         trailers = arena_slice_dup(&ex->arena, trailers);
+    if (f->rs_read < f->rs_written) {
+        /* the upstream is free again; the client still has the file to take */
+        f->phase = P_DRAIN;
+        f->rs_trailers = trailers;
+        return;
+    }
+    f->phase = P_DONE;
     ex->client->send_end(ex, trailers);
     ex->client->done(ex, false);
 }
@@ -1464,14 +1500,86 @@ static void body_broken(struct fwd *f, enum ending_code code, const char *why, i
     f->ex->client->done(f->ex, true);
 }
 
+/* The response file failed (disk full, I/O error): the client is cut, as
+ * after a broken upstream body. */
+static void rspool_fail(struct fwd *f, const char *what)
+{
+    struct exchange *ex = f->ex;
+    LOG(LOG_CRIT, "*%llu %s a temporary file in %s failed: %s", (unsigned long long)ex->id, what,
+        ex->lc->proxy_temp_path, strerror(errno));
+    ex->ending = (struct ending){.code = END_INTERNAL, .why = "response buffering failed"};
+    if (f->phase != P_DRAIN)
+        pcache_response_broken(f->pc);
+    release_conn(f, false);
+    f->phase = P_DONE;
+    ex->client->done(ex, true);
+}
+
+/* Give the client what the file holds while it keeps up (pread into
+ * segments: it works for every client side, TLS and HTTP/2 included). When
+ * the client has taken everything the file starts over from offset 0, so
+ * its size stays within proxy_max_temp_file_size. Returns 0, or -1 when the
+ * exchange ended. */
+static int rspool_feed(struct fwd *f, size_t high)
+{
+    struct exchange *ex = f->ex;
+    while (f->rs_read < f->rs_written && ex->client->pending(ex) < high) {
+        struct buf *b = buf_new(BUF_SEG_SIZE);
+        if (!b) {
+            errno = ENOMEM;
+            rspool_fail(f, "reading");
+            return -1;
+        }
+        uint64_t left = f->rs_written - f->rs_read;
+        size_t want = left < b->cap ? (size_t)left : b->cap;
+        ssize_t n;
+        do
+            n = pread(f->rspool_fd, b->data, want, (off_t)f->rs_read);
+        while (n < 0 && errno == EINTR);
+        if (n <= 0) {
+            buf_unref(b);
+            if (n == 0)
+                errno = EIO;
+            rspool_fail(f, "reading");
+            return -1;
+        }
+        struct body_piece piece = {b, b->data, (size_t)n};
+        int r = ex->client->send_body(ex, &piece);
+        buf_unref(b);
+        if (r < 0)
+            return 0; /* the client is gone: its side ends the exchange */
+        f->rs_read += (uint64_t)n;
+    }
+    if (f->rs_read == f->rs_written)
+        f->rs_read = f->rs_written = 0;
+    return 0;
+}
+
 /* A piece of the response body: to the cache being filled and the client
- * (a HEAD fetched as GET sends the client nothing). */
-static int send_piece(struct fwd *f, const struct body_piece *piece)
+ * (a HEAD fetched as GET sends the client nothing), or behind what the
+ * response file already holds. Returns 0, -1 when the client is gone, -2
+ * when the exchange ended. */
+static int send_piece(struct fwd *f, const struct body_piece *piece, bool to_file)
 {
     pcache_response_body(f->pc, piece->p, piece->len);
     if (pcache_head_as_get(f->pc))
         return 0;
-    return f->ex->client->send_body(f->ex, piece);
+    if (!to_file)
+        return f->ex->client->send_body(f->ex, piece);
+    if (!f->rspool) {
+        if (temp_file(f->ex->lc->proxy_temp_path, &f->rspool, &f->rspool_fd) < 0) {
+            rspool_fail(f, "creating");
+            return -2;
+        }
+        LOG(LOG_WARN, "*%llu an upstream response is buffered to a temporary file in %s",
+            (unsigned long long)f->ex->id, f->ex->lc->proxy_temp_path);
+    }
+    if (pwrite_all(f->rspool_fd, piece->p, piece->len, f->rs_written) < 0) {
+        rspool_fail(f, "writing");
+        return -2;
+    }
+    f->rs_written += piece->len;
+    return 0;
 }
 
 /* Move response body bytes to the client while it keeps up. Returns 1 if
@@ -1479,9 +1587,15 @@ static int send_piece(struct fwd *f, const struct body_piece *piece)
 static int relay_body(struct fwd *f)
 {
     struct exchange *ex = f->ex;
-    size_t high = ex->lc->buffering ? CLIENT_HIGH_BUFFERED : 1;
+    const struct loc_conf *lc = ex->lc;
+    size_t high = lc->buffering ? lc->proxy_buffers : 1;
     while (!f->resp_done) {
-        if (ex->client->pending(ex) >= high)
+        if (f->rs_read < f->rs_written && rspool_feed(f, high) < 0)
+            return 1;
+        /* the client is behind: the file takes the rest while it may grow
+         * (by one segment at most past proxy_max_temp_file_size) */
+        bool to_file = f->rs_read < f->rs_written || ex->client->pending(ex) >= high;
+        if (to_file && !(lc->buffering && f->rs_written < lc->max_temp_file_size))
             return 0; /* the client session calls proxy_client_drained() */
         if (f->rstart < f->rend) {
             char *base = f->rseg->data + f->rstart;
@@ -1506,8 +1620,9 @@ static int relay_body(struct fwd *f)
                 }
                 piece.p = data.p;
                 piece.len = data.len;
-                if (piece.len && send_piece(f, &piece) < 0)
-                    return 0;
+                int sr = piece.len ? send_piece(f, &piece, to_file) : 0;
+                if (sr < 0)
+                    return sr == -2 ? 1 : 0;
                 if (r == H1_DONE) {
                     f->resp_done = true;
                     complete_response(f, trailers);
@@ -1520,8 +1635,8 @@ static int relay_body(struct fwd *f)
                 piece.len = have;
                 f->rstart += have;
             }
-            if (piece.len)
-                send_piece(f, &piece);
+            if (piece.len && send_piece(f, &piece, to_file) == -2)
+                return 1;
             continue;
         }
     need_more:
@@ -1897,6 +2012,16 @@ void proxy_request_body_ready(struct exchange *ex)
 void proxy_client_drained(struct exchange *ex)
 {
     struct fwd *f = F(ex);
+    if (f && f->phase == P_DRAIN) {
+        if (rspool_feed(f, ex->lc->buffering ? ex->lc->proxy_buffers : 1) < 0)
+            return;
+        if (f->rs_read < f->rs_written)
+            return;
+        f->phase = P_DONE;
+        ex->client->send_end(ex, f->rs_trailers);
+        ex->client->done(ex, false);
+        return;
+    }
     if (f && f->pc && (f->phase == P_CACHE || f->phase == P_DONE)) {
         pcache_drained(f->pc);
         return;
@@ -1928,7 +2053,9 @@ void proxy_release(struct exchange *ex)
     f->npre = 0;
     if (f->spool)
         buf_unref(f->spool);
-    f->spool = NULL;
+    if (f->rspool)
+        buf_unref(f->rspool);
+    f->spool = f->rspool = NULL;
     if (f->req_head)
         buf_unref(f->req_head);
     if (f->rseg)
