@@ -14,6 +14,7 @@
 #include "admin/admin.h"
 #include "proxy/accesslog.h"
 #include "proxy/check_conf.h"
+#include "proxy/map.h"
 #include "proxy/vars.h"
 
 struct load_state {
@@ -988,6 +989,14 @@ static int set_http(struct cf_ctx *cx, const struct cf_node *n, const struct cf_
     return cf_apply_block(&sub, n);
 }
 
+static int set_map(struct cf_ctx *cx, const struct cf_node *n, const struct cf_directive *d,
+                   void *conf)
+{
+    (void)d;
+    (void)conf;
+    return map_directive(cx, n, LS(cx)->snap);
+}
+
 #define LOC_ANY     (CF_HTTP | CF_SERVER | CF_LOCATION)
 #define OFF_LOC(f)  offsetof(struct loc_conf, f)
 #define OFF_SRV(f)  offsetof(struct srv_conf, f)
@@ -1015,6 +1024,10 @@ static const struct cf_directive core_directives[] = {
      "client connections each worker accepts at most"},
     {"http", CF_MAIN, 0, 0, true, set_http, CONF_MAIN, 0, "{ ... }", "-",
      "the HTTP proxy: upstreams, servers, locations"},
+    {"map", CF_HTTP, 2, 2, true, set_map, CONF_MAIN, 0, "string $variable { ... }", "-",
+     "a variable looked up from string: exact keys (case-insensitive), hostnames wildcards, "
+     "~regex/~*regex (captures in the value), default; evaluated once per request unless "
+     "volatile"},
     {NULL, 0, 0, 0, false, NULL, 0, 0, NULL, NULL, NULL},
 };
 
@@ -1204,6 +1217,10 @@ static int scan_regexes(struct arena *a, const struct cf_node *n, struct load_st
         if (strcmp(c->name, "location") == 0) {
             for (size_t i = 0; i < c->nargs; i++)
                 if (collect_names(a, c->args[i], ls) < 0)
+                    return -1;
+        } else if (strcmp(c->name, "map") == 0) {
+            for (const struct cf_node *k = c->children; k; k = k->next)
+                if (k->name[0] == '~' && collect_names(a, k->name, ls) < 0)
                     return -1;
         } else if (strcmp(c->name, "server_name") == 0) {
             for (size_t i = 0; i < c->nargs; i++)
@@ -1442,6 +1459,11 @@ struct snapshot *conf_load(const char *path, const struct snapshot *reuse, char 
         goto fail;
     if (scan_regexes(&s->arena, root, &ls) < 0)
         goto oom;
+    size_t nmaps;
+    const char **map_var_names = map_prescan(s, root, &nmaps);
+    if (!map_var_names)
+        goto oom;
+    vars_set_map_names(map_var_names);
 
     s->main.worker_processes = -1;
     s->main.worker_shutdown_timeout_ms = CF_UNSET_MSEC;
@@ -1479,7 +1501,9 @@ struct snapshot *conf_load(const char *path, const struct snapshot *reuse, char 
     };
     cx.confs[CONF_MAIN] = &s->main;
     cx.confs[CONF_SRV] = &s->http_srv_defaults;
-    if (cf_apply_block(&cx, root) < 0)
+    int applied = cf_apply_block(&cx, root);
+    vars_set_map_names(NULL);
+    if (applied < 0)
         goto fail;
     if (s->http_srv_defaults.client_header_timeout_ms == CF_UNSET_MSEC)
         s->http_srv_defaults.client_header_timeout_ms = 60000;
@@ -1499,6 +1523,8 @@ struct snapshot *conf_load(const char *path, const struct snapshot *reuse, char 
 oom:
     snprintf(err, errlen, "%s: out of memory", path);
 fail:
+    vars_set_map_names(NULL);
+    maps_free(s);
     conf_tls_free(s);
     if (s->http_lc)
         cache_conf_release(&s->http_lc->cache);
@@ -1530,6 +1556,7 @@ void snapshot_unref(struct snapshot *s)
     if (!s || atomic_fetch_sub_explicit(&s->refs, 1, memory_order_acq_rel) != 1)
         return;
     accesslog_close_all(s, NULL);
+    maps_free(s);
     conf_tls_free(s);
     cache_conf_release(&s->http_lc->cache);
     for (size_t i = 0; i < s->ngroups; i++)

@@ -93,6 +93,7 @@ struct proxy_ssl_conf {
 /* A location's upstream TLS at run time (conf_tls.c): its client context and
  * the newest session per upstream address, shared by every worker. */
 struct proxy_ssl;
+struct map_def;
 
 /* Settings of http, server and location levels (one shape, merged down). */
 struct loc_conf {
@@ -274,6 +275,8 @@ struct snapshot {
     size_t nall_logs;
     bool has_http;
     uint64_t generation;
+    struct map_def **maps; /* `map` variables, by index (vars.h: V_MAP_BASE + i) */
+    size_t nmaps;
 };
 
 /* Register every module's directive table (once, at start). */

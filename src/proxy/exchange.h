@@ -147,6 +147,8 @@ struct exchange {
     const struct loc_conf *lc;
     struct route_captures caps;      /* location regex */
     struct route_captures host_caps; /* server_name regex */
+    struct slice *map_vals;          /* `map` values of this request (arena, lazily) */
+    uint8_t *map_state;
 
     /* the response */
     int status;

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "proxy/exchange.h"
+#include "proxy/map.h"
 #include "proxy/proxy.h"
 #include "tls/tls.h"
 
@@ -68,6 +69,7 @@ enum var_id {
     V_SSL_ALPN_PROTOCOL,
     V_CAPTURE,       /* $1..$9 (arg: the digit) */
     V_NAMED_CAPTURE, /* (?<name>...) */
+    V_MAP_BASE = 1000, /* + index: a `map` variable */
 };
 
 struct var_def {
@@ -140,9 +142,23 @@ static bool var_char(char c)
     return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_';
 }
 
+/* The `map` variables of the configuration being loaded (conf_load sets
+ * them around applying the directives; config loads run on one thread). */
+static const char *const *map_names;
+
+void vars_set_map_names(const char *const *names)
+{
+    map_names = names;
+}
+
 static int lookup_var(const char *name, size_t len, struct slice *arg,
                       const char *const *extra_names)
 {
+    for (size_t i = 0; map_names && map_names[i]; i++)
+        if (strlen(map_names[i]) == len && memcmp(map_names[i], name, len) == 0) {
+            *arg = SLICE_NULL;
+            return V_MAP_BASE + (int)i;
+        }
     if (len == 1 && name[0] >= '0' && name[0] <= '9') {
         *arg = slice_make(name, 1);
         return V_CAPTURE;
@@ -166,6 +182,16 @@ static int lookup_var(const char *name, size_t len, struct slice *arg,
             return V_NAMED_CAPTURE;
         }
     return -1;
+}
+
+bool vars_is_builtin(const char *name)
+{
+    struct slice arg;
+    const char *const *saved = map_names;
+    map_names = NULL;
+    int id = lookup_var(name, strlen(name), &arg, NULL);
+    map_names = saved;
+    return id >= 0;
 }
 
 struct tmpl *tmpl_compile(struct arena *a, const char *src, const char *const *extra_names,
@@ -503,6 +529,8 @@ static char hostname_buf[256];
 struct slice var_value(struct exchange *ex, int var, struct slice arg)
 {
     bool found;
+    if (var >= V_MAP_BASE)
+        return map_value(ex, var - V_MAP_BASE);
     switch ((enum var_id)var) {
     case V_HOST:
         if (ex->host.len)
@@ -665,6 +693,8 @@ struct slice var_value(struct exchange *ex, int var, struct slice arg)
         struct slice v = named_capture(&ex->caps, arg);
         return v.p ? v : named_capture(&ex->host_caps, arg);
     }
+    case V_MAP_BASE: /* handled above */
+        break;
     }
     return SLICE_NULL;
 }

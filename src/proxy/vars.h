@@ -28,6 +28,13 @@ struct slice tmpl_eval(struct exchange *ex, const struct tmpl *t, enum tmpl_esca
 /* Value of one variable by id/argument (used by tmpl_eval and tests). */
 struct slice var_value(struct exchange *ex, int var, struct slice arg);
 
+/* While a configuration loads: its `map` variable names (NULL-terminated,
+ * by index), so templates can refer to them; NULL after the load. */
+void vars_set_map_names(const char *const *names);
+
+/* Is `name` (without '$') a built-in variable (or a built-in prefix's)? */
+bool vars_is_builtin(const char *name);
+
 /* Refresh this thread's cached time strings if the second changed. */
 void vars_time_update(void);
 /* Current cached Date header value (IMF-fixdate). */

@@ -80,6 +80,17 @@ static int re_exec(const pcre2_code *re, bool jit, struct slice subj, struct rou
     return 1;
 }
 
+pcre2_code *router_regex_compile(const char *pat, size_t len, bool caseless, char *err,
+                                 size_t errlen)
+{
+    return re_compile(pat, len, caseless ? PCRE2_CASELESS : 0, err, errlen);
+}
+
+int router_regex_match(const pcre2_code *re, struct slice subj, struct route_captures *caps)
+{
+    return re_exec(re, re_has_jit(re), subj, caps);
+}
+
 /* -------------------------------------------------------------- locations */
 
 struct static_entry {

@@ -109,6 +109,13 @@ const struct vhost *router_find_vhost(const struct vhost_table *t, struct slice 
 /* Free the server-name regexes of `t` (the rest lives in the arena). */
 void router_vhosts_free(struct vhost_table *t);
 
+/* A PCRE2 regex (JIT-compiled when possible), for other modules' regexes
+ * (map). NULL with a message in err. Free with pcre2_code_free. */
+pcre2_code *router_regex_compile(const char *pat, size_t len, bool caseless, char *err,
+                                 size_t errlen);
+/* 1 if `re` matches `subj` (captures recorded in caps when not NULL), else 0. */
+int router_regex_match(const pcre2_code *re, struct slice subj, struct route_captures *caps);
+
 /* Both finders keep one pcre2_match_data per thread, created on first use;
  * a worker thread calls this before it exits. `caps` may be NULL. */
 void router_thread_deinit(void);

@@ -93,6 +93,12 @@ def test_routing(example):
     assert get(port(8082), "/", host="shop-eu.example.net").text == "shop shop in region eu\n"
     r = get(port(8082), "/old/x")
     assert r.status == 301 and r.header("Location").endswith("/documents/")
+    # map: the release cookie picks the upstream group
+    r = get(port(8083), "/")
+    assert r.text == "stable release\n" and r.header("X-Pool") == "stable_pool"
+    r = get(port(8083), "/", headers=[("Cookie", "release=Beta")])
+    assert r.text == "canary release\n" and r.header("X-Pool") == "canary_pool"
+    assert get(port(8083), "/", headers=[("Cookie", "release=pin-1")]).header("X-Pool") == "pinned_1"
 
 
 def test_logging(example, tmp_path):

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "proxy/exchange.h"
+#include "proxy/map.h"
 #include "proxy/vars.h"
 
 static struct exchange EX;
@@ -443,4 +444,81 @@ Test(escape, json_mode)
                      "{\"ua\":\"q\\\"b\\\\s\\u0001\\u000A\\u0009\xc3\xa9~\"}");
     add_field("X-Plain", "hello world");
     cr_assert_str_eq(eval_esc("$http_x_plain", ESC_JSON), "hello world");
+}
+
+/* ---- map (src/proxy/map.c), on a loaded configuration ---- */
+
+static void map_setup(void)
+{
+    conf_register_all();
+    setup();
+}
+
+TestSuite(map, .init = map_setup, .fini = teardown);
+
+static struct snapshot *load_maps(const char *maps)
+{
+    char path[] = "/tmp/portico-map-XXXXXX";
+    int fd = mkstemp(path);
+    cr_assert_geq(fd, 0);
+    FILE *f = fdopen(fd, "w");
+    fprintf(f, "events {}\nhttp {\n%s\n}\n", maps);
+    fclose(f);
+    struct snapshot *s = conf_load(path, NULL, err, sizeof(err));
+    unlink(path);
+    return s;
+}
+
+static const char *mapv(int idx)
+{
+    struct slice v = map_value(&EX, idx);
+    static char out[256];
+    snprintf(out, sizeof(out), "%.*s", (int)v.len, v.p ? v.p : "");
+    return out;
+}
+
+Test(map, lookup_order_and_caching)
+{
+    struct snapshot *s = load_maps("map $http_x_k $m {\n"
+                                   "  default d;\n"
+                                   "  Exact e;\n"
+                                   "  ~^ex(?<tail>.*) re-$tail;\n"
+                                   "  ~^e r2;\n"
+                                   "}\n"
+                                   "map $host $h { hostnames; .example.com dom; www.* w; }\n");
+    cr_assert_not_null(s, "%s", err);
+    cr_assert_eq(s->nmaps, 2);
+    EX.snap = s;
+    add_field("X-K", "EXACT");
+    cr_assert_str_eq(mapv(0), "e", "exact keys ignore case");
+    cr_assert_str_eq(mapv(1), "dom", "example.com is under .example.com");
+    /* non-volatile: computed once per request */
+    F[0].value = SLICE_LIT("extra");
+    cr_assert_str_eq(mapv(0), "e");
+    EX.map_vals = NULL; /* a new request */
+    EX.map_state = NULL;
+    cr_assert_str_eq(mapv(0), "re-tra", "the first matching regex, captures in the value");
+    EX.map_vals = NULL;
+    EX.map_state = NULL;
+    F[0].value = SLICE_LIT("eq");
+    cr_assert_str_eq(mapv(0), "r2");
+    EX.map_vals = NULL;
+    EX.map_state = NULL;
+    F[0].value = SLICE_LIT("zzz");
+    EX.host = SLICE_LIT("www.other.org");
+    cr_assert_str_eq(mapv(0), "d");
+    cr_assert_str_eq(mapv(1), "w");
+    cr_assert_eq(map_value(&EX, 7).len, 0, "an index out of range is empty");
+    EX.snap = NULL;
+    snapshot_unref(s);
+}
+
+Test(map, refused)
+{
+    cr_assert_null(load_maps("map $uri $x { a 1; a 2; }"));
+    cr_assert(strstr(err, ":3: conflicting parameter \"a\" in map $x"), "%s", err);
+    cr_assert_null(load_maps("map $uri $x { default 1; }\nmap $uri $x { default 2; }"));
+    cr_assert(strstr(err, ":4: the duplicate \"x\" variable"), "%s", err);
+    cr_assert_null(load_maps("map $uri $args { default 1; }"));
+    cr_assert(strstr(err, "is built in"), "%s", err);
 }

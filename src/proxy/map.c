@@ -1,0 +1,373 @@
+#include "proxy/map.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "config/config.h"
+#include "core/log.h"
+#include "proxy/conf.h"
+#include "proxy/exchange.h"
+#include "proxy/vars.h"
+#include "router/router.h"
+
+struct map_key {
+    struct slice key; /* exact: lower case; wildcard: the fixed part */
+    struct tmpl *value;
+    bool dot_form; /* ".example.com": matches example.com itself too */
+};
+
+struct map_regex {
+    pcre2_code *re;
+    struct tmpl *value;
+};
+
+struct map_def {
+    const char *name;
+    struct tmpl *source;
+    struct map_key *exact; /* sorted by key (memcmp order), unique */
+    size_t nexact;
+    struct map_key *suffix; /* hostnames: "*.example.com" / ".example.com" as ".example.com" */
+    size_t nsuffix;
+    struct map_key *prefix; /* hostnames: "www.example.*" as "www.example." */
+    size_t nprefix;
+    struct map_regex *regex;
+    size_t nregex;
+    struct tmpl *dflt; /* NULL: empty */
+    bool hostnames;
+    bool is_volatile;
+};
+
+enum { MAP_UNSEEN, MAP_BUSY, MAP_DONE };
+
+static const struct map_key *find_exact(const struct map_def *m, struct slice low);
+
+/* ---- configuration ---- */
+
+static bool valid_var_name(const char *s)
+{
+    if (!*s)
+        return false;
+    for (; *s; s++)
+        if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9') ||
+              *s == '_'))
+            return false;
+    return true;
+}
+
+const char **map_prescan(struct snapshot *s, const struct cf_node *root, size_t *n)
+{
+    size_t count = 0;
+    for (const struct cf_node *h = root->children; h; h = h->next)
+        if (strcmp(h->name, "http") == 0 && h->is_block)
+            for (const struct cf_node *c = h->children; c; c = c->next)
+                if (strcmp(c->name, "map") == 0 && c->nargs == 2 && c->args[1][0] == '$')
+                    count++;
+    const char **names = arena_calloc(&s->arena, (count + 1) * sizeof(*names));
+    s->maps = arena_calloc(&s->arena, (count + 1) * sizeof(*s->maps));
+    if (!names || !s->maps)
+        return NULL;
+    size_t i = 0;
+    for (const struct cf_node *h = root->children; h; h = h->next)
+        if (strcmp(h->name, "http") == 0 && h->is_block)
+            for (const struct cf_node *c = h->children; c; c = c->next)
+                if (strcmp(c->name, "map") == 0 && c->nargs == 2 && c->args[1][0] == '$')
+                    names[i++] = c->args[1] + 1;
+    s->nmaps = count;
+    *n = count;
+    return names;
+}
+
+static int key_cmp(const void *a, const void *b)
+{
+    const struct map_key *x = a, *y = b;
+    size_t n = x->key.len < y->key.len ? x->key.len : y->key.len;
+    int c = memcmp(x->key.p, y->key.p, n);
+    return c ? c : (x->key.len > y->key.len) - (x->key.len < y->key.len);
+}
+
+struct map_build {
+    struct map_key *exact, *suffix, *prefix;
+    size_t nexact, nsuffix, nprefix, cap_exact, cap_suffix, cap_prefix;
+    struct map_regex *regex;
+    size_t nregex, cap_regex;
+};
+
+static void *grow(struct arena *a, void **arr, size_t *n, size_t *cap, size_t elem)
+{
+    if (*n == *cap) {
+        size_t nc = *cap ? *cap * 2 : 8;
+        void *na = arena_alloc(a, nc * elem);
+        if (!na)
+            return NULL;
+        if (*n)
+            memcpy(na, *arr, *n * elem);
+        *arr = na;
+        *cap = nc;
+    }
+    return (char *)*arr + (*n)++ * elem;
+}
+
+static int add_key(struct cf_ctx *cx, const struct cf_node *c, struct map_def *m,
+                   struct map_build *b, const char *key, struct tmpl *value)
+{
+    struct arena *a = cx->arena;
+    size_t len = strlen(key);
+    struct map_key *k;
+    bool exact = false;
+    if (m->hostnames && (key[0] == '.' || (key[0] == '*' && key[1] == '.'))) {
+        bool dot = key[0] == '.';
+        const char *fixed = dot ? key : key + 1;
+        if (!fixed[1])
+            return cf_error(cx, c, "invalid hostname \"%s\" in map", key);
+        k = grow(a, (void **)&b->suffix, &b->nsuffix, &b->cap_suffix, sizeof(*k));
+        if (!k)
+            return cf_error(cx, c, "out of memory");
+        *k = (struct map_key){slice_cstr(fixed), value, dot};
+    } else if (m->hostnames && len > 2 && key[len - 1] == '*' && key[len - 2] == '.') {
+        k = grow(a, (void **)&b->prefix, &b->nprefix, &b->cap_prefix, sizeof(*k));
+        if (!k)
+            return cf_error(cx, c, "out of memory");
+        *k = (struct map_key){slice_make(key, len - 1), value, false};
+    } else {
+        k = grow(a, (void **)&b->exact, &b->nexact, &b->cap_exact, sizeof(*k));
+        if (!k)
+            return cf_error(cx, c, "out of memory");
+        *k = (struct map_key){slice_make(key, len), value, false};
+        exact = true;
+    }
+    /* keys compare case-insensitively: store them lower case */
+    char *low = arena_strndup(a, k->key.p, k->key.len);
+    if (!low)
+        return cf_error(cx, c, "out of memory");
+    for (size_t i = 0; i < k->key.len; i++)
+        low[i] = ascii_lower(low[i]);
+    if (m->hostnames && exact && k->key.len && low[k->key.len - 1] == '.')
+        k->key.len--; /* "example.com." is "example.com" */
+    k->key.p = low;
+    return 0;
+}
+
+int map_directive(struct cf_ctx *cx, const struct cf_node *n, struct snapshot *s)
+{
+    const char *var = n->args[1];
+    if (var[0] != '$' || !valid_var_name(var + 1))
+        return cf_error(cx, n, "invalid variable name \"%s\"", var);
+    size_t idx = 0;
+    while (idx < s->nmaps && s->maps[idx])
+        idx++;
+    if (idx == s->nmaps) /* cannot happen: map_prescan counted this one */
+        return cf_error(cx, n, "map \"%s\" was not seen in the http block", var);
+    if (vars_is_builtin(var + 1))
+        return cf_error(cx, n, "the variable \"%s\" is built in: a map cannot define it", var);
+    for (size_t i = 0; i < idx; i++)
+        if (strcmp(s->maps[i]->name, var + 1) == 0)
+            return cf_error(cx, n, "the duplicate \"%s\" variable", var + 1);
+    struct map_def *m = arena_calloc(cx->arena, sizeof(*m));
+    if (!m)
+        return cf_error(cx, n, "out of memory");
+    m->name = var + 1;
+    s->maps[idx] = m; /* from now on maps_free sees its regexes */
+    if (!(m->source = conf_tmpl(cx, n, n->args[0])))
+        return -1;
+
+    /* flags first: `hostnames` changes how every key reads */
+    for (const struct cf_node *c = n->children; c; c = c->next) {
+        if (c->nargs == 0 && strcmp(c->name, "hostnames") == 0)
+            m->hostnames = true;
+        else if (c->nargs == 0 && strcmp(c->name, "volatile") == 0)
+            m->is_volatile = true;
+    }
+    struct map_build b = {0};
+    for (const struct cf_node *c = n->children; c; c = c->next) {
+        if (c->is_block)
+            return cf_error(cx, c, "unexpected \"{\" in map");
+        if (c->nargs == 0 && (strcmp(c->name, "hostnames") == 0 || strcmp(c->name, "volatile") == 0))
+            continue;
+        if (c->nargs != 1)
+            return cf_error(cx, c, "invalid number of the map parameters");
+        struct tmpl *value = conf_tmpl(cx, c, c->args[0]);
+        if (!value)
+            return -1;
+        const char *key = c->name;
+        if (strcmp(key, "default") == 0) {
+            if (m->dflt)
+                return cf_error(cx, c, "duplicate default map parameter");
+            m->dflt = value;
+            continue;
+        }
+        if (key[0] == '~') {
+            bool ci = key[1] == '*';
+            const char *pat = key + 1 + ci;
+            char err[256];
+            struct map_regex *r =
+                grow(cx->arena, (void **)&b.regex, &b.nregex, &b.cap_regex, sizeof(*r));
+            if (!r)
+                return cf_error(cx, c, "out of memory");
+            r->value = value;
+            r->re = router_regex_compile(pat, strlen(pat), ci, err, sizeof(err));
+            if (!r->re) {
+                b.nregex--;
+                return cf_error(cx, c, "%s", err);
+            }
+            m->regex = b.regex; /* kept current so maps_free finds every one */
+            m->nregex = b.nregex;
+            continue;
+        }
+        if (key[0] == '\\')
+            key++; /* "\default", "\~x": the text itself */
+        if (add_key(cx, c, m, &b, key, value) < 0)
+            return -1;
+    }
+    if (b.nexact > 1)
+        qsort(b.exact, b.nexact, sizeof(*b.exact), key_cmp);
+    for (size_t i = 1; i < b.nexact; i++)
+        if (key_cmp(&b.exact[i - 1], &b.exact[i]) == 0)
+            return cf_error(cx, n, "conflicting parameter \"%.*s\" in map %s",
+                            (int)b.exact[i].key.len, b.exact[i].key.p, var);
+    m->exact = b.exact;
+    m->nexact = b.nexact;
+    /* ".example.com" is also the exact "example.com": both is a conflict */
+    for (size_t i = 0; i < b.nsuffix; i++) {
+        const struct map_key *k = &b.suffix[i];
+        bool clash = k->dot_form && find_exact(m, slice_make(k->key.p + 1, k->key.len - 1));
+        for (size_t j = 0; j < i && !clash; j++)
+            clash = b.suffix[j].dot_form == k->dot_form && slice_eq(b.suffix[j].key, k->key);
+        if (clash)
+            return cf_error(cx, n, "conflicting parameter \"%s%.*s\" in map %s",
+                            k->dot_form ? "" : "*", (int)k->key.len, k->key.p, var);
+    }
+    for (size_t i = 0; i < b.nprefix; i++)
+        for (size_t j = 0; j < i; j++)
+            if (slice_eq(b.prefix[j].key, b.prefix[i].key))
+                return cf_error(cx, n, "conflicting parameter \"%.*s*\" in map %s",
+                                (int)b.prefix[i].key.len, b.prefix[i].key.p, var);
+    m->suffix = b.suffix;
+    m->nsuffix = b.nsuffix;
+    m->prefix = b.prefix;
+    m->nprefix = b.nprefix;
+    return 0;
+}
+
+void maps_free(struct snapshot *s)
+{
+    for (size_t i = 0; i < s->nmaps; i++) {
+        struct map_def *m = s->maps ? s->maps[i] : NULL;
+        for (size_t j = 0; m && j < m->nregex; j++)
+            pcre2_code_free(m->regex[j].re);
+    }
+}
+
+/* ---- lookup ---- */
+
+static const struct map_key *find_exact(const struct map_def *m, struct slice low)
+{
+    size_t lo = 0, hi = m->nexact;
+    struct map_key probe = {low, NULL, false};
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        int c = key_cmp(&probe, &m->exact[mid]);
+        if (c == 0)
+            return &m->exact[mid];
+        if (c < 0)
+            hi = mid;
+        else
+            lo = mid + 1;
+    }
+    return NULL;
+}
+
+static const struct map_key *find_wild(const struct map_def *m, struct slice low)
+{
+    const struct map_key *best = NULL;
+    for (size_t i = 0; i < m->nsuffix; i++) {
+        const struct map_key *k = &m->suffix[i];
+        bool hit = low.len > k->key.len &&
+                   memcmp(low.p + low.len - k->key.len, k->key.p, k->key.len) == 0;
+        /* ".example.com" is "example.com" and everything under it */
+        if (!hit && k->dot_form)
+            hit = low.len == k->key.len - 1 && memcmp(low.p, k->key.p + 1, low.len) == 0;
+        if (hit && (!best || k->key.len > best->key.len))
+            best = k;
+    }
+    if (best)
+        return best;
+    for (size_t i = 0; i < m->nprefix; i++) {
+        const struct map_key *k = &m->prefix[i];
+        if (low.len > k->key.len && memcmp(low.p, k->key.p, k->key.len) == 0 &&
+            (!best || k->key.len > best->key.len))
+            best = k;
+    }
+    return best;
+}
+
+static struct slice value_of(struct exchange *ex, const struct tmpl *t)
+{
+    if (!t)
+        return SLICE_NULL;
+    if (t->is_const)
+        return t->parts[0].lit;
+    return tmpl_eval(ex, t, ESC_NONE);
+}
+
+static struct slice lookup(struct exchange *ex, const struct map_def *m, struct slice src)
+{
+    if (m->hostnames && src.len && src.p[src.len - 1] == '.')
+        src.len--;
+    if (m->nexact || m->nsuffix || m->nprefix) {
+        char stack[256];
+        char *low = src.len <= sizeof(stack) ? stack : arena_alloc(&ex->arena, src.len);
+        if (low) {
+            for (size_t i = 0; i < src.len; i++)
+                low[i] = ascii_lower(src.p[i]);
+            struct slice l = slice_make(low, src.len);
+            const struct map_key *k = find_exact(m, l);
+            if (!k && m->hostnames)
+                k = find_wild(m, l);
+            if (k)
+                return value_of(ex, k->value);
+        }
+    }
+    for (size_t i = 0; i < m->nregex; i++) {
+        struct route_captures caps = {0};
+        if (!router_regex_match(m->regex[i].re, src, &caps))
+            continue;
+        if (m->regex[i].value->is_const)
+            return m->regex[i].value->parts[0].lit;
+        /* the value sees this regex's captures as $1.. and $name */
+        struct route_captures saved = ex->caps;
+        ex->caps = caps;
+        struct slice v = tmpl_eval(ex, m->regex[i].value, ESC_NONE);
+        ex->caps = saved;
+        return v;
+    }
+    return value_of(ex, m->dflt);
+}
+
+struct slice map_value(struct exchange *ex, int idx)
+{
+    const struct snapshot *s = ex->snap;
+    if (!s || idx < 0 || (size_t)idx >= s->nmaps || !s->maps[idx])
+        return SLICE_NULL;
+    const struct map_def *m = s->maps[idx];
+    if (!ex->map_vals) {
+        ex->map_vals = arena_calloc(&ex->arena, s->nmaps * sizeof(*ex->map_vals));
+        ex->map_state = arena_calloc(&ex->arena, s->nmaps);
+        if (!ex->map_vals || !ex->map_state) {
+            ex->map_vals = NULL;
+            return SLICE_NULL;
+        }
+    }
+    if (ex->map_state[idx] == MAP_DONE && !m->is_volatile)
+        return ex->map_vals[idx];
+    if (ex->map_state[idx] == MAP_BUSY) {
+        LOG(LOG_ERR, "*%llu cycle while evaluating variable \"%s\"", (unsigned long long)ex->id,
+            m->name);
+        return SLICE_NULL;
+    }
+    ex->map_state[idx] = MAP_BUSY;
+    struct slice src = tmpl_eval(ex, m->source, ESC_NONE);
+    struct slice v = lookup(ex, m, src);
+    ex->map_vals[idx] = v;
+    ex->map_state[idx] = MAP_DONE;
+    return v;
+}

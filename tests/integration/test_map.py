@@ -1,0 +1,173 @@
+"""`map` (nginx's ngx_http_map_module): variables looked up from another
+string, usable anywhere a variable is (headers, return, proxy_pass, logs)."""
+import pytest
+
+from conftest import IS_NGINX, get, wait_for
+
+MAPS = r"""
+map $http_upgrade $connection_upgrade {
+    default upgrade;
+    ""      close;
+}
+map $http_user_agent $agent {
+    default                 other;
+    ~*(google|bing)bot      bot;
+    ~^curl/(?<major>\d+)    curl-$major;
+    ~^Wget/(\d+)\.(\d+)     wget-$1-$2;
+    ~^curl                  never-reached;
+}
+map $host $site {
+    hostnames;
+    default            other;
+    .example.com       dot;
+    *.api.example.com  api;
+    www.example.*      www;
+    exact.example.net  exact;
+}
+map "$request_method:$arg_k" $pair {
+    GET:1     get-one;
+    \default  escaped;
+    default   none;
+}
+map $agent $agent_class {
+    bot       crawler;
+    default   "human ($agent)";
+}
+"""
+
+
+def body(r):
+    return r.text.strip()
+
+
+@pytest.fixture(scope="module")
+def maps_proxy(mres):
+    # the server comes first: maps may be used before they are written
+    return mres.proxy("""
+        server {
+            listen 127.0.0.1:{port};
+            location / {
+                return 200 "$connection_upgrade|$agent|$site|$pair|$agent_class\\n";
+            }
+        }
+    """ + MAPS)
+
+
+def test_exact_and_empty_keys(maps_proxy):
+    p = maps_proxy
+    assert body(get(p.port, "/")).split("|")[0] == "close"
+    assert body(get(p.port, "/", headers=[("Upgrade", "websocket")])).split("|")[0] == "upgrade"
+
+
+@pytest.mark.parametrize("ua,want", [
+    ("Mozilla/5.0 (compatible; Googlebot/2.1)", "bot"),
+    ("BINGBOT", "bot"),  # ~* is caseless
+    ("curl/8.1.2", "curl-8"),  # named capture in the value; first regex wins
+    ("Wget/1.21", "wget-1-21"),
+    ("lynx", "other"),
+])
+def test_regex_keys_and_captures(maps_proxy, ua, want):
+    assert body(get(maps_proxy.port, "/", headers=[("User-Agent", ua)])).split("|")[1] == want
+
+
+@pytest.mark.parametrize("host,want", [
+    ("example.com", "dot"),  # ".example.com" is the domain and all under it
+    ("shop.example.com", "dot"),
+    ("Exact.EXAMPLE.net.", "exact"),  # case and the trailing dot do not matter
+    ("a.b.api.example.com", "api"),  # the longest wildcard wins
+    ("www.example.org", "www"),
+    ("example.org", "other"),
+])
+def test_hostnames(maps_proxy, host, want):
+    assert body(get(maps_proxy.port, "/", host=host)).split("|")[2] == want
+
+
+def test_complex_source_escaped_key_and_chained_maps(maps_proxy):
+    p = maps_proxy
+    assert body(get(p.port, "/?k=1")).split("|")[3] == "get-one"
+    assert body(get(p.port, "/?k=2")).split("|")[3] == "none"
+    # a map whose source is another map; its value uses a variable
+    assert body(get(p.port, "/", headers=[("User-Agent", "Googlebot")])).split("|")[4] == "crawler"
+    assert body(get(p.port, "/", headers=[("User-Agent", "lynx")])).split("|")[4] == "human (other)"
+
+
+def test_map_picks_the_upstream_and_sets_headers(res):
+    """Canary routing: a cookie picks the upstream group of proxy_pass; the
+    same map feeds a header to the origin and the access log."""
+    stable = res.origin("stable")
+    canary = res.origin("canary")
+    p = res.proxy("""
+        log_format m '$request_uri pool=$pool';
+        access_log {tmp}/map.log m;
+        upstream stable_pool { server 127.0.0.1:%d; }
+        upstream canary_pool { server 127.0.0.1:%d; }
+        map $cookie_release $pool {
+            default  stable_pool;
+            beta     canary_pool;
+        }
+        server {
+            listen 127.0.0.1:{port};
+            location / {
+                proxy_pass http://$pool;
+                proxy_set_header X-Pool $pool;
+            }
+        }
+    """ % (stable.port, canary.port))
+    assert get(p.port, "/a").json()["origin"] == "stable"
+    r = get(p.port, "/b", headers=[("Cookie", "release=BETA")])
+    assert r.json()["origin"] == "canary"
+    assert ["X-Pool", "canary_pool"] in r.json()["headers"]
+    if not IS_NGINX:
+        wait_for(lambda: open(f"{p.tmp}/map.log").read().count("\n") >= 2)
+        assert open(f"{p.tmp}/map.log").read().splitlines() == [
+            "/a pool=stable_pool", "/b pool=canary_pool"]
+
+
+def test_reload_changes_the_map(res):
+    conf = """
+        map $arg_x $y { default %s; }
+        server { listen 127.0.0.1:{port}; location / { return 200 "$y"; } }
+    """
+    p = res.proxy(conf % "one")
+    assert get(p.port, "/").text == "one"
+    p.reload(conf % "two", until=lambda: get(p.port, "/").text == "two")
+
+
+@pytest.mark.skipif(IS_NGINX, reason="Portico's messages")
+@pytest.mark.parametrize("text,msg", [
+    ('map $nope_zzz $x { default 1; }', 'unknown "nope_zzz" variable'),
+    ('map $uri $x { ~(unclosed 1; }', "pcre2_compile() failed"),
+    ('map $uri $x { a 1; A 2; }', 'conflicting parameter "a"'),
+    ('map $uri $x { default 1; default 2; }', "duplicate default map parameter"),
+    ('map $uri $host { default 1; }', 'the variable "$host" is built in'),
+    ('map $uri $x { default 1; }\nmap $uri $x { default 2; }', 'the duplicate "x" variable'),
+    ('map $uri $x { a 1 2; }', "invalid number of the map parameters"),
+    ('map $host $x { hostnames; example.com 1; .example.com 2; }',
+     'conflicting parameter ".example.com"'),
+    ('map $uri x { a 1; }', 'invalid variable name "x"'),
+    ('map $uri $x { a $nope_zzz; }', 'unknown "nope_zzz" variable'),
+])
+def test_bad_maps_are_refused_with_file_and_line(res, text, msg):
+    p = res.proxy_unstarted(text + "\nserver { listen 127.0.0.1:{port}; }")
+    out = p.run_cmd("-t").output
+    assert msg in out, out
+    assert "portico.conf:8:" in out or "portico.conf:9:" in out, out
+
+
+@pytest.mark.skipif(IS_NGINX, reason="Portico's messages")
+def test_map_outside_http_is_refused(res):
+    p = res.proxy_unstarted("server { listen 127.0.0.1:{port}; map $uri $x { default 1; } }")
+    out = p.run_cmd("-t").output
+    assert '"map" directive is not allowed here' in out, out
+
+
+@pytest.mark.skipif(IS_NGINX, reason="Portico's log line")
+def test_a_cycle_is_empty_and_logged(res):
+    p = res.proxy("""
+        map $b $a { default "a$b"; }
+        map $a $b { default "b$a"; }
+        server { listen 127.0.0.1:{port}; location / { return 200 "[$a]"; } }
+    """)
+    r = get(p.port, "/")
+    assert r.status == 200
+    p.wait_error_log(r'cycle while evaluating variable "a"')
