@@ -23,7 +23,7 @@ static int set_api(struct cf_ctx *cx, const struct cf_node *n, const struct cf_d
         return cf_error(cx, n, "%s: the api is read-only (only \"write=off\")",
                         strcmp(n->args[0], "write=on") == 0 ? "\"write=on\" is not supported"
                                                             : "invalid parameter");
-    if (lc->pass || lc->return_code >= 0)
+    if (lc->pass || lc->has_return)
         return cf_error(cx, n, "\"api\" cannot be used with \"proxy_pass\" or \"return\"");
     lc->api = 1;
     return 0;

@@ -15,6 +15,7 @@
 #include "proxy/accesslog.h"
 #include "proxy/check_conf.h"
 #include "proxy/map.h"
+#include "proxy/rewrite.h"
 #include "proxy/vars.h"
 
 struct load_state {
@@ -70,7 +71,6 @@ struct tmpl *conf_tmpl(struct cf_ctx *cx, const struct cf_node *n, const char *s
 static void loc_conf_init(struct loc_conf *lc)
 {
     memset(lc, 0, sizeof(*lc));
-    lc->return_code = -1;
     lc->pass_request_headers = CF_UNSET_FLAG;
     lc->pass_request_body = CF_UNSET_FLAG;
     lc->buffering = CF_UNSET_FLAG;
@@ -211,8 +211,6 @@ static int set_proxy_pass(struct cf_ctx *cx, const struct cf_node *n, const stru
     struct loc_conf *lc = conf;
     if (lc->pass)
         return cf_error(cx, n, "\"proxy_pass\" directive is duplicate");
-    if (lc->return_code >= 0)
-        return cf_error(cx, n, "\"proxy_pass\" cannot be used with \"return\" in one location");
     struct proxy_pass *pp = arena_calloc(cx->arena, sizeof(*pp));
     if (!pp)
         return cf_error(cx, n, "out of memory");
@@ -246,35 +244,17 @@ static int set_proxy_pass(struct cf_ctx *cx, const struct cf_node *n, const stru
     return 0;
 }
 
-static int set_return(struct cf_ctx *cx, const struct cf_node *n, const struct cf_directive *d,
-                      void *conf)
+/* rewrite, return, set, if, break: one program per level (rewrite.c). A
+ * second top-level `return` could never run: refused as before (a return
+ * beside proxy_pass is not: a break or an if may come first, as in nginx). */
+static int set_rewrite_op(struct cf_ctx *cx, const struct cf_node *n,
+                          const struct cf_directive *d, void *conf)
 {
     (void)d;
     struct loc_conf *lc = conf;
-    if (lc->return_code >= 0)
+    if (strcmp(n->name, "return") == 0 && lc->has_return)
         return cf_error(cx, n, "\"return\" directive is duplicate");
-    const char *a0 = n->args[0];
-    char *end;
-    long code = strtol(a0, &end, 10);
-    if (*end || end == a0) {
-        if (n->nargs != 1)
-            return cf_error(cx, n, "invalid return code \"%s\"", a0);
-        /* return URL: a 302 */
-        if (strncmp(a0, "http://", 7) && strncmp(a0, "https://", 8) && a0[0] != '$')
-            return cf_error(cx, n, "invalid return code \"%s\"", a0);
-        lc->return_code = 302;
-        lc->return_text = compile(cx, n, a0);
-        return lc->return_text ? 0 : -1;
-    }
-    if (code < 0 || code > 999)
-        return cf_error(cx, n, "invalid return code \"%s\"", a0);
-    lc->return_code = (int)code;
-    if (n->nargs == 2) {
-        lc->return_text = compile(cx, n, n->args[1]);
-        if (!lc->return_text)
-            return -1;
-    }
-    return 0;
+    return rw_directive(cx, n, LS(cx)->snap, lc);
 }
 
 static int add_rule(struct cf_ctx *cx, const struct cf_node *n, struct hdr_rules *r, bool *set,
@@ -1068,8 +1048,23 @@ static const struct cf_directive http_directives[] = {
     {"proxy_pass", CF_LOCATION, 1, 1, false, set_proxy_pass, CONF_LOC, 0, "URL", "-",
      "forward to an upstream group or address; with a URI part, the matched location prefix is "
      "replaced by it"},
-    {"return", CF_SERVER | CF_LOCATION, 1, 2, false, set_return, CONF_LOC, 0,
-     "code [text] | code URL | URL", "-", "answer at once with a status, body or redirect"},
+    {"return", CF_SERVER | CF_LOCATION, 1, 2, false, set_rewrite_op, CONF_LOC, 0,
+     "code [text] | code URL | URL", "-",
+     "answer at once with a status, body or redirect (in order with the other rewrite "
+     "directives; also inside if)"},
+    {"rewrite", CF_SERVER | CF_LOCATION, 2, 3, false, set_rewrite_op, CONF_LOC, 0,
+     "regex replacement [last | break | redirect | permanent]", "-",
+     "change $uri when regex matches it ($1.. in the replacement; a '?' in it sets the "
+     "arguments); last/no flag: search the location again, break: stay, redirect/permanent "
+     "or an http(s):// replacement: 302/301"},
+    {"set", CF_SERVER | CF_LOCATION, 2, 2, false, set_rewrite_op, CONF_LOC, 0,
+     "$variable value", "-", "give a variable of your own a value (text and variables)"},
+    {"if", CF_SERVER | CF_LOCATION, 1, CF_ARGS_ANY, true, set_rewrite_op, CONF_LOC, 0,
+     "(condition) { ... }", "-",
+     "run return, rewrite, set and break when the condition holds: $var, = !=, ~ ~* !~ !~* "
+     "(captures for what follows), -f -d -e -x and !-f ...; no other directive inside"},
+    {"break", CF_SERVER | CF_LOCATION, 0, 0, false, set_rewrite_op, CONF_LOC, 0, "", "-",
+     "stop the rewrite directives here and stay in this location"},
     {"error_page", LOC_ANY, 2, CF_ARGS_ANY, false, set_error_page, CONF_LOC, 0,
      "code ... [=[response]] uri", "-",
      "on these statuses answer with another URI (internal redirect), a named location or a "
@@ -1215,6 +1210,10 @@ static int scan_regexes(struct arena *a, const struct cf_node *n, struct load_st
 {
     for (const struct cf_node *c = n->children; c; c = c->next) {
         if (strcmp(c->name, "location") == 0) {
+            for (size_t i = 0; i < c->nargs; i++)
+                if (collect_names(a, c->args[i], ls) < 0)
+                    return -1;
+        } else if (strcmp(c->name, "rewrite") == 0 || strcmp(c->name, "if") == 0) {
             for (size_t i = 0; i < c->nargs; i++)
                 if (collect_names(a, c->args[i], ls) < 0)
                     return -1;
@@ -1464,6 +1463,11 @@ struct snapshot *conf_load(const char *path, const struct snapshot *reuse, char 
     if (!map_var_names)
         goto oom;
     vars_set_map_names(map_var_names);
+    size_t nuser;
+    const char **user_var_names = rw_prescan(s, root, &nuser);
+    if (!user_var_names)
+        goto oom;
+    vars_set_user_names(user_var_names);
 
     s->main.worker_processes = -1;
     s->main.worker_shutdown_timeout_ms = CF_UNSET_MSEC;
@@ -1503,6 +1507,7 @@ struct snapshot *conf_load(const char *path, const struct snapshot *reuse, char 
     cx.confs[CONF_SRV] = &s->http_srv_defaults;
     int applied = cf_apply_block(&cx, root);
     vars_set_map_names(NULL);
+    vars_set_user_names(NULL);
     if (applied < 0)
         goto fail;
     if (s->http_srv_defaults.client_header_timeout_ms == CF_UNSET_MSEC)
@@ -1524,7 +1529,9 @@ oom:
     snprintf(err, errlen, "%s: out of memory", path);
 fail:
     vars_set_map_names(NULL);
+    vars_set_user_names(NULL);
     maps_free(s);
+    rw_free(s);
     conf_tls_free(s);
     if (s->http_lc)
         cache_conf_release(&s->http_lc->cache);
@@ -1557,6 +1564,7 @@ void snapshot_unref(struct snapshot *s)
         return;
     accesslog_close_all(s, NULL);
     maps_free(s);
+    rw_free(s);
     conf_tls_free(s);
     cache_conf_release(&s->http_lc->cache);
     for (size_t i = 0; i < s->ngroups; i++)

@@ -94,12 +94,13 @@ struct proxy_ssl_conf {
  * the newest session per upstream address, shared by every worker. */
 struct proxy_ssl;
 struct map_def;
+struct rw_prog;
 
 /* Settings of http, server and location levels (one shape, merged down). */
 struct loc_conf {
     struct proxy_pass *pass;
-    int return_code;          /* -1 unset */
-    struct tmpl *return_text; /* body, or Location for 3xx */
+    struct rw_prog *rw; /* rewrite, return, set, if, break of this level (not inherited) */
+    bool has_return;    /* a `return` at this level itself */
 
     struct hdr_rules set_headers; /* proxy_set_header (inherited whole if none here) */
     bool set_headers_set;
@@ -277,6 +278,9 @@ struct snapshot {
     uint64_t generation;
     struct map_def **maps; /* `map` variables, by index (vars.h: V_MAP_BASE + i) */
     size_t nmaps;
+    size_t nuser_vars;        /* `set` variables (rewrite.h) */
+    pcre2_code **rw_regexes; /* compiled by rewrite and if */
+    size_t nrw_regexes, cap_rw_regexes;
 };
 
 /* Register every module's directive table (once, at start). */

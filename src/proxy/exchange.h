@@ -148,6 +148,9 @@ struct exchange {
     struct route_captures caps;      /* location regex */
     struct route_captures host_caps; /* server_name regex */
     struct slice *map_vals;          /* `map` values of this request (arena, lazily) */
+    struct slice *user_vals;         /* `set` values */
+    bool uri_rewritten;              /* a rewrite changed $uri or $args */
+    bool uri_rewritten_here;         /* ... in the location that serves (rewrite ... break) */
     uint8_t *map_state;
 
     /* the response */

@@ -248,6 +248,11 @@ int map_directive(struct cf_ctx *cx, const struct cf_node *n, struct snapshot *s
     return 0;
 }
 
+const char *map_name(const struct map_def *m)
+{
+    return m->name;
+}
+
 void maps_free(struct snapshot *s)
 {
     for (size_t i = 0; i < s->nmaps; i++) {

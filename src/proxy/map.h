@@ -16,6 +16,7 @@ struct cf_ctx;
 struct cf_node;
 struct snapshot;
 struct exchange;
+struct map_def;
 
 /* Before any directive is applied: give an index to every `map` variable of
  * the http block, so templates may use it before the map is written (as in
@@ -28,6 +29,9 @@ int map_directive(struct cf_ctx *cx, const struct cf_node *n, struct snapshot *s
 
 /* Value of map `idx` for this exchange. */
 struct slice map_value(struct exchange *ex, int idx);
+
+/* The variable a map defines (without '$'). */
+const char *map_name(const struct map_def *m);
 
 /* Free what the maps of `s` hold outside its arena (compiled regexes). */
 void maps_free(struct snapshot *s);

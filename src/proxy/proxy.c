@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "admin/admin.h"
+#include "proxy/rewrite.h"
 #include "core/log.h"
 #include "http1/h1.h"
 #include "proxy/pcache.h"
@@ -147,13 +148,62 @@ static struct fwd *F(struct exchange *ex)
 
 /* ---- routing ---- */
 
-static void route(struct exchange *ex)
+static void answer_return(struct exchange *ex, const struct rw_return *r);
+
+/* The location for $uri, then its rewrite directives; a changed $uri (no
+ * `break`) or `rewrite ... last` searches again, as nginx, at most 10 times.
+ * Returns 0 to go on with ex->lc, 1 when the exchange was answered. */
+static int find_location(struct exchange *ex, bool search)
+{
+    for (int cycle = 0;; cycle++) {
+        if (search) {
+            memset(&ex->caps, 0, sizeof(ex->caps));
+            ex->loc = router_find_location(ex->srv->locset, ex->uri, &ex->caps);
+            ex->lc = ex->loc ? ex->loc->conf : ex->srv->lc;
+        }
+        search = true;
+        if (!ex->loc || !ex->lc->rw)
+            return 0;
+        bool before = ex->uri_rewritten;
+        ex->uri_rewritten = false;
+        struct rw_return ret;
+        enum rw_result r = rw_run(ex, ex->lc->rw, &ret);
+        bool changed = ex->uri_rewritten;
+        ex->uri_rewritten = before || changed;
+        if (r == RW_RETURN) {
+            answer_return(ex, &ret);
+            return 1;
+        }
+        if (r == RW_BREAK || !changed) {
+            ex->uri_rewritten_here = changed;
+            return 0;
+        }
+        if (cycle + 1 >= 10) {
+            LOG(LOG_ERR, "*%llu rewrite or internal redirection cycle while processing \"%.*s\"",
+                (unsigned long long)ex->id, (int)ex->uri.len, ex->uri.p);
+            respond_status(ex, 500);
+            return 1;
+        }
+    }
+}
+
+/* Server, then the server's rewrite directives (before any location, as
+ * nginx's server rewrite phase), then the location. 1 when answered. */
+static int route(struct exchange *ex)
 {
     const struct listen_set *ls = ex->listen;
     const struct vhost *vh = router_find_vhost(ls->vhosts, ex->host, &ex->host_caps);
     ex->srv = vh ? vh->conf : ls->dflt;
-    ex->loc = router_find_location(ex->srv->locset, ex->uri, &ex->caps);
-    ex->lc = ex->loc ? ex->loc->conf : ex->srv->lc;
+    ex->loc = NULL;
+    ex->lc = ex->srv->lc;
+    if (ex->srv->lc->rw) {
+        struct rw_return ret;
+        if (rw_run(ex, ex->srv->lc->rw, &ret) == RW_RETURN) {
+            answer_return(ex, &ret);
+            return 1;
+        }
+    }
+    return find_location(ex, true);
 }
 
 /* ---- local answers ---- */
@@ -326,30 +376,30 @@ void proxy_respond_error(struct exchange *ex, int status)
     respond_status(ex, status);
 }
 
-static void do_return(struct exchange *ex)
+/* `return` (or a redirecting rewrite): a status, a body, or a Location. */
+static void answer_return(struct exchange *ex, const struct rw_return *r)
 {
     const struct loc_conf *lc = ex->lc;
-    int code = lc->return_code;
+    int code = r->code;
     if (code == 444) {
         /* nginx's "close without an answer" */
         ex->status = 444;
         ex->client->done(ex, true);
         return;
     }
-    struct slice text = lc->return_text ? tmpl_eval(ex, lc->return_text, ESC_NONE) : SLICE_NULL;
     if (code == 301 || code == 302 || code == 303 || code == 307 || code == 308) {
-        struct slice loc = absolute_location(ex, text);
+        struct slice loc = absolute_location(ex, r->text);
         char body[512];
         size_t bl = proxy_error_html(code, NULL, lc->server_tokens, body, sizeof(body));
         send_local(ex, code, SLICE_LIT("text/html"), loc,
                    arena_slice_dup(&ex->arena, slice_make(body, bl)));
         return;
     }
-    if (!lc->return_text) {
+    if (!r->has_text) {
         respond_status(ex, code);
         return;
     }
-    send_local(ex, code, slice_cstr(lc->default_type), SLICE_NULL, text);
+    send_local(ex, code, slice_cstr(lc->default_type), SLICE_NULL, r->text);
 }
 
 /* ---- forwarding: the upstream request ---- */
@@ -386,7 +436,9 @@ static struct slice upstream_uri(struct exchange *ex, const struct proxy_pass *p
     if (dyn) {
         if (dyn_uri.len)
             return dyn_uri;
-    } else if (pp->has_uri) {
+    } else if (pp->has_uri && !ex->uri_rewritten_here) {
+        /* (a URI changed by `rewrite ... break` in this location goes whole,
+         * the URI of proxy_pass ignored, as nginx documents) */
         const struct location *loc = ex->loc;
         size_t skip = 0;
         if (loc &&
@@ -408,9 +460,10 @@ static struct slice upstream_uri(struct exchange *ex, const struct proxy_pass *p
         }
         return slice_make(p, o);
     }
-    if (!ex->redirected && ex->request_uri.len && ex->request_uri.p[0] == '/')
+    bool same = !ex->redirected && !ex->uri_rewritten;
+    if (same && ex->request_uri.len && ex->request_uri.p[0] == '/')
         return ex->request_uri;
-    if (!ex->redirected && ex->request_uri.len) {
+    if (same && ex->request_uri.len) {
         /* absolute-form: send the origin-form part */
         struct slice u = ex->uri;
         size_t cap = u.len * 3 + ex->args.len + 2;
@@ -1918,10 +1971,6 @@ static void run_location(struct exchange *ex)
         admin_answer(ex);
         return;
     }
-    if (lc->return_code >= 0) {
-        do_return(ex);
-        return;
-    }
     if (lc->cache.purge && pcache_is_purge(ex)) {
         pcache_purge(ex);
         return;
@@ -1955,27 +2004,6 @@ static void internal_redirect(struct exchange *ex, struct slice uri)
     /* the original request body is not sent to the error page */
     ex->req_has_body = false;
     ex->req_content_length = -1;
-    if (uri.len && uri.p[0] == '@') {
-        ex->loc = router_find_named(ex->srv->locset, uri);
-        if (!ex->loc) {
-            log_write(LOG_ERR, "*%llu named location \"%.*s\" not found",
-                      (unsigned long long)ex->id, (int)uri.len, uri.p);
-            ex->lc = ex->srv->lc;
-            respond_status(ex, 500);
-            return;
-        }
-    } else {
-        const char *q = memchr(uri.p, '?', uri.len);
-        if (q) {
-            ex->args = slice_make(q + 1, uri.len - (size_t)(q - uri.p) - 1);
-            ex->has_args = true;
-            uri.len = (size_t)(q - uri.p);
-        }
-        ex->uri = uri;
-        memset(&ex->caps, 0, sizeof(ex->caps));
-        ex->loc = router_find_location(ex->srv->locset, ex->uri, &ex->caps);
-    }
-    ex->lc = ex->loc ? ex->loc->conf : ex->srv->lc;
     /* the status error_page imposes travels in a state of its own */
     struct fwd *f = arena_calloc(&ex->arena, sizeof(*f));
     if (!f) {
@@ -1986,12 +2014,44 @@ static void internal_redirect(struct exchange *ex, struct slice uri)
     f->phase = P_DONE;
     f->error_page_status = ex->error_status;
     ex->proxy = f;
+    if (uri.len && uri.p[0] == '@') {
+        ex->loc = router_find_named(ex->srv->locset, uri);
+        if (!ex->loc) {
+            log_write(LOG_ERR, "*%llu named location \"%.*s\" not found",
+                      (unsigned long long)ex->id, (int)uri.len, uri.p);
+            ex->lc = ex->srv->lc;
+            respond_status(ex, 500);
+            return;
+        }
+        /* a named location runs its own rewrite directives only */
+        ex->lc = ex->loc->conf;
+        if (find_location(ex, false))
+            return;
+    } else {
+        const char *q = memchr(uri.p, '?', uri.len);
+        if (q) {
+            ex->args = slice_make(q + 1, uri.len - (size_t)(q - uri.p) - 1);
+            ex->has_args = true;
+            uri.len = (size_t)(q - uri.p);
+        }
+        ex->uri = uri;
+        ex->uri_rewritten_here = false;
+        ex->lc = ex->srv->lc;
+        struct rw_return ret;
+        if (ex->srv->lc->rw && rw_run(ex, ex->srv->lc->rw, &ret) == RW_RETURN) {
+            answer_return(ex, &ret);
+            return;
+        }
+        if (find_location(ex, true))
+            return;
+    }
     run_location(ex);
 }
 
 void proxy_start(struct exchange *ex)
 {
-    route(ex);
+    if (route(ex))
+        return;
     if (ex->method_id == HTTP_M_TRACE || ex->method_id == HTTP_M_CONNECT) {
         ex->close_conn = ex->method_id == HTTP_M_CONNECT;
         respond_status(ex, 405);

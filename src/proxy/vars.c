@@ -10,6 +10,7 @@
 
 #include "proxy/exchange.h"
 #include "proxy/map.h"
+#include "proxy/rewrite.h"
 #include "proxy/proxy.h"
 #include "tls/tls.h"
 
@@ -69,7 +70,8 @@ enum var_id {
     V_SSL_ALPN_PROTOCOL,
     V_CAPTURE,       /* $1..$9 (arg: the digit) */
     V_NAMED_CAPTURE, /* (?<name>...) */
-    V_MAP_BASE = 1000, /* + index: a `map` variable */
+    V_MAP_BASE = 1000,  /* + index: a `map` variable */
+    V_USER_BASE = 3000, /* + index: a `set` variable */
 };
 
 struct var_def {
@@ -145,10 +147,24 @@ static bool var_char(char c)
 /* The `map` variables of the configuration being loaded (conf_load sets
  * them around applying the directives; config loads run on one thread). */
 static const char *const *map_names;
+static const char *const *user_names; /* `set` variables */
 
 void vars_set_map_names(const char *const *names)
 {
     map_names = names;
+}
+
+void vars_set_user_names(const char *const *names)
+{
+    user_names = names;
+}
+
+int vars_user_index(const char *name)
+{
+    for (size_t i = 0; user_names && user_names[i]; i++)
+        if (strcmp(user_names[i], name) == 0)
+            return (int)i;
+    return -1;
 }
 
 static int lookup_var(const char *name, size_t len, struct slice *arg,
@@ -158,6 +174,11 @@ static int lookup_var(const char *name, size_t len, struct slice *arg,
         if (strlen(map_names[i]) == len && memcmp(map_names[i], name, len) == 0) {
             *arg = SLICE_NULL;
             return V_MAP_BASE + (int)i;
+        }
+    for (size_t i = 0; user_names && user_names[i]; i++)
+        if (strlen(user_names[i]) == len && memcmp(user_names[i], name, len) == 0) {
+            *arg = SLICE_NULL;
+            return V_USER_BASE + (int)i;
         }
     if (len == 1 && name[0] >= '0' && name[0] <= '9') {
         *arg = slice_make(name, 1);
@@ -187,10 +208,11 @@ static int lookup_var(const char *name, size_t len, struct slice *arg,
 bool vars_is_builtin(const char *name)
 {
     struct slice arg;
-    const char *const *saved = map_names;
-    map_names = NULL;
+    const char *const *saved = map_names, *const *saved_user = user_names;
+    map_names = user_names = NULL;
     int id = lookup_var(name, strlen(name), &arg, NULL);
     map_names = saved;
+    user_names = saved_user;
     return id >= 0;
 }
 
@@ -529,6 +551,8 @@ static char hostname_buf[256];
 struct slice var_value(struct exchange *ex, int var, struct slice arg)
 {
     bool found;
+    if (var >= V_USER_BASE)
+        return rw_user_value(ex, var - V_USER_BASE);
     if (var >= V_MAP_BASE)
         return map_value(ex, var - V_MAP_BASE);
     switch ((enum var_id)var) {
@@ -694,6 +718,7 @@ struct slice var_value(struct exchange *ex, int var, struct slice arg)
         return v.p ? v : named_capture(&ex->host_caps, arg);
     }
     case V_MAP_BASE: /* handled above */
+    case V_USER_BASE:
         break;
     }
     return SLICE_NULL;

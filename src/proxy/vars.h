@@ -32,6 +32,11 @@ struct slice var_value(struct exchange *ex, int var, struct slice arg);
  * by index), so templates can refer to them; NULL after the load. */
 void vars_set_map_names(const char *const *names);
 
+/* The same for `set` variables; vars_user_index gives a name's index (-1
+ * if it is not one of them). */
+void vars_set_user_names(const char *const *names);
+int vars_user_index(const char *name);
+
 /* Is `name` (without '$') a built-in variable (or a built-in prefix's)? */
 bool vars_is_builtin(const char *name);
 

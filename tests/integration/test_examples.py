@@ -93,6 +93,10 @@ def test_routing(example):
     assert get(port(8082), "/", host="shop-eu.example.net").text == "shop shop in region eu\n"
     r = get(port(8082), "/old/x")
     assert r.status == 301 and r.header("Location").endswith("/documents/")
+    # rewrite ... last, if, return in order
+    assert get(port(8082), "/legacy/a.php").text == "documents\n"
+    assert get(port(8082), "/legacy/a", headers=[("User-Agent", "Googlebot")]).status == 403
+    assert get(port(8082), "/legacy/a").status == 410
     # map: the release cookie picks the upstream group
     r = get(port(8083), "/")
     assert r.text == "stable release\n" and r.header("X-Pool") == "stable_pool"

@@ -10,6 +10,7 @@
 
 #include "proxy/exchange.h"
 #include "proxy/map.h"
+#include "proxy/rewrite.h"
 #include "proxy/vars.h"
 
 static struct exchange EX;
@@ -521,4 +522,49 @@ Test(map, refused)
     cr_assert(strstr(err, ":4: the duplicate \"x\" variable"), "%s", err);
     cr_assert_null(load_maps("map $uri $args { default 1; }"));
     cr_assert(strstr(err, "is built in"), "%s", err);
+}
+
+/* ---- rewrite, set, if, return (src/proxy/rewrite.c) on a server's program ---- */
+
+TestSuite(rewrite, .init = map_setup, .fini = teardown);
+
+Test(rewrite, program_in_order)
+{
+    struct snapshot *s = load_maps("server {\n"
+                                   "  listen 127.0.0.1:1;\n"
+                                   "  set $a \"A-$uri\";\n"
+                                   "  if ($http_x_k ~ ^(\\d+)$) { set $a \"num-$1\"; }\n"
+                                   "  rewrite ^/a/(.*)$ /b/$1?x=$a;\n"
+                                   "  if ($args = \"\") { return 418 \"no args\"; }\n"
+                                   "  rewrite ^/b/ /c? last;\n"
+                                   "}\n");
+    cr_assert_not_null(s, "%s", err);
+    cr_assert_eq(s->nuser_vars, 1);
+    EX.snap = s;
+    const struct rw_prog *p = s->servers[0]->lc->rw;
+    cr_assert_not_null(p);
+    struct rw_return ret;
+
+    add_field("X-K", "42");
+    EX.uri = SLICE_LIT("/a/q");
+    cr_assert_eq(rw_run(&EX, p, &ret), RW_LAST);
+    cr_assert(slice_eq(EX.uri, SLICE_LIT("/c")), "%.*s", (int)EX.uri.len, EX.uri.p);
+    cr_assert(!EX.has_args, "a replacement ending in '?' drops the arguments");
+    cr_assert(EX.uri_rewritten);
+    cr_assert(slice_eq(rw_user_value(&EX, 0), SLICE_LIT("num-42")));
+
+    /* a new request without args and a path that no rewrite matches */
+    EX.user_vals = NULL;
+    EX.has_args = false;
+    EX.args = SLICE_NULL;
+    EX.uri = SLICE_LIT("/z");
+    EX.uri_rewritten = false;
+    F[0].value = SLICE_LIT("nope");
+    cr_assert_eq(rw_run(&EX, p, &ret), RW_RETURN);
+    cr_assert_eq(ret.code, 418);
+    cr_assert(ret.has_text && slice_eq(ret.text, SLICE_LIT("no args")));
+    cr_assert(slice_eq(rw_user_value(&EX, 0), SLICE_LIT("A-/z")));
+    cr_assert(!EX.uri_rewritten);
+    EX.snap = NULL;
+    snapshot_unref(s);
 }
