@@ -15,6 +15,7 @@
 #include "proxy/accesslog.h"
 #include "proxy/check_conf.h"
 #include "proxy/map.h"
+#include "proxy/redirect.h"
 #include "proxy/rewrite.h"
 #include "proxy/vars.h"
 
@@ -96,6 +97,9 @@ static void loc_conf_init(struct loc_conf *lc)
     lc->next_upstream_tries = CF_UNSET_INT;
     lc->next_upstream_timeout_ms = CF_UNSET_MSEC;
     lc->log_not_found = CF_UNSET_FLAG;
+    lc->absolute_redirect = CF_UNSET_FLAG;
+    lc->port_in_redirect = CF_UNSET_FLAG;
+    lc->server_name_in_redirect = CF_UNSET_FLAG;
     lc->default_type = NULL;
     proxy_ssl_conf_init(&lc->proxy_ssl);
     cache_loc_conf_init(&lc->cache);
@@ -134,6 +138,15 @@ static void loc_conf_merge(struct loc_conf *c, const struct loc_conf *p)
     MERGE(next_upstream_tries, CF_UNSET_INT);
     MERGE(next_upstream_timeout_ms, CF_UNSET_MSEC);
     MERGE(log_not_found, CF_UNSET_FLAG);
+    MERGE(absolute_redirect, CF_UNSET_FLAG);
+    MERGE(port_in_redirect, CF_UNSET_FLAG);
+    MERGE(server_name_in_redirect, CF_UNSET_FLAG);
+    if (!c->redirect_set) {
+        c->redirects = p->redirects;
+        c->nredirects = p->nredirects;
+        c->redirects_off = p->redirects_off;
+        c->redirect_set = p->redirect_set;
+    }
     if (!c->default_type)
         c->default_type = p->default_type;
     if (!c->body_temp_path)
@@ -192,6 +205,12 @@ static void loc_conf_defaults(struct loc_conf *c)
         d.next_upstream_tries = 0;
         d.next_upstream_timeout_ms = 0;
         d.log_not_found = 1;
+        d.absolute_redirect = 1;
+        d.port_in_redirect = 1;
+        d.server_name_in_redirect = 0;
+        d.redirects = redirect_default_rules;
+        d.nredirects = 1;
+        d.redirect_set = true;
         d.default_type = "text/plain";
         d.body_temp_path = "/tmp";
         d.proxy_temp_path = "/tmp";
@@ -977,6 +996,13 @@ static int set_map(struct cf_ctx *cx, const struct cf_node *n, const struct cf_d
     return map_directive(cx, n, LS(cx)->snap);
 }
 
+static int set_proxy_redirect(struct cf_ctx *cx, const struct cf_node *n,
+                              const struct cf_directive *d, void *conf)
+{
+    (void)d;
+    return redirect_directive(cx, n, LS(cx)->snap, conf);
+}
+
 #define LOC_ANY     (CF_HTTP | CF_SERVER | CF_LOCATION)
 #define OFF_LOC(f)  offsetof(struct loc_conf, f)
 #define OFF_SRV(f)  offsetof(struct srv_conf, f)
@@ -1100,6 +1126,20 @@ static const struct cf_directive http_directives[] = {
     {"proxy_request_buffering", LOC_ANY, 1, 1, false, cf_set_flag, CONF_LOC,
      OFF_LOC(request_buffering), "on | off", "on",
      "read the whole request body (memory, then a file) before connecting upstream; off: stream it"},
+    {"proxy_redirect", LOC_ANY, 1, 2, false, set_proxy_redirect, CONF_LOC, 0,
+     "default | off | redirect replacement", "default",
+     "rewrite Location and Refresh of upstream responses: default maps \"http://<proxy_pass "
+     "host and URI>\" to the location's prefix; a prefix (variables allowed) or ~regex / "
+     "~*regex ($1.. in the replacement); several: the first match wins"},
+    {"absolute_redirect", LOC_ANY, 1, 1, false, cf_set_flag, CONF_LOC,
+     OFF_LOC(absolute_redirect), "on | off", "on",
+     "make the Location of local redirects (return, rewrite, error_page) and of proxy_redirect "
+     "results absolute when it starts with /"},
+    {"port_in_redirect", LOC_ANY, 1, 1, false, cf_set_flag, CONF_LOC, OFF_LOC(port_in_redirect),
+     "on | off", "on", "put the listening port in absolute redirects when it is not 80/443"},
+    {"server_name_in_redirect", LOC_ANY, 1, 1, false, cf_set_flag, CONF_LOC,
+     OFF_LOC(server_name_in_redirect), "on | off", "off",
+     "use the server's first server_name in absolute redirects instead of the Host field"},
     {"proxy_buffers", LOC_ANY, 2, 2, false, set_proxy_buffers, CONF_LOC, 0, "number size", "8 8k",
      "response bytes read ahead of a slow client in memory (number x size); beyond them "
      "the response goes to a file (proxy_max_temp_file_size)"},
@@ -1213,7 +1253,8 @@ static int scan_regexes(struct arena *a, const struct cf_node *n, struct load_st
             for (size_t i = 0; i < c->nargs; i++)
                 if (collect_names(a, c->args[i], ls) < 0)
                     return -1;
-        } else if (strcmp(c->name, "rewrite") == 0 || strcmp(c->name, "if") == 0) {
+        } else if (strcmp(c->name, "rewrite") == 0 || strcmp(c->name, "if") == 0 ||
+                   (strcmp(c->name, "proxy_redirect") == 0 && c->nargs == 2)) {
             for (size_t i = 0; i < c->nargs; i++)
                 if (collect_names(a, c->args[i], ls) < 0)
                     return -1;

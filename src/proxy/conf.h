@@ -95,11 +95,18 @@ struct proxy_ssl_conf {
 struct proxy_ssl;
 struct map_def;
 struct rw_prog;
+struct redirect_rule;
 
 /* Settings of http, server and location levels (one shape, merged down). */
 struct loc_conf {
     struct proxy_pass *pass;
     struct rw_prog *rw; /* rewrite, return, set, if, break of this level (not inherited) */
+    const struct redirect_rule *redirects; /* proxy_redirect (redirect.h) */
+    size_t nredirects;
+    bool redirect_set, redirects_off;
+    int absolute_redirect;       /* relative Location made absolute (scheme://host[:port]) */
+    int port_in_redirect;        /* ... with the port when not the scheme's */
+    int server_name_in_redirect; /* ... with the first server_name, not Host */
     bool has_return;    /* a `return` at this level itself */
 
     struct hdr_rules set_headers; /* proxy_set_header (inherited whole if none here) */

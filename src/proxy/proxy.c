@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "admin/admin.h"
+#include "proxy/redirect.h"
 #include "proxy/rewrite.h"
 #include "core/log.h"
 #include "http1/h1.h"
@@ -293,16 +294,21 @@ void proxy_answer(struct exchange *ex, int status, struct slice content_type, st
 
 static struct slice absolute_location(struct exchange *ex, struct slice loc)
 {
-    if (!loc.len || loc.p[0] != '/')
+    const struct loc_conf *lc = ex->lc;
+    if (!loc.len || loc.p[0] != '/' || (lc && !lc->absolute_redirect))
         return loc;
-    struct slice host = ex->host.len                   ? ex->host
+    bool by_name = lc && lc->server_name_in_redirect && ex->srv && ex->srv->nnames &&
+                   ex->srv->names[0][0] && ex->srv->names[0][0] != '~' &&
+                   !strchr(ex->srv->names[0], '*');
+    struct slice host = by_name                        ? slice_cstr(ex->srv->names[0])
+                        : ex->host.len                 ? ex->host
                         : (ex->srv && ex->srv->nnames) ? slice_cstr(ex->srv->names[0])
                                                        : SLICE_NULL;
     char ipbuf[64];
     if (!host.len)
         host = slice_make(ipbuf, net_addr_ip(ex->local, ipbuf, sizeof(ipbuf)));
     int port = net_addr_port(ex->local);
-    char *p = (port == (ex->is_tls ? 443 : 80))
+    char *p = (port == (ex->is_tls ? 443 : 80) || (lc && !lc->port_in_redirect))
                   ? arena_printf(&ex->arena, "%s://%.*s%.*s", ex->is_tls ? "https" : "http",
                                  (int)host.len, host.p, (int)loc.len, loc.p)
                   : arena_printf(&ex->arena, "%s://%.*s:%d%.*s", ex->is_tls ? "https" : "http",
@@ -1351,6 +1357,11 @@ size_t proxy_response_fields(struct exchange *ex, int status, const struct http_
         if (in_list(lc->hide_headers, lc->nhide, name))
             continue;
         out[k++] = in[i];
+        bool loc = slice_eq_lit_ci(name, "location");
+        struct slice v;
+        if ((loc || slice_eq_lit_ci(name, "refresh")) &&
+            proxy_redirect_apply(ex, in[i].value, !loc, &v))
+            out[k - 1].value = loc ? absolute_location(ex, v) : v;
     }
     return apply_add_headers(ex, status, out, k);
 }

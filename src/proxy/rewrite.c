@@ -112,7 +112,7 @@ static struct rw_op *new_op(struct cf_ctx *cx, struct rw_prog **pp, enum rw_kind
 }
 
 /* Compile a regex and keep it for rw_free. */
-static pcre2_code *regex(struct cf_ctx *cx, const struct cf_node *n, struct snapshot *s,
+pcre2_code *rw_regex(struct cf_ctx *cx, const struct cf_node *n, struct snapshot *s,
                          const char *pat, bool ci)
 {
     if (s->nrw_regexes == s->cap_rw_regexes) {
@@ -163,7 +163,7 @@ static int add_rewrite(struct cf_ctx *cx, const struct cf_node *n, struct snapsh
         else
             return cf_error(cx, n, "invalid parameter \"%s\"", f);
     }
-    if (!(op->re = regex(cx, n, s, n->args[0], false)))
+    if (!(op->re = rw_regex(cx, n, s, n->args[0], false)))
         return -1;
     const char *r = n->args[1];
     op->redirect = strncmp(r, "http://", 7) == 0 || strncmp(r, "https://", 8) == 0 ||
@@ -282,7 +282,7 @@ static int add_if(struct cf_ctx *cx, const struct cf_node *n, struct snapshot *s
                    strcmp(o, "!~*") == 0) {
             op->cond = C_RE;
             op->negate = o[0] == '!';
-            if (!(op->re = regex(cx, n, s, w[2], o[strlen(o) - 1] == '*')))
+            if (!(op->re = rw_regex(cx, n, s, w[2], o[strlen(o) - 1] == '*')))
                 return -1;
         } else {
             return cf_error(cx, n, "unexpected \"%s\" in condition", o);
@@ -418,6 +418,12 @@ static bool cond_true(struct exchange *ex, const struct rw_op *op)
     return false;
 }
 
+static void put(char *d, struct slice v)
+{
+    if (v.len)
+        memcpy(d, v.p, v.len);
+}
+
 /* `rewrite`: $uri (and maybe $args) from the replacement, or a redirect. */
 static enum rw_result do_rewrite(struct exchange *ex, const struct rw_op *op,
                                  struct rw_return *ret)
@@ -440,9 +446,9 @@ static enum rw_result do_rewrite(struct exchange *ex, const struct rw_op *op,
             char *b = arena_alloc(&ex->arena, len);
             if (!b)
                 return RW_END;
-            memcpy(b, na.p, na.len);
+            put(b, na);
             b[na.len] = '&';
-            memcpy(b + na.len + 1, ex->args.p, ex->args.len);
+            put(b + na.len + 1, ex->args);
             na = slice_make(b, len);
         }
         args = na;
@@ -453,10 +459,10 @@ static enum rw_result do_rewrite(struct exchange *ex, const struct rw_op *op,
         char *b = arena_alloc(&ex->arena, len + 1);
         if (!b)
             return RW_END;
-        memcpy(b, path.p, path.len);
+        put(b, path);
         if (has_args) {
             b[path.len] = '?';
-            memcpy(b + path.len + 1, args.p, args.len);
+            put(b + path.len + 1, args);
         }
         ret->code = op->flag == F_PERMANENT ? 301 : 302;
         ret->text = slice_make(b, len);

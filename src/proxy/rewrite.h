@@ -12,6 +12,7 @@
 #define PORTICO_PROXY_REWRITE_H
 
 #include "core/str.h"
+#include "router/router.h" /* pcre2 */
 
 struct cf_ctx;
 struct cf_node;
@@ -29,6 +30,11 @@ const char **rw_prescan(struct snapshot *s, const struct cf_node *root, size_t *
  * append an operation to lc's program. */
 int rw_directive(struct cf_ctx *cx, const struct cf_node *n, struct snapshot *s,
                  struct loc_conf *lc);
+
+/* Compile a regex of the configuration (JIT), freed by rw_free: NULL with
+ * the error recorded for n. */
+pcre2_code *rw_regex(struct cf_ctx *cx, const struct cf_node *n, struct snapshot *s,
+                     const char *pat, bool caseless);
 
 /* Free the compiled regexes the programs of `s` hold. */
 void rw_free(struct snapshot *s);
