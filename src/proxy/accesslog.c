@@ -199,6 +199,11 @@ void accesslog_write(struct exchange *ex)
     for (size_t i = 0; i < lc->nlogs; i++) {
         const struct access_log *al = lc->logs[i];
         const struct log_format *f = al->format;
+        if (al->cond) {
+            struct slice c = tmpl_eval(ex, al->cond, ESC_NONE);
+            if (!c.len || (c.len == 1 && c.p[0] == '0'))
+                continue;
+        }
         enum tmpl_escape esc = f->escape_json ? ESC_JSON : f->escape_none ? ESC_NONE : ESC_DEFAULT;
         struct slice v = tmpl_eval(ex, f->t, esc);
         char *line = arena_alloc(&ex->arena, v.len + 1);

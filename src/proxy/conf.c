@@ -552,6 +552,11 @@ static int set_access_log(struct cf_ctx *cx, const struct cf_node *n, const stru
         } else if (strncmp(a, "flush=", 6) == 0) {
             if (cf_parse_msec(a + 6, &al->flush_ms) < 0)
                 return cf_error(cx, n, "invalid flush time \"%s\"", a + 6);
+        } else if (strncmp(a, "if=", 3) == 0) {
+            if (!a[3])
+                return cf_error(cx, n, "invalid parameter \"%s\"", a);
+            if (!(al->cond = compile(cx, n, a + 3)))
+                return -1;
         } else if (i == 1) {
             fmt_name = a;
         } else {
@@ -1068,9 +1073,10 @@ static const struct cf_directive http_directives[] = {
     {"log_format", CF_HTTP, 2, CF_ARGS_ANY, false, set_log_format, CONF_LOC, 0,
      "name [escape=default|json|none] string ...", "combined \"...\"",
      "a named access log line format with variables"},
-    {"access_log", LOC_ANY, 1, 4, false, set_access_log, CONF_LOC, 0,
-     "path [format [buffer=size] [flush=time]] | off", "logs/access.log combined",
-     "where request lines are logged"},
+    {"access_log", LOC_ANY, 1, 5, false, set_access_log, CONF_LOC, 0,
+     "path [format [buffer=size] [flush=time] [if=condition]] | off", "logs/access.log combined",
+     "where request lines are logged; with if= only when the condition (text and variables, "
+     "e.g. a map) is neither empty nor \"0\""},
     {"proxy_pass", CF_LOCATION, 1, 1, false, set_proxy_pass, CONF_LOC, 0, "URL", "-",
      "forward to an upstream group or address; with a URI part, the matched location prefix is "
      "replaced by it"},

@@ -116,6 +116,12 @@ def test_logging(example, tmp_path):
     js = tmp_path / "portico-access.json"
     wait_for(lambda: js.exists() and '"ua":"example-test"' in js.read_text(), 5,
              what="json log line")
+    # if=: only the failure reaches the errors log
+    assert get(port(8083), "/missing", headers=[("User-Agent", "failing-test")]).status == 404
+    errors = tmp_path / "portico-errors.log"
+    wait_for(lambda: errors.exists() and "failing-test" in errors.read_text(), 5,
+             what="errors log line")
+    assert "example-test" not in errors.read_text()
 
 
 def test_errors(example):

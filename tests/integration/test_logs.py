@@ -128,3 +128,28 @@ def test_sigusr1_reopens_logs(res):
     with open(rotated) as f:
         old = f.read()
     assert "/before" in old and "/after" not in old
+
+
+def test_conditional_logging_with_a_map(res):
+    """The nginx recipe: log only what is not 2xx/3xx (map + if=)."""
+    p = res.proxy("""
+        map $status $loggable {
+            ~^[23]  0;
+            default 1;
+        }
+        log_format short '$request_uri $status';
+        server {
+            listen 127.0.0.1:{port};
+            access_log {tmp}/errors.log short if=$loggable;
+            location /ok { return 200 "ok"; }
+            location /gone { return 410; }
+            location /moved { return 301 /ok; }
+        }
+    """)
+    for path in ("/ok", "/gone", "/moved", "/ok?again", "/gone?2"):
+        get(p.port, path)
+    log = os.path.join(p.tmp, "errors.log")
+    wait_for(lambda: len(read(log)) >= 2, 5, what="two lines")
+    get(p.port, "/gone?3")  # a last logged one: everything before it is written
+    wait_for(lambda: len(read(log)) >= 3, 5, what="three lines")
+    assert read(log) == ["/gone 410", "/gone?2 410", "/gone?3 410"]
