@@ -15,6 +15,7 @@
 #include "proxy/accesslog.h"
 #include "proxy/check_conf.h"
 #include "proxy/map.h"
+#include "proxy/realip.h"
 #include "proxy/redirect.h"
 #include "proxy/rewrite.h"
 #include "proxy/vars.h"
@@ -100,6 +101,7 @@ static void loc_conf_init(struct loc_conf *lc)
     lc->absolute_redirect = CF_UNSET_FLAG;
     lc->port_in_redirect = CF_UNSET_FLAG;
     lc->server_name_in_redirect = CF_UNSET_FLAG;
+    lc->realip_recursive = CF_UNSET_FLAG;
     lc->default_type = NULL;
     proxy_ssl_conf_init(&lc->proxy_ssl);
     cache_loc_conf_init(&lc->cache);
@@ -141,6 +143,14 @@ static void loc_conf_merge(struct loc_conf *c, const struct loc_conf *p)
     MERGE(absolute_redirect, CF_UNSET_FLAG);
     MERGE(port_in_redirect, CF_UNSET_FLAG);
     MERGE(server_name_in_redirect, CF_UNSET_FLAG);
+    MERGE(realip_recursive, CF_UNSET_FLAG);
+    if (!c->realip_from_set) {
+        c->realip_from = p->realip_from;
+        c->nrealip_from = p->nrealip_from;
+        c->realip_from_set = p->realip_from_set;
+    }
+    if (!c->realip_header)
+        c->realip_header = p->realip_header;
     if (!c->redirect_set) {
         c->redirects = p->redirects;
         c->nredirects = p->nredirects;
@@ -208,6 +218,7 @@ static void loc_conf_defaults(struct loc_conf *c)
         d.absolute_redirect = 1;
         d.port_in_redirect = 1;
         d.server_name_in_redirect = 0;
+        d.realip_recursive = 0;
         d.redirects = redirect_default_rules;
         d.nredirects = 1;
         d.redirect_set = true;
@@ -1001,6 +1012,23 @@ static int set_map(struct cf_ctx *cx, const struct cf_node *n, const struct cf_d
     return map_directive(cx, n, LS(cx)->snap);
 }
 
+static int set_real_ip_header(struct cf_ctx *cx, const struct cf_node *n,
+                              const struct cf_directive *d, void *conf)
+{
+    (void)d;
+    struct loc_conf *lc = conf;
+    const char *h = n->args[0];
+    if (strcmp(h, "proxy_protocol") == 0)
+        return cf_error(cx, n, "\"proxy_protocol\": Portico does not accept the PROXY protocol");
+    for (const char *c = h; *c; c++)
+        if (!http_tchar[(unsigned char)*c])
+            return cf_error(cx, n, "invalid header name \"%s\"", h);
+    if (!*h)
+        return cf_error(cx, n, "invalid header name \"\"");
+    lc->realip_header = h;
+    return 0;
+}
+
 static int set_proxy_redirect(struct cf_ctx *cx, const struct cf_node *n,
                               const struct cf_directive *d, void *conf)
 {
@@ -1132,6 +1160,14 @@ static const struct cf_directive http_directives[] = {
     {"proxy_request_buffering", LOC_ANY, 1, 1, false, cf_set_flag, CONF_LOC,
      OFF_LOC(request_buffering), "on | off", "on",
      "read the whole request body (memory, then a file) before connecting upstream; off: stream it"},
+    {"set_real_ip_from", LOC_ANY, 1, 1, false, realip_set_from, CONF_LOC, 0, "address | CIDR",
+     "-", "trust this proxy: a request from it takes its client address from real_ip_header"},
+    {"real_ip_header", LOC_ANY, 1, 1, false, set_real_ip_header, CONF_LOC, 0,
+     "field | X-Real-IP | X-Forwarded-For", "X-Real-IP",
+     "the request field that holds the client address (the last one in a list)"},
+    {"real_ip_recursive", LOC_ANY, 1, 1, false, cf_set_flag, CONF_LOC, OFF_LOC(realip_recursive),
+     "on | off", "off",
+     "in a list, skip trusted addresses from the right and take the first other one"},
     {"proxy_redirect", LOC_ANY, 1, 2, false, set_proxy_redirect, CONF_LOC, 0,
      "default | off | redirect replacement", "default",
      "rewrite Location and Refresh of upstream responses: default maps \"http://<proxy_pass "

@@ -107,6 +107,11 @@ struct loc_conf {
     int absolute_redirect;       /* relative Location made absolute (scheme://host[:port]) */
     int port_in_redirect;        /* ... with the port when not the scheme's */
     int server_name_in_redirect; /* ... with the first server_name, not Host */
+    struct net_cidr *realip_from; /* set_real_ip_from (realip.h) */
+    size_t nrealip_from;
+    bool realip_from_set;
+    const char *realip_header; /* NULL: X-Real-IP */
+    int realip_recursive;
     bool has_return;    /* a `return` at this level itself */
 
     struct hdr_rules set_headers; /* proxy_set_header (inherited whole if none here) */

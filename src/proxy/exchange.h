@@ -150,6 +150,7 @@ struct exchange {
     struct slice *map_vals;          /* `map` values of this request (arena, lazily) */
     struct slice *user_vals;         /* `set` values */
     bool uri_rewritten;              /* a rewrite changed $uri or $args */
+    const struct net_addr *realip_orig; /* the connection's address, when realip replaced it */
     bool uri_rewritten_here;         /* ... in the location that serves (rewrite ... break) */
     uint8_t *map_state;
 

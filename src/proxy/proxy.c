@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "admin/admin.h"
+#include "proxy/realip.h"
 #include "proxy/redirect.h"
 #include "proxy/rewrite.h"
 #include "core/log.h"
@@ -197,6 +198,7 @@ static int route(struct exchange *ex)
     ex->srv = vh ? vh->conf : ls->dflt;
     ex->loc = NULL;
     ex->lc = ex->srv->lc;
+    realip_apply(ex, ex->srv->lc); /* nginx's post-read phase: before any rewrite */
     if (ex->srv->lc->rw) {
         struct rw_return ret;
         if (rw_run(ex, ex->srv->lc->rw, &ret) == RW_RETURN) {
@@ -2063,6 +2065,7 @@ void proxy_start(struct exchange *ex)
 {
     if (route(ex))
         return;
+    realip_apply(ex, ex->lc); /* rules given in the location only (nginx's preaccess) */
     if (ex->method_id == HTTP_M_TRACE || ex->method_id == HTTP_M_CONNECT) {
         ex->close_conn = ex->method_id == HTTP_M_CONNECT;
         respond_status(ex, 405);

@@ -68,6 +68,8 @@ enum var_id {
     V_SSL_CLIENT_S_DN,
     V_SSL_CLIENT_FINGERPRINT,
     V_SSL_ALPN_PROTOCOL,
+    V_REALIP_REMOTE_ADDR,
+    V_REALIP_REMOTE_PORT,
     V_CAPTURE,       /* $1..$9 (arg: the digit) */
     V_NAMED_CAPTURE, /* (?<name>...) */
     V_MAP_BASE = 1000,  /* + index: a `map` variable */
@@ -137,6 +139,8 @@ static const struct var_def var_defs[] = {
     {"ssl_client_s_dn", V_SSL_CLIENT_S_DN, false},
     {"ssl_client_fingerprint", V_SSL_CLIENT_FINGERPRINT, false},
     {"ssl_alpn_protocol", V_SSL_ALPN_PROTOCOL, false},
+    {"realip_remote_addr", V_REALIP_REMOTE_ADDR, false},
+    {"realip_remote_port", V_REALIP_REMOTE_PORT, false},
 };
 
 static bool var_char(char c)
@@ -604,8 +608,15 @@ struct slice var_value(struct exchange *ex, int var, struct slice arg)
         char ip[64];
         return arena_slice_dup(&ex->arena, slice_make(ip, net_addr_ip(ex->peer, ip, sizeof(ip))));
     }
-    case V_REMOTE_PORT:
-        return fmt(ex, "%d", net_addr_port(ex->peer));
+    case V_REMOTE_PORT: /* empty when realip gave an address without a port, as nginx */
+        return net_addr_port(ex->peer) ? fmt(ex, "%d", net_addr_port(ex->peer)) : SLICE_NULL;
+    case V_REALIP_REMOTE_ADDR: {
+        char ip[64];
+        const struct net_addr *a = ex->realip_orig ? ex->realip_orig : ex->peer;
+        return arena_slice_dup(&ex->arena, slice_make(ip, net_addr_ip(a, ip, sizeof(ip))));
+    }
+    case V_REALIP_REMOTE_PORT:
+        return fmt(ex, "%d", net_addr_port(ex->realip_orig ? ex->realip_orig : ex->peer));
     case V_PROXY_ADD_XFF: {
         char ip[64];
         size_t ipl = net_addr_ip(ex->peer, ip, sizeof(ip));

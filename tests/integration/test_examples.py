@@ -107,11 +107,15 @@ def test_routing(example):
 
 def test_logging(example, tmp_path):
     port = example("logging.conf")
-    r = get(port(8083), "/", headers=[("User-Agent", "example-test")])
+    r = get(port(8083), "/", headers=[("User-Agent", "example-test"),
+                                      ("X-Forwarded-For", "198.51.100.23")])
     assert r.status == 200 and re.search(r"seen by the origin: [0-9a-f]{32}", r.text)
     combined = tmp_path / "portico-access.log"
     wait_for(lambda: combined.exists() and "example-test" in combined.read_text(), 5,
              what="combined log line")
+    # realip: the client the load balancer named
+    assert [ln for ln in combined.read_text().splitlines()
+            if "example-test" in ln][0].startswith("198.51.100.23 - ")
     # the JSON log is buffered (flush=1s)
     js = tmp_path / "portico-access.json"
     wait_for(lambda: js.exists() and '"ua":"example-test"' in js.read_text(), 5,

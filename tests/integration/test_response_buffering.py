@@ -62,6 +62,7 @@ upstream o {{ server 127.0.0.1:{oport}; keepalive 4; }}
 server {{
     listen 127.0.0.1:{{port}};
     location / {{ proxy_pass http://o; {loc} }}
+    location /api {{ api; }}
 }}
 """
 
@@ -101,7 +102,11 @@ def test_slow_client_frees_the_upstream_early(res):
         wait_for(lambda: o.finished == ["/len/%d" % SIZE], timeout=20,
                  what="the origin's response taken whole while the client reads nothing")
         p.wait_error_log(r"an upstream response is buffered to a temporary file in /tmp")
-        # and its connection is back in the pool: the next request reuses it
+        # the response is read whole (the origin may finish a moment before
+        # the proxy has read its last bytes): no connection busy any more
+        wait_for(lambda: get(p.port, "/api/upstreams/o").json()["peers"][0]["active"] == 0,
+                 timeout=20, what="the upstream connection released")
+        # and it is back in the pool: the next request reuses it
         r = get(p.port, "/len/10")
         assert r.status == 200 and r.body == body_of(10)
         assert o.conns[1] == o.conns[0]

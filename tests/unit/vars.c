@@ -10,6 +10,7 @@
 
 #include "proxy/exchange.h"
 #include "proxy/map.h"
+#include "proxy/realip.h"
 #include "proxy/rewrite.h"
 #include "proxy/vars.h"
 
@@ -567,4 +568,39 @@ Test(rewrite, program_in_order)
     cr_assert(!EX.uri_rewritten);
     EX.snap = NULL;
     snapshot_unref(s);
+}
+
+/* ---- realip (src/proxy/realip.c) ---- */
+
+Test(vars, realip_forwarded_for)
+{
+    static struct loc_conf lc;
+    static struct net_cidr from[2];
+    memset(&lc, 0, sizeof(lc));
+    cr_assert_eq(net_cidr_parse("10.0.0.0/8", &from[0]), 0);
+    cr_assert_eq(net_cidr_parse("192.168.0.0/16", &from[1]), 0);
+    lc.realip_from = from;
+    lc.nrealip_from = 2;
+    lc.realip_header = "X-Forwarded-For";
+    add_field("X-Forwarded-For", " 203.0.113.9 , 192.168.1.1");
+    add_field("X-Forwarded-For", "[2001:db8::7]:99, 10.1.2.3:8080");
+    realip_apply(&EX, &lc);
+    cr_assert_str_eq(eval("$remote_addr:$remote_port|$realip_remote_addr"),
+                     "10.1.2.3:8080|10.0.0.7", "the last entry, with its port");
+    /* applied once per request */
+    realip_apply(&EX, &lc);
+    cr_assert_str_eq(eval("$remote_addr"), "10.1.2.3");
+
+    EX.peer = &PEER;
+    EX.realip_orig = NULL;
+    lc.realip_recursive = 1;
+    realip_apply(&EX, &lc);
+    cr_assert_str_eq(eval("$remote_addr|$remote_port"), "2001:db8::7|99",
+                     "recursive: trusted ones skipped from the right");
+
+    EX.peer = &PEER;
+    EX.realip_orig = NULL;
+    F[1].value = SLICE_LIT("junk");
+    realip_apply(&EX, &lc);
+    cr_assert_str_eq(eval("$remote_addr"), "10.0.0.7", "a bad last entry changes nothing");
 }
