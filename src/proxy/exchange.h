@@ -138,6 +138,7 @@ struct exchange {
     bool req_chunked;
     bool req_has_body;
     bool expect_continue;
+    struct slice upgrade; /* HTTP/1.1 Upgrade (not h2c) asked with Connection: upgrade */
     size_t request_length;     /* head + body bytes read */
     struct slice req_trailers; /* trailer field lines (with CRLFs) of a chunked body */
 

@@ -75,6 +75,7 @@ struct fwd {
     bool body_streamed;  /* bytes beyond pre[] went upstream: no replay */
     bool send_chunked;   /* length unknown: chunked toward the upstream */
     bool req_sent;       /* everything (head, body, last chunk) queued */
+    bool tunnel;         /* 101 Switching Protocols: bytes both ways until a close */
     struct outq out;
     struct buf *scratch;
     size_t scratch_used;
@@ -530,6 +531,7 @@ static int build_request_head(struct fwd *f)
     }
     if (!host_set)
         len += 8 + f->proxy_host.len;
+    len += 32 + ex->upgrade.len;
     bool keepalive = f->group->keepalive > 0 && lc->http_version_minor == 1;
     len += 24;
     if (lc->pass_request_headers)
@@ -569,7 +571,17 @@ static int build_request_head(struct fwd *f)
         PUT(vals[i].p, vals[i].len);
         PUTS("\r\n");
     }
-    if (!conn_set && !keepalive)
+    /* an upgrade the client asked for goes on (nginx needs proxy_set_header
+     * Upgrade/Connection for it; with those set, they are what is sent) */
+    bool upgrade = ex->upgrade.len && lc->http_version_minor == 1;
+    if (upgrade && !set_by_rule(lc, SLICE_LIT("upgrade"))) {
+        PUTS("Upgrade: ");
+        PUT(ex->upgrade.p, ex->upgrade.len);
+        PUTS("\r\n");
+    }
+    if (upgrade && !conn_set)
+        PUTS("Connection: upgrade\r\n");
+    else if (!conn_set && !keepalive)
         PUTS("Connection: close\r\n");
     if (lc->pass_request_headers) {
         for (size_t i = 0; i < ex->nreq_fields; i++) {
@@ -1456,6 +1468,64 @@ static int deliver_head(struct fwd *f)
 }
 
 /* Parse what we have of the head. 0: go on; 1: exchange moved on; -1: wait. */
+static void body_broken(struct fwd *f, enum ending_code code, const char *why, int err);
+
+/* 101 to an upgrade the client asked for: the head goes to the client with
+ * the upstream's Upgrade, then bytes flow both ways (pump_request one way,
+ * relay_body as a close-delimited body the other) until one side closes or
+ * stays silent for proxy_read_timeout. The connection is not pooled. */
+static int start_tunnel(struct fwd *f, struct http_field *fields)
+{
+    struct exchange *ex = f->ex;
+    struct h1_response *r = &f->resp;
+    f->head_done = true;
+    f->head_seg = buf_ref(f->rseg);
+    f->rstart += r->head_len;
+    if (f->cur_try) {
+        f->cur_try->status = 101;
+        f->cur_try->header_ms = loop_now_ms(ex->loop) - f->try_start_ms;
+    }
+    ups_server_ok(f->srv);
+    size_t cap = r->nfields + ex->lc->add_headers.n + 2;
+    struct http_field *in = arena_alloc(&ex->arena, cap * sizeof(*in));
+    struct http_field *out = arena_alloc(&ex->arena, cap * sizeof(*out));
+    if (!in || !out) {
+        fail_try(f, END_INTERNAL, "out of memory", 0, 0);
+        return 1;
+    }
+    size_t nin = 0;
+    struct slice proto = SLICE_NULL;
+    for (size_t i = 0; i < r->nfields; i++) {
+        struct slice name = fields[i].name;
+        if (slice_eq_lit_ci(name, "upgrade"))
+            proto = arena_slice_dup(&ex->arena, fields[i].value);
+        if (http_is_hop_by_hop(name) || slice_eq_lit_ci(name, "content-length") ||
+            http_connection_names(fields, r->nfields, name))
+            continue;
+        in[nin++] = (struct http_field){arena_slice_dup(&ex->arena, name),
+                                        arena_slice_dup(&ex->arena, fields[i].value)};
+    }
+    if (!proto.len) {
+        fail_try(f, END_UPSTREAM_BAD_HEAD, "sent 101 Switching Protocols without Upgrade", 0,
+                 NEXT_UPS_INVALID_HEADER);
+        return 1;
+    }
+    size_t n = proxy_response_fields(ex, 101, in, nin, out, cap - 1);
+    out[n++] = (struct http_field){SLICE_LIT("Upgrade"), proto};
+    struct resp_head h = {.status = 101, .fields = out, .nfields = n, .content_length = -1};
+    f->tunnel = true;
+    f->upstream_reusable = false;
+    f->body_kind = H1_BODY_UNTIL_CLOSE;
+    f->req_sent = false; /* from now on the client's bytes go up */
+    f->body_eof = false;
+    if (ex->client->send_head(ex, &h) < 0) {
+        body_broken(f, END_CLIENT_CLOSED, "client gone before the upgrade", 0);
+        return 1;
+    }
+    timer_set(ex->loop, &f->timer, ex->lc->read_timeout_ms);
+    return 0;
+}
+
 static int read_head_step(struct fwd *f)
 {
     struct exchange *ex = f->ex;
@@ -1486,6 +1556,8 @@ static int read_head_step(struct fwd *f)
         struct h1_response *r = &f->resp;
         if (r->status >= 100 && r->status < 200) {
             if (r->status == 101) {
+                if (ex->upgrade.len && f->req_sent && f->out.count == 0)
+                    return start_tunnel(f, fields);
                 fail_try(f, END_UPSTREAM_BAD_HEAD, "sent an unexpected 101 Switching Protocols", 0,
                          NEXT_UPS_INVALID_HEADER);
                 return 1;
@@ -1661,7 +1733,7 @@ static int relay_body(struct fwd *f)
         /* the client is behind: the file takes the rest while it may grow
          * (by one segment at most past proxy_max_temp_file_size) */
         bool to_file = f->rs_read < f->rs_written || ex->client->pending(ex) >= high;
-        if (to_file && !(lc->buffering && f->rs_written < lc->max_temp_file_size))
+        if (to_file && (f->tunnel || !(lc->buffering && f->rs_written < lc->max_temp_file_size)))
             return 0; /* the client session calls proxy_client_drained() */
         if (f->rstart < f->rend) {
             char *base = f->rseg->data + f->rstart;
@@ -1779,7 +1851,7 @@ static int read_response(struct fwd *f)
         fail_try(f, END_UPSTREAM_RESET, "recv() failed", errno, NEXT_UPS_ERROR);
         return 1;
     }
-    if (!f->req_sent) {
+    if (!f->req_sent && !f->tunnel) {
         /* answered before the body was sent: the rest is not sent, and the
          * upstream connection and the client's framing are both spent */
         f->upstream_reusable = false;
@@ -1842,7 +1914,24 @@ static void fwd_run(struct fwd *f)
     }
     if (f->phase != P_ACTIVE)
         return;
-    if (!f->head_done) {
+    if (f->tunnel) {
+        int r = pump_request(f);
+        if (r < 0) { /* the client closed or broke: the tunnel is over */
+            release_conn(f, false);
+            f->phase = P_DONE;
+            ex->client->done(ex, true);
+            return;
+        }
+        if (r > 0)
+            return;
+        if (f->req_sent) { /* the client finished: so does the tunnel */
+            release_conn(f, false);
+            f->phase = P_DONE;
+            ex->client->send_end(ex, SLICE_NULL);
+            ex->client->done(ex, false);
+            return;
+        }
+    } else if (!f->head_done) {
         int r = pump_request(f);
         if (r < 0) {
             /* the client's body broke: no point waiting for the upstream */
@@ -1856,7 +1945,9 @@ static void fwd_run(struct fwd *f)
         if (f->req_sent && f->out.count == 0 && !f->uc->io.readable && !timer_armed(&f->timer))
             timer_set(ex->loop, &f->timer, ex->lc->read_timeout_ms);
     }
-    read_response(f);
+    bool was_tunnel = f->tunnel;
+    if (read_response(f) == 0 && !was_tunnel && f->tunnel)
+        fwd_run(f); /* just upgraded: bytes the client sent meanwhile go up now */
 }
 
 /* ---- entry points ---- */
@@ -1936,8 +2027,8 @@ static void forward(struct exchange *ex)
     }
     f->dyn_uri = dyn_uri;
     f->phase = P_CACHE;
-    if (pcache_request(ex, &f->pc) == PC_DONE)
-        return; /* a cache hit needs none of what follows */
+    if (!ex->upgrade.len && pcache_request(ex, &f->pc) == PC_DONE)
+        return; /* a cache hit needs none of what follows (an upgrade is never cached) */
     fetch(f);
 }
 
@@ -2079,7 +2170,7 @@ void proxy_request_body_ready(struct exchange *ex)
     struct fwd *f = F(ex);
     if (!f || f->phase == P_DONE)
         return;
-    if (f->phase == P_COLLECT || (f->phase == P_ACTIVE && !f->req_sent))
+    if (f->phase == P_COLLECT || (f->phase == P_ACTIVE && (!f->req_sent || f->tunnel)))
         fwd_run(f);
 }
 

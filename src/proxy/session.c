@@ -34,7 +34,7 @@ enum sess_state {
     S_CLOSED,
 };
 
-enum rb_kind { RB_NONE, RB_LENGTH, RB_CHUNKED };
+enum rb_kind { RB_NONE, RB_LENGTH, RB_CHUNKED, RB_RAW /* after a 101: tunnel bytes */ };
 
 /* Every open connection holds one of these, idle keep-alive ones included
  * (10,000 idle connections: 10,000 of them), so what only a request or
@@ -703,6 +703,10 @@ static void start_exchange(struct h1_session *s, struct h1_request *req)
         goto oom;
     memcpy(ex->req_fields, req->fields, req->nfields * sizeof(*ex->req_fields));
     ex->host = http_host_normalize(&ex->arena, req->host);
+    if (req->upgrade && !req->upgrade_h2c) {
+        bool found;
+        ex->upgrade = fields_get(ex->req_fields, ex->nreq_fields, SLICE_LIT("upgrade"), &found);
+    }
 
     s->rstart += req->head_len;
     s->scanned = s->rstart;
@@ -832,6 +836,16 @@ static int op_send_head(struct exchange *ex, const struct resp_head *h)
     if (s->requests >= lc->keepalive_requests || lc->keepalive_timeout_ms == 0)
         s->close_after = true;
     bool close = s->close_after;
+    bool tunnel = h->status == 101;
+    if (tunnel) {
+        /* the rest of the connection is the tunnel's: raw bytes both ways */
+        s->resp_chunked = false;
+        s->resp_no_body = false;
+        s->close_after = true;
+        s->b->rb_kind = RB_RAW;
+        s->rb_done = false;
+        timer_cancel(&s->rtimer);
+    }
 
     struct slice date = vars_http_date();
     const char *server = lc->server_tokens ? PORTICO_SERVER : "portico";
@@ -879,8 +893,9 @@ static int op_send_head(struct exchange *ex, const struct resp_head *h)
     } else if (s->resp_chunked) {
         d = MEM_PUT_LIT(d, "Transfer-Encoding: chunked\r\n");
     }
-    d = close ? MEM_PUT_LIT(d, "Connection: close\r\n\r\n")
-              : MEM_PUT_LIT(d, "Connection: keep-alive\r\n\r\n");
+    d = tunnel  ? MEM_PUT_LIT(d, "Connection: upgrade\r\n\r\n")
+        : close ? MEM_PUT_LIT(d, "Connection: close\r\n\r\n")
+                : MEM_PUT_LIT(d, "Connection: keep-alive\r\n\r\n");
     size_t off = (size_t)(d - p);
     ex->status = h->status;
     ex->resp_fields = h->fields;
@@ -1012,6 +1027,11 @@ static enum body_status op_body_read(struct exchange *ex, struct body_piece *pie
             char *base = s->rseg->data + s->rstart;
             size_t have = s->rend - s->rstart;
             struct h1_busy *b = s->b;
+            if (b->rb_kind == RB_RAW) {
+                *piece = (struct body_piece){s->rseg, base, have};
+                s->rstart += have;
+                return BODY_DATA;
+            }
             if (b->rb_kind == RB_LENGTH) {
                 size_t n = have < b->rb_left ? have : (size_t)b->rb_left;
                 *piece = (struct body_piece){s->rseg, base, n};
@@ -1055,7 +1075,9 @@ static enum body_status op_body_read(struct exchange *ex, struct body_piece *pie
             /* an incomplete framing line: read more behind it */
         }
         if (!s->io.readable) {
-            timer_set(s->w->loop, &s->rtimer, lc->client_body_timeout_ms);
+            /* a tunnel may be quiet: proxy_read_timeout watches it, not this */
+            if (s->b->rb_kind != RB_RAW)
+                timer_set(s->w->loop, &s->rtimer, lc->client_body_timeout_ms);
             return BODY_AGAIN;
         }
         if (ensure_room(s, BUF_SEG_SIZE) < 0)
@@ -1064,6 +1086,10 @@ static enum body_status op_body_read(struct exchange *ex, struct body_piece *pie
         if (n > 0) {
             s->rend += (size_t)n;
             continue;
+        }
+        if (n == 0 && s->b->rb_kind == RB_RAW) {
+            s->rb_done = true; /* the client ended the tunnel */
+            return BODY_END;
         }
         if (n == 0)
             return body_fail(s, END_CLIENT_CLOSED, "client closed the connection mid-body");

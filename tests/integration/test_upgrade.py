@@ -1,0 +1,178 @@
+"""Upgrade (WebSocket) tunnels over HTTP/1.1: the client's Upgrade goes to
+the upstream; its 101 switches the connection to a byte tunnel both ways
+until either side closes or it stays quiet for proxy_read_timeout."""
+import socket
+import threading
+
+import pytest
+
+from conftest import IS_NGINX, _Server, get, wait_for
+
+UPGRADE_REQ = (b"GET /chat HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+
+
+class TunnelOrigin(_Server):
+    """Answers an upgrade with 101 and then echoes bytes upper-cased; a line
+    "bye\\n" makes it close. A request without Upgrade gets a 426."""
+
+    def __init__(self):
+        self.heads = []
+        self.closed = threading.Event()
+        super().__init__("tunnel")
+
+    def handle(self, s, cid, peer):
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            d = s.recv(65536)
+            if not d:
+                return
+            buf += d
+        head, _, rest = buf.partition(b"\r\n\r\n")
+        with self.lock:
+            self.heads.append(head.decode("latin-1"))
+        low = head.lower()
+        if b"\r\nupgrade: websocket" not in low or b"connection: upgrade" not in low:
+            s.sendall(b"HTTP/1.1 426 Upgrade Required\r\nContent-Length: 4\r\n\r\nnope")
+            return
+        s.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                  b"Connection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n")
+        data = rest
+        try:
+            while True:
+                if data:
+                    if b"bye\n" in data:
+                        s.sendall(data.split(b"bye\n")[0].upper())
+                        return
+                    s.sendall(data.upper())
+                data = s.recv(65536)
+                if not data:
+                    return
+        finally:
+            self.closed.set()
+
+
+CONF = """
+server {{
+    listen 127.0.0.1:{{port}};
+    location / {{
+        proxy_pass http://127.0.0.1:{o};
+        {extra}
+    }}
+}}
+"""
+
+
+def open_tunnel(port, early=b""):
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(UPGRADE_REQ + early)
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        d = s.recv(65536)
+        assert d, buf
+        buf += d
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    return s, head.decode("latin-1"), rest
+
+
+def recv_exactly(s, n, have=b""):
+    while len(have) < n:
+        d = s.recv(1 << 20)
+        assert d, f"closed after {len(have)} of {n}"
+        have += d
+    return have
+
+
+def start(res, extra=""):
+    o = res.add(TunnelOrigin())
+    return res.proxy(CONF.format(o=o.port, extra=extra)), o
+
+
+@pytest.mark.skipif(IS_NGINX, reason="nginx forwards Upgrade only when proxy_set_header says so")
+def test_tunnel_echo_both_ways(res):
+    p, o = start(res)
+    s, head, rest = open_tunnel(p.port, early=b"early ")
+    assert head.startswith("HTTP/1.1 101 ")
+    assert "\r\nUpgrade: websocket" in head and "\r\nConnection: upgrade" in head
+    assert "Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" in head
+    # what the client sent right behind its request arrives too
+    assert recv_exactly(s, 6, rest) == b"EARLY "
+    big = bytes(range(97, 123)) * 40000  # ~1 MB each way, through backpressure
+    sender = threading.Thread(target=s.sendall, args=(big,))
+    sender.start()
+    assert recv_exactly(s, len(big)) == big.upper()
+    sender.join()
+    s.sendall(b"bye\n")  # the origin closes: so does the client connection
+    s.settimeout(5)
+    assert s.recv(10) == b""
+    s.close()
+    assert "upgrade: websocket" in o.heads[0].lower() and "connection: upgrade" in o.heads[0].lower()
+    line = p.wait_access_lines(1)[-1]
+    assert '"GET /chat HTTP/1.1" 101 ' in line, line
+
+
+def test_nginx_recipe_with_map(res):
+    o = res.add(TunnelOrigin())
+    p = res.proxy("map $http_upgrade $connection_upgrade { default upgrade; '' close; }\n"
+                  + CONF.format(o=o.port, extra="""proxy_http_version 1.1;
+        proxy_set_header Upgrade $http_upgrade;
+        proxy_set_header Connection $connection_upgrade;"""))
+    s, head, rest = open_tunnel(p.port)
+    assert head.startswith("HTTP/1.1 101 ")
+    s.sendall(b"abc")
+    assert recv_exactly(s, 3, rest) == b"ABC"
+    s.close()
+    wait_for(o.closed.is_set, what="the upstream side closed after the client")
+    # a plain request on the same location is a plain exchange
+    assert get(p.port, "/plain").status == 426
+
+
+@pytest.mark.skipif(IS_NGINX, reason="nginx forwards Upgrade only when proxy_set_header says so")
+def test_client_close_closes_the_upstream(res):
+    p, o = start(res)
+    s, head, rest = open_tunnel(p.port)
+    s.sendall(b"x")
+    assert recv_exactly(s, 1, rest) == b"X"
+    s.close()
+    wait_for(o.closed.is_set, what="the upstream connection closed")
+    assert p.alive()
+
+
+@pytest.mark.skipif(IS_NGINX, reason="nginx forwards Upgrade only when proxy_set_header says so")
+def test_idle_tunnel_meets_proxy_read_timeout(res):
+    p, o = start(res, extra="proxy_read_timeout 300ms;")
+    s, head, rest = open_tunnel(p.port)
+    s.settimeout(10)
+    assert s.recv(10) == b""  # closed by the proxy after 300 ms of silence
+    s.close()
+    wait_for(o.closed.is_set, what="the upstream connection closed")
+
+
+@pytest.mark.skipif(IS_NGINX, reason="nginx forwards Upgrade only when proxy_set_header says so")
+def test_upgrade_is_never_cached(res, tmp_path):
+    o = res.add(TunnelOrigin())
+    p = res.proxy(f"proxy_cache_path {tmp_path}/c keys_zone=c:1m;\n"
+                  + CONF.format(o=o.port, extra="proxy_cache c; proxy_cache_valid any 10m;"))
+    for _ in range(2):
+        s, head, rest = open_tunnel(p.port)
+        assert head.startswith("HTTP/1.1 101 ")
+        s.close()
+    wait_for(lambda: len(o.heads) == 2, what="both upgrades at the origin")
+
+
+@pytest.mark.skipif(IS_NGINX, reason="nginx waits on such an upstream instead")
+def test_a_101_nobody_asked_for_is_502(res):
+    """An upstream that switches protocols unasked is broken (never tunnelled)."""
+    class Rogue(_Server):
+        def handle(self, s, cid, peer):
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                d = s.recv(65536)
+                if not d:
+                    return
+                buf += d
+            s.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                      b"Connection: Upgrade\r\n\r\nrogue bytes")
+    o = res.add(Rogue("rogue"))
+    p = res.proxy(CONF.format(o=o.port, extra=""))
+    assert get(p.port, "/").status == 502
