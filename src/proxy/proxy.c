@@ -160,7 +160,8 @@ static int find_location(struct exchange *ex, bool search)
 {
     for (int cycle = 0;; cycle++) {
         if (search) {
-            memset(&ex->caps, 0, sizeof(ex->caps));
+            if (cycle) /* (the exchange starts zeroed) */
+                memset(&ex->caps, 0, sizeof(ex->caps));
             ex->loc = router_find_location(ex->srv->locset, ex->uri, &ex->caps);
             ex->lc = ex->loc ? ex->loc->conf : ex->srv->lc;
         }
@@ -199,7 +200,8 @@ static int route(struct exchange *ex)
     ex->srv = vh ? vh->conf : ls->dflt;
     ex->loc = NULL;
     ex->lc = ex->srv->lc;
-    realip_apply(ex, ex->srv->lc); /* nginx's post-read phase: before any rewrite */
+    if (ex->srv->lc->nrealip_from) /* nginx's post-read phase: before any rewrite */
+        realip_apply(ex, ex->srv->lc);
     if (ex->srv->lc->rw) {
         struct rw_return ret;
         if (rw_run(ex, ex->srv->lc->rw, &ret) == RW_RETURN) {
@@ -2140,6 +2142,7 @@ static void internal_redirect(struct exchange *ex, struct slice uri)
         }
         ex->uri = uri;
         ex->uri_rewritten_here = false;
+        memset(&ex->caps, 0, sizeof(ex->caps)); /* the first location's are stale */
         ex->lc = ex->srv->lc;
         struct rw_return ret;
         if (ex->srv->lc->rw && rw_run(ex, ex->srv->lc->rw, &ret) == RW_RETURN) {
@@ -2156,7 +2159,8 @@ void proxy_start(struct exchange *ex)
 {
     if (route(ex))
         return;
-    realip_apply(ex, ex->lc); /* rules given in the location only (nginx's preaccess) */
+    if (ex->lc->nrealip_from) /* rules given in the location only (nginx's preaccess) */
+        realip_apply(ex, ex->lc);
     if (ex->method_id == HTTP_M_TRACE || ex->method_id == HTTP_M_CONNECT) {
         ex->close_conn = ex->method_id == HTTP_M_CONNECT;
         respond_status(ex, 405);
