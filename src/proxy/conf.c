@@ -1009,6 +1009,8 @@ static int set_map(struct cf_ctx *cx, const struct cf_node *n, const struct cf_d
 {
     (void)d;
     (void)conf;
+    if (strcmp(n->name, "split_clients") == 0)
+        return map_split_directive(cx, n, LS(cx)->snap);
     return map_directive(cx, n, LS(cx)->snap);
 }
 
@@ -1067,6 +1069,10 @@ static const struct cf_directive core_directives[] = {
      "a variable looked up from string: exact keys (case-insensitive), hostnames wildcards, "
      "~regex/~*regex (captures in the value), default; evaluated once per request unless "
      "volatile"},
+    {"split_clients", CF_HTTP, 2, 2, true, set_map, CONF_MAIN, 0,
+     "string $variable { percent value; ... * value; }", "-",
+     "A/B buckets: MurmurHash2 of string against the percentages in order, as nginx (the same "
+     "clients get the same value); \"*\" takes the rest, none: empty"},
     {NULL, 0, 0, 0, false, NULL, 0, 0, NULL, NULL, NULL},
 };
 

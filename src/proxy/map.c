@@ -35,6 +35,10 @@ struct map_def {
     struct tmpl *dflt; /* NULL: empty */
     bool hostnames;
     bool is_volatile;
+    /* split_clients: MurmurHash2 of the source against cumulative bounds */
+    uint32_t *split_bound; /* 0 = "*" (the rest) */
+    struct slice *split_val;
+    size_t nsplit;
 };
 
 enum { MAP_UNSEEN, MAP_BUSY, MAP_DONE };
@@ -54,13 +58,19 @@ static bool valid_var_name(const char *s)
     return true;
 }
 
+static bool is_map_like(const struct cf_node *c)
+{
+    return (strcmp(c->name, "map") == 0 || strcmp(c->name, "split_clients") == 0) &&
+           c->nargs == 2 && c->args[1][0] == '$';
+}
+
 const char **map_prescan(struct snapshot *s, const struct cf_node *root, size_t *n)
 {
     size_t count = 0;
     for (const struct cf_node *h = root->children; h; h = h->next)
         if (strcmp(h->name, "http") == 0 && h->is_block)
             for (const struct cf_node *c = h->children; c; c = c->next)
-                if (strcmp(c->name, "map") == 0 && c->nargs == 2 && c->args[1][0] == '$')
+                if (is_map_like(c))
                     count++;
     const char **names = arena_calloc(&s->arena, (count + 1) * sizeof(*names));
     s->maps = arena_calloc(&s->arena, (count + 1) * sizeof(*s->maps));
@@ -70,7 +80,7 @@ const char **map_prescan(struct snapshot *s, const struct cf_node *root, size_t 
     for (const struct cf_node *h = root->children; h; h = h->next)
         if (strcmp(h->name, "http") == 0 && h->is_block)
             for (const struct cf_node *c = h->children; c; c = c->next)
-                if (strcmp(c->name, "map") == 0 && c->nargs == 2 && c->args[1][0] == '$')
+                if (is_map_like(c))
                     names[i++] = c->args[1] + 1;
     s->nmaps = count;
     *n = count;
@@ -147,27 +157,105 @@ static int add_key(struct cf_ctx *cx, const struct cf_node *c, struct map_def *m
     return 0;
 }
 
-int map_directive(struct cf_ctx *cx, const struct cf_node *n, struct snapshot *s)
+/* The slot prescan gave this map's variable, checks on its name. */
+static struct map_def *claim(struct cf_ctx *cx, const struct cf_node *n, struct snapshot *s)
 {
     const char *var = n->args[1];
-    if (var[0] != '$' || !valid_var_name(var + 1))
-        return cf_error(cx, n, "invalid variable name \"%s\"", var);
+    if (var[0] != '$' || !valid_var_name(var + 1)) {
+        cf_error(cx, n, "invalid variable name \"%s\"", var);
+        return NULL;
+    }
     size_t idx = 0;
     while (idx < s->nmaps && s->maps[idx])
         idx++;
-    if (idx == s->nmaps) /* cannot happen: map_prescan counted this one */
-        return cf_error(cx, n, "map \"%s\" was not seen in the http block", var);
-    if (vars_is_builtin(var + 1))
-        return cf_error(cx, n, "the variable \"%s\" is built in: a map cannot define it", var);
+    if (idx == s->nmaps) {
+        cf_error(cx, n, "%s \"%s\" was not seen in the http block", n->name, var);
+        return NULL;
+    }
+    if (vars_is_builtin(var + 1)) {
+        cf_error(cx, n, "the variable \"%s\" is built in: a %s cannot define it", var,
+                 strcmp(n->name, "map") == 0 ? "map" : n->name);
+        return NULL;
+    }
     for (size_t i = 0; i < idx; i++)
-        if (strcmp(s->maps[i]->name, var + 1) == 0)
-            return cf_error(cx, n, "the duplicate \"%s\" variable", var + 1);
+        if (strcmp(s->maps[i]->name, var + 1) == 0) {
+            cf_error(cx, n, "the duplicate \"%s\" variable", var + 1);
+            return NULL;
+        }
     struct map_def *m = arena_calloc(cx->arena, sizeof(*m));
-    if (!m)
-        return cf_error(cx, n, "out of memory");
+    if (!m) {
+        cf_error(cx, n, "out of memory");
+        return NULL;
+    }
     m->name = var + 1;
-    s->maps[idx] = m; /* from now on maps_free sees its regexes */
+    s->maps[idx] = m;
     if (!(m->source = conf_tmpl(cx, n, n->args[0])))
+        return NULL;
+    return m;
+}
+
+/* split_clients STRING $var { 0.5% a; 20% b; * c; }: nginx's percentages of
+ * MurmurHash2(STRING), so the same clients land in the same bucket. */
+int map_split_directive(struct cf_ctx *cx, const struct cf_node *n, struct snapshot *s)
+{
+    struct map_def *m = claim(cx, n, s);
+    if (!m)
+        return -1;
+    size_t cnt = 0;
+    for (const struct cf_node *c = n->children; c; c = c->next)
+        cnt++;
+    m->split_bound = arena_calloc(cx->arena, (cnt ? cnt : 1) * sizeof(*m->split_bound));
+    m->split_val = arena_calloc(cx->arena, (cnt ? cnt : 1) * sizeof(*m->split_val));
+    if (!m->split_bound || !m->split_val)
+        return cf_error(cx, n, "out of memory");
+    uint32_t sum = 0; /* hundredths of a percent */
+    uint64_t last = 0;
+    for (const struct cf_node *c = n->children; c; c = c->next) {
+        if (c->is_block || c->nargs != 1)
+            return cf_error(cx, c, "invalid number of the split_clients parameters");
+        const char *pc = c->name;
+        uint32_t part = 0;
+        if (strcmp(pc, "*") != 0) {
+            /* "12%", "0.5%", "33.33%": up to two decimals */
+            size_t len = strlen(pc);
+            uint32_t whole = 0, frac = 0;
+            int fd = -1;
+            bool ok = len >= 2 && pc[len - 1] == '%';
+            for (size_t i = 0; ok && i + 1 < len; i++) {
+                if (pc[i] == '.' && fd < 0) {
+                    fd = 0;
+                } else if (pc[i] >= '0' && pc[i] <= '9' && whole < 1000 && fd < 2) {
+                    if (fd < 0)
+                        whole = whole * 10 + (uint32_t)(pc[i] - '0');
+                    else
+                        frac = frac * 10 + (uint32_t)(pc[i] - '0'), fd++;
+                } else {
+                    ok = false;
+                }
+            }
+            if (fd == 1)
+                frac *= 10;
+            part = whole * 100 + frac;
+            if (!ok || part == 0)
+                return cf_error(cx, c, "invalid percent value \"%s\"", pc);
+        }
+        sum = part ? sum + part : 10000;
+        if (sum > 10000)
+            return cf_error(cx, c, "percent total is greater than 100%%");
+        if (part) {
+            last += (uint64_t)part * 0xffffffffu / 10000;
+            m->split_bound[m->nsplit] = (uint32_t)last;
+        }
+        m->split_val[m->nsplit++] = slice_cstr(c->args[0]);
+    }
+    return 0;
+}
+
+int map_directive(struct cf_ctx *cx, const struct cf_node *n, struct snapshot *s)
+{
+    const char *var = n->args[1];
+    struct map_def *m = claim(cx, n, s); /* from now on maps_free sees its regexes */
+    if (!m)
         return -1;
 
     /* flags first: `hostnames` changes how every key reads */
@@ -348,6 +436,46 @@ static struct slice lookup(struct exchange *ex, const struct map_def *m, struct 
     return value_of(ex, m->dflt);
 }
 
+/* MurmurHash2, as nginx's ngx_murmur_hash2 (seed: the length). */
+static uint32_t murmur2(const unsigned char *d, size_t len)
+{
+    uint32_t h = (uint32_t)len, k;
+    while (len >= 4) {
+        k = (uint32_t)d[0] | (uint32_t)d[1] << 8 | (uint32_t)d[2] << 16 | (uint32_t)d[3] << 24;
+        k *= 0x5bd1e995;
+        k ^= k >> 24;
+        k *= 0x5bd1e995;
+        h *= 0x5bd1e995;
+        h ^= k;
+        d += 4;
+        len -= 4;
+    }
+    switch (len) {
+    case 3:
+        h ^= (uint32_t)d[2] << 16;
+        /* fall through */
+    case 2:
+        h ^= (uint32_t)d[1] << 8;
+        /* fall through */
+    case 1:
+        h ^= d[0];
+        h *= 0x5bd1e995;
+    }
+    h ^= h >> 13;
+    h *= 0x5bd1e995;
+    h ^= h >> 15;
+    return h;
+}
+
+static struct slice split(const struct map_def *m, struct slice src)
+{
+    uint32_t h = murmur2((const unsigned char *)(src.p ? src.p : ""), src.len);
+    for (size_t i = 0; i < m->nsplit; i++)
+        if (h < m->split_bound[i] || m->split_bound[i] == 0)
+            return m->split_val[i];
+    return SLICE_NULL;
+}
+
 struct slice map_value(struct exchange *ex, int idx)
 {
     const struct snapshot *s = ex->snap;
@@ -371,7 +499,7 @@ struct slice map_value(struct exchange *ex, int idx)
     }
     ex->map_state[idx] = MAP_BUSY;
     struct slice src = tmpl_eval(ex, m->source, ESC_NONE);
-    struct slice v = lookup(ex, m, src);
+    struct slice v = m->split_bound ? split(m, src) : lookup(ex, m, src);
     ex->map_vals[idx] = v;
     ex->map_state[idx] = MAP_DONE;
     return v;

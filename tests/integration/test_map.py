@@ -171,3 +171,67 @@ def test_a_cycle_is_empty_and_logged(res):
     r = get(p.port, "/")
     assert r.status == 200
     p.wait_error_log(r'cycle while evaluating variable "a"')
+
+
+def murmur2(data: bytes) -> int:
+    """nginx's ngx_murmur_hash2, for the expected split_clients buckets."""
+    m, mask = 0x5bd1e995, 0xffffffff
+    h = len(data) & mask
+    i = 0
+    while len(data) - i >= 4:
+        k = int.from_bytes(data[i:i + 4], "little")
+        k = (k * m) & mask
+        k ^= k >> 24
+        k = (k * m) & mask
+        h = (h * m) & mask
+        h ^= k
+        i += 4
+    rest = len(data) - i
+    if rest == 3:
+        h ^= data[i + 2] << 16
+    if rest >= 2:
+        h ^= data[i + 1] << 8
+    if rest >= 1:
+        h ^= data[i]
+        h = (h * m) & mask
+    h ^= h >> 13
+    h = (h * m) & mask
+    h ^= h >> 15
+    return h
+
+
+def test_split_clients_buckets_match_nginx(res):
+    p = res.proxy("""
+        split_clients "${arg_id}salt" $bucket {
+            10%     a;
+            25.5%   b;
+            0.5%    c;
+            *       d;
+        }
+        server { listen 127.0.0.1:{port}; location / { return 200 "$bucket"; } }
+    """)
+    bounds, last = [], 0
+    for pct in (1000, 2550, 50):
+        last += pct * 0xffffffff // 10000
+        bounds.append(last)
+    seen = set()
+    for i in range(300):
+        h = murmur2(b"%dsalt" % i)
+        want = next((v for b, v in zip(bounds, "abc") if h < b), "d")
+        got = get(p.port, f"/?id={i}").text
+        assert got == want, (i, got, want)
+        seen.add(got)
+    assert seen >= {"a", "b", "d"}
+
+
+@pytest.mark.skipif(IS_NGINX, reason="Portico's messages")
+@pytest.mark.parametrize("text,msg", [
+    ('split_clients $uri $x { 60% a; 50% b; }', "percent total is greater than 100%"),
+    ('split_clients $uri $x { 1.234% a; }', 'invalid percent value "1.234%"'),
+    ('split_clients $uri $x { 0% a; }', 'invalid percent value "0%"'),
+    ('split_clients $uri $x { 10% a b; }', "invalid number of the split_clients parameters"),
+])
+def test_bad_split_clients(res, text, msg):
+    p = res.proxy_unstarted(text + "\nserver { listen 127.0.0.1:{port}; }")
+    out = p.run_cmd("-t").output
+    assert msg in out and "portico.conf:8:" in out, out
