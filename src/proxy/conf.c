@@ -1011,6 +1011,8 @@ static int set_map(struct cf_ctx *cx, const struct cf_node *n, const struct cf_d
     (void)conf;
     if (strcmp(n->name, "split_clients") == 0)
         return map_split_directive(cx, n, LS(cx)->snap);
+    if (strcmp(n->name, "geo") == 0)
+        return map_geo_directive(cx, n, LS(cx)->snap);
     return map_directive(cx, n, LS(cx)->snap);
 }
 
@@ -1069,6 +1071,9 @@ static const struct cf_directive core_directives[] = {
      "a variable looked up from string: exact keys (case-insensitive), hostnames wildcards, "
      "~regex/~*regex (captures in the value), default; evaluated once per request unless "
      "volatile"},
+    {"geo", CF_HTTP, 1, 2, true, set_map, CONF_MAIN, 0, "[$address] $variable { ... }", "-",
+     "a variable by client network: the value of the longest CIDR holding $address (default "
+     "$remote_addr, after set_real_ip_from), else default"},
     {"split_clients", CF_HTTP, 2, 2, true, set_map, CONF_MAIN, 0,
      "string $variable { percent value; ... * value; }", "-",
      "A/B buckets: MurmurHash2 of string against the percentages in order, as nginx (the same "

@@ -1,5 +1,6 @@
 #include "proxy/map.h"
 
+#include <arpa/inet.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -39,6 +40,16 @@ struct map_def {
     uint32_t *split_bound; /* 0 = "*" (the rest) */
     struct slice *split_val;
     size_t nsplit;
+    /* geo: networks, longest prefix first (the first match is the best) */
+    struct geo_net *geo;
+    size_t ngeo;
+    bool is_geo;
+};
+
+struct geo_net {
+    struct net_cidr net;
+    int bits;
+    struct slice value;
 };
 
 enum { MAP_UNSEEN, MAP_BUSY, MAP_DONE };
@@ -60,7 +71,10 @@ static bool valid_var_name(const char *s)
 
 static bool is_map_like(const struct cf_node *c)
 {
-    return (strcmp(c->name, "map") == 0 || strcmp(c->name, "split_clients") == 0) &&
+    if (strcmp(c->name, "geo") == 0 && c->nargs == 1 && c->args[0][0] == '$')
+        return true;
+    return (strcmp(c->name, "map") == 0 || strcmp(c->name, "split_clients") == 0 ||
+            strcmp(c->name, "geo") == 0) &&
            c->nargs == 2 && c->args[1][0] == '$';
 }
 
@@ -81,7 +95,7 @@ const char **map_prescan(struct snapshot *s, const struct cf_node *root, size_t 
         if (strcmp(h->name, "http") == 0 && h->is_block)
             for (const struct cf_node *c = h->children; c; c = c->next)
                 if (is_map_like(c))
-                    names[i++] = c->args[1] + 1;
+                    names[i++] = c->args[c->nargs - 1] + 1;
     s->nmaps = count;
     *n = count;
     return names;
@@ -160,7 +174,7 @@ static int add_key(struct cf_ctx *cx, const struct cf_node *c, struct map_def *m
 /* The slot prescan gave this map's variable, checks on its name. */
 static struct map_def *claim(struct cf_ctx *cx, const struct cf_node *n, struct snapshot *s)
 {
-    const char *var = n->args[1];
+    const char *var = n->args[n->nargs - 1];
     if (var[0] != '$' || !valid_var_name(var + 1)) {
         cf_error(cx, n, "invalid variable name \"%s\"", var);
         return NULL;
@@ -189,9 +203,65 @@ static struct map_def *claim(struct cf_ctx *cx, const struct cf_node *n, struct 
     }
     m->name = var + 1;
     s->maps[idx] = m;
-    if (!(m->source = conf_tmpl(cx, n, n->args[0])))
+    /* geo without a source: the client address ($remote_addr) */
+    if (!(m->source = conf_tmpl(cx, n, n->nargs == 2 ? n->args[0] : "$remote_addr")))
         return NULL;
     return m;
+}
+
+static int geo_cmp(const void *a, const void *b)
+{
+    const struct geo_net *x = a, *y = b;
+    return (y->bits > x->bits) - (y->bits < x->bits);
+}
+
+/* geo [$address] $var { default v; CIDR v; ... }: the value of the longest
+ * network holding the address (default: $remote_addr, after realip). */
+int map_geo_directive(struct cf_ctx *cx, const struct cf_node *n, struct snapshot *s)
+{
+    struct map_def *m = claim(cx, n, s);
+    if (!m)
+        return -1;
+    m->is_geo = true;
+    size_t cnt = 0;
+    for (const struct cf_node *c = n->children; c; c = c->next)
+        cnt++;
+    m->geo = arena_calloc(cx->arena, (cnt ? cnt : 1) * sizeof(*m->geo));
+    if (!m->geo)
+        return cf_error(cx, n, "out of memory");
+    for (const struct cf_node *c = n->children; c; c = c->next) {
+        if (strcmp(c->name, "ranges") == 0 || strcmp(c->name, "proxy") == 0 ||
+            strcmp(c->name, "proxy_recursive") == 0 || strcmp(c->name, "delete") == 0)
+            return cf_error(cx, c, "\"%s\" is not supported in geo (use set_real_ip_from for "
+                                   "proxies, CIDR networks instead of ranges)",
+                            c->name);
+        if (c->is_block || c->nargs != 1)
+            return cf_error(cx, c, "invalid number of the geo parameters");
+        struct slice v = slice_cstr(c->args[0]);
+        if (strcmp(c->name, "default") == 0) {
+            if (m->dflt)
+                return cf_error(cx, c, "duplicate default geo parameter");
+            if (!(m->dflt = conf_tmpl(cx, c, c->args[0])))
+                return -1;
+            continue;
+        }
+        struct geo_net *g = &m->geo[m->ngeo];
+        if (net_cidr_parse(c->name, &g->net) < 0 || g->net.family == 0)
+            return cf_error(cx, c, "invalid network \"%s\" in geo", c->name);
+        g->bits = 0;
+        for (int i = 0; i < 16; i++)
+            for (int b = 0; b < 8; b++)
+                g->bits += (g->net.mask[i] >> b) & 1;
+        for (size_t k = 0; k < m->ngeo; k++)
+            if (m->geo[k].bits == g->bits && m->geo[k].net.family == g->net.family &&
+                memcmp(m->geo[k].net.addr, g->net.addr, 16) == 0)
+                return cf_error(cx, c, "duplicate network \"%s\" in geo", c->name);
+        g->value = v;
+        m->ngeo++;
+    }
+    if (m->ngeo > 1)
+        qsort(m->geo, m->ngeo, sizeof(*m->geo), geo_cmp);
+    return 0;
 }
 
 /* split_clients STRING $var { 0.5% a; 20% b; * c; }: nginx's percentages of
@@ -467,6 +537,29 @@ static uint32_t murmur2(const unsigned char *d, size_t len)
     return h;
 }
 
+static struct slice geo_lookup(struct exchange *ex, const struct map_def *m, struct slice src)
+{
+    char buf[64];
+    struct net_addr a;
+    memset(&a, 0, sizeof(a));
+    if (src.len && src.len < sizeof(buf)) {
+        memcpy(buf, src.p, src.len);
+        buf[src.len] = '\0';
+        if (inet_pton(AF_INET, buf, &a.in4.sin_addr) == 1) {
+            a.in4.sin_family = AF_INET;
+            a.len = sizeof(a.in4);
+        } else if (inet_pton(AF_INET6, buf, &a.in6.sin6_addr) == 1) {
+            a.in6.sin6_family = AF_INET6;
+            a.len = sizeof(a.in6);
+        }
+    }
+    if (a.len)
+        for (size_t i = 0; i < m->ngeo; i++)
+            if (net_cidr_match(&m->geo[i].net, &a))
+                return m->geo[i].value;
+    return value_of(ex, m->dflt); /* not an address (nginx: 255.255.255.255) or no match */
+}
+
 static struct slice split(const struct map_def *m, struct slice src)
 {
     uint32_t h = murmur2((const unsigned char *)(src.p ? src.p : ""), src.len);
@@ -499,7 +592,9 @@ struct slice map_value(struct exchange *ex, int idx)
     }
     ex->map_state[idx] = MAP_BUSY;
     struct slice src = tmpl_eval(ex, m->source, ESC_NONE);
-    struct slice v = m->split_bound ? split(m, src) : lookup(ex, m, src);
+    struct slice v = m->is_geo        ? geo_lookup(ex, m, src)
+                     : m->split_bound ? split(m, src)
+                                      : lookup(ex, m, src);
     ex->map_vals[idx] = v;
     ex->map_state[idx] = MAP_DONE;
     return v;

@@ -28,6 +28,8 @@ const char **map_prescan(struct snapshot *s, const struct cf_node *root, size_t 
 int map_directive(struct cf_ctx *cx, const struct cf_node *n, struct snapshot *s);
 /* `split_clients` (nginx's module: the same buckets for the same strings). */
 int map_split_directive(struct cf_ctx *cx, const struct cf_node *n, struct snapshot *s);
+/* `geo [$address] $var { ... }`: longest matching network. */
+int map_geo_directive(struct cf_ctx *cx, const struct cf_node *n, struct snapshot *s);
 
 /* Value of map `idx` for this exchange. */
 struct slice map_value(struct exchange *ex, int idx);

@@ -235,3 +235,52 @@ def test_bad_split_clients(res, text, msg):
     p = res.proxy_unstarted(text + "\nserver { listen 127.0.0.1:{port}; }")
     out = p.run_cmd("-t").output
     assert msg in out and "portico.conf:8:" in out, out
+
+
+def test_geo_longest_network_and_realip(res):
+    p = res.proxy("""
+        set_real_ip_from 127.0.0.1;
+        geo $net {
+            default      0;
+            127.0.0.0/8  loop;
+            10.0.0.0/8   ten;
+            10.1.0.0/16  ten-one;
+            ::1          v6loop;
+        }
+        geo $http_x_ip $region {
+            default        none;
+            192.0.2.0/24   test-net;
+            2001:db8::/32  doc6;
+        }
+        server {
+            listen 127.0.0.1:{port};
+            location /deny { if ($net = 0) { return 403; } return 200 "ok"; }
+            location / { return 200 "$net|$region"; }
+        }
+    """)
+
+    def val(headers=()):
+        return get(p.port, "/", headers=list(headers)).text
+
+    assert val() == "loop|none"
+    assert val([("X-Real-IP", "10.1.2.3")]) == "ten-one|none"  # the longest network
+    assert val([("X-Real-IP", "10.2.0.1")]) == "ten|none"
+    assert val([("X-Real-IP", "198.51.100.1")]) == "0|none"
+    assert val([("X-Ip", "192.0.2.77")]).endswith("|test-net")
+    assert val([("X-Ip", "2001:db8::5")]).endswith("|doc6")
+    assert val([("X-Ip", "junk")]).endswith("|none")
+    assert get(p.port, "/deny", headers=[("X-Real-IP", "198.51.100.1")]).status == 403
+    assert get(p.port, "/deny").status == 200
+
+
+@pytest.mark.skipif(IS_NGINX, reason="Portico's messages")
+@pytest.mark.parametrize("text,msg", [
+    ('geo $x { 10.0.0.0/40 a; }', 'invalid network "10.0.0.0/40" in geo'),
+    ('geo $x { 10.0.0.0/8 a; 10.0.0.0/8 b; }', 'duplicate network "10.0.0.0/8" in geo'),
+    ('geo $x { ranges; }', '"ranges" is not supported in geo'),
+    ('geo $x { default a; default b; }', "duplicate default geo parameter"),
+])
+def test_bad_geo(res, text, msg):
+    p = res.proxy_unstarted(text + "\nserver { listen 127.0.0.1:{port}; }")
+    out = p.run_cmd("-t").output
+    assert msg in out and "portico.conf:8:" in out, out
