@@ -6,6 +6,7 @@
  * submit frames, so a stream is freed only in on_stream_close or when the
  * whole session closes. */
 #include "http2/h2.h"
+#include "net/proxy_protocol.h"
 
 #include <errno.h>
 #include <nghttp2/nghttp2.h>
@@ -175,6 +176,7 @@ struct h2_session {
     void *sink_ctx;
     struct worker *w;
     struct net_addr peer, local;
+    struct pp_header pp; /* from a PROXY protocol header, if any (has_addr) */
     struct h2_session *next, *prev;
     nghttp2_session *ng;
     struct h2_conf conf;
@@ -649,6 +651,10 @@ static void stream_start(struct h2_stream *st, bool end_stream)
     ex->id = ++s->w->next_exchange_id;
     ex->peer = &s->peer;
     ex->local = &s->local;
+    if (s->pp.has_addr) {
+        ex->pp_src = &s->pp.src;
+        ex->pp_dst = &s->pp.dst;
+    }
     ex->listen = ls;
     ex->is_tls = s->tls != NULL;
     ex->conn_number = s->conn_number;
@@ -1486,11 +1492,13 @@ static void sess_link(struct h2_session *s)
 
 void h2_session_start(struct worker *w, int fd, const struct net_addr *peer,
                       const struct net_addr *local, struct tls_conn *tls, const char *preread,
-                      size_t npreread)
+                      size_t npreread, const struct pp_header *pp)
 {
     struct h2_session *s = npreread <= BUF_SEG_SIZE ? sess_new(w, fd, peer, local) : NULL;
     if (!s)
         goto fail;
+    if (pp)
+        s->pp = *pp;
     s->tls = tls;
     if (loop_io_add(w->loop, &s->io) < 0) {
         nghttp2_session_del(s->ng);

@@ -26,9 +26,11 @@ struct listen_set;
  * holds bytes already read from the connection (the client preface or part
  * of it); they are copied. The session registers fd with the worker's loop
  * and counts itself in w->nsessions / w->nactive. */
+struct pp_header;
+/* `pp`: the connection's PROXY protocol header with addresses, or NULL. */
 void h2_session_start(struct worker *w, int fd, const struct net_addr *peer,
                       const struct net_addr *local, struct tls_conn *tls, const char *preread,
-                      size_t npreread);
+                      size_t npreread, const struct pp_header *pp);
 
 /* ---- sessions without a socket (fuzzing, tests) ---- */
 

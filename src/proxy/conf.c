@@ -149,8 +149,10 @@ static void loc_conf_merge(struct loc_conf *c, const struct loc_conf *p)
         c->nrealip_from = p->nrealip_from;
         c->realip_from_set = p->realip_from_set;
     }
-    if (!c->realip_header)
+    if (!c->realip_header) {
         c->realip_header = p->realip_header;
+        c->realip_pp = p->realip_pp;
+    }
     if (!c->redirect_set) {
         c->redirects = p->redirects;
         c->nredirects = p->nredirects;
@@ -757,6 +759,8 @@ static int set_listen(struct cf_ctx *cx, const struct cf_node *n, const struct c
             l->ssl = true;
         } else if (strcmp(a, "http2") == 0) {
             l->http2 = true;
+        } else if (strcmp(a, "proxy_protocol") == 0) {
+            l->proxy_protocol = true;
         } else if (strcmp(a, "h2c_only") == 0) {
             /* HTTP/2 with prior knowledge and nothing else (h2spec, gRPC
              * behind a TLS-terminating balancer): no HTTP/1 sniffing */
@@ -1022,8 +1026,11 @@ static int set_real_ip_header(struct cf_ctx *cx, const struct cf_node *n,
     (void)d;
     struct loc_conf *lc = conf;
     const char *h = n->args[0];
-    if (strcmp(h, "proxy_protocol") == 0)
-        return cf_error(cx, n, "\"proxy_protocol\": Portico does not accept the PROXY protocol");
+    if (strcmp(h, "proxy_protocol") == 0) {
+        lc->realip_pp = true; /* the address of the listener's PROXY header */
+        lc->realip_header = h;
+        return 0;
+    }
     for (const char *c = h; *c; c++)
         if (!http_tchar[(unsigned char)*c])
             return cf_error(cx, n, "invalid header name \"%s\"", h);
@@ -1086,14 +1093,16 @@ static const struct cf_directive http_directives[] = {
     {"upstream", CF_HTTP, 1, 1, true, set_upstream, CONF_LOC, 0, "name { ... }", "-",
      "a group of servers to proxy to"},
     {"listen", CF_SERVER, 1, CF_ARGS_ANY, false, set_listen, CONF_SRV, 0,
-     "address[:port] [default_server] [ssl] [http2 [h2c_only]] [reuseport] [deferred] "
+     "address[:port] [default_server] [ssl] [http2 [h2c_only]] [proxy_protocol] [reuseport] "
+     "[deferred] "
      "[backlog=number]",
      "*:80",
      "address and port to accept connections on; http2: HTTP/2 there too (ALPN h2 with ssl, "
      "else h2c with prior knowledge beside HTTP/1.x); h2c_only (plain, implies http2): HTTP/2 "
      "only, anything but the client preface gets GOAWAY(PROTOCOL_ERROR); accepts are always "
      "deferred until the client sends (TCP_DEFER_ACCEPT), `deferred` is accepted for nginx "
-     "configs"},
+     "configs; proxy_protocol: every connection starts with a PROXY protocol v1/v2 header "
+     "($proxy_protocol_addr; real_ip_header proxy_protocol makes it $remote_addr)"},
     {"server_name", CF_SERVER, 1, CF_ARGS_ANY, false, set_server_name, CONF_SRV, 0, "name ...",
      "\"\"", "names of the virtual server: exact, *.wildcard, wildcard.*, ~regex"},
     {"location", CF_SERVER | CF_LOCATION, 1, 2, true, set_location, CONF_LOC, 0,
@@ -1432,6 +1441,7 @@ static int build_listens(struct snapshot *s, struct load_state *ls, char *err, s
             set->ssl = l->ssl;
             set->http2 |= l->http2;
             set->h2c_only |= l->h2c_only;
+            set->proxy_protocol |= l->proxy_protocol;
             if (l->default_server) {
                 if (set->dflt) {
                     snprintf(err, errlen, "%s:%d: a duplicate default server for %s", l->file,

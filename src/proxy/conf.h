@@ -111,6 +111,7 @@ struct loc_conf {
     size_t nrealip_from;
     bool realip_from_set;
     const char *realip_header; /* NULL: X-Real-IP */
+    bool realip_pp;            /* real_ip_header proxy_protocol */
     int realip_recursive;
     bool has_return;    /* a `return` at this level itself */
 
@@ -178,6 +179,7 @@ struct listen_conf {
     bool ssl;
     bool http2;    /* listen ... http2: h2c prior knowledge, h2 in ALPN */
     bool h2c_only; /* listen ... http2 h2c_only: no HTTP/1 on this plain address */
+    bool proxy_protocol; /* connections start with a PROXY protocol header */
     bool default_server;
     bool reuseport;
     int backlog;
@@ -244,6 +246,7 @@ struct listen_set {
     bool http2;    /* some listen of this address says http2 */
     bool h2c_only; /* some listen of this address says h2c_only: every
                     * connection is HTTP/2 from its first byte */
+    bool proxy_protocol; /* ... says proxy_protocol: a PROXY header comes first */
     struct srv_conf **servers;
     size_t nservers;
     struct vhost_table *vhosts;

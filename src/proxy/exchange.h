@@ -152,6 +152,7 @@ struct exchange {
     struct slice *user_vals;         /* `set` values */
     bool uri_rewritten;              /* a rewrite changed $uri or $args */
     const struct net_addr *realip_orig; /* the connection's address, when realip replaced it */
+    const struct net_addr *pp_src, *pp_dst; /* the PROXY protocol header's, or NULL */
     bool uri_rewritten_here;         /* ... in the location that serves (rewrite ... break) */
     uint8_t *map_state;
 

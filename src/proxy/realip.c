@@ -105,6 +105,13 @@ void realip_apply(struct exchange *ex, const struct loc_conf *lc)
 {
     if (ex->realip_orig || !lc || !lc->nrealip_from || !trusted(lc, ex->peer))
         return;
+    if (lc->realip_pp) {
+        if (ex->pp_src) {
+            ex->realip_orig = ex->peer;
+            ex->peer = ex->pp_src;
+        }
+        return;
+    }
     struct slice name = lc->realip_header ? slice_cstr(lc->realip_header) : SLICE_LIT("x-real-ip");
     /* every field of that name, in order, as one comma-separated list */
     struct slice list = SLICE_NULL;

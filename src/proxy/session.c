@@ -18,6 +18,7 @@
 #include "proxy/exchange.h"
 #include "proxy/proxy.h"
 #include "proxy/vars.h"
+#include "net/proxy_protocol.h"
 #include "proxy/worker.h"
 #include "tls/tls.h"
 #include "http2/h2.h"
@@ -27,6 +28,7 @@
 #define LINGER_MAX_MS     30000
 
 enum sess_state {
+    S_PROXY,     /* listen ... proxy_protocol: waiting for the PROXY header */
     S_HANDSHAKE, /* TLS handshake in progress */
     S_HEAD,      /* waiting for (the rest of) a request head */
     S_EXCHANGE,  /* a request is being served */
@@ -44,6 +46,7 @@ struct h1_session {
     struct tls_conn *tls; /* NULL on plain connections */
     struct worker *w;
     struct net_addr peer, local;
+    struct pp_header pp; /* from the PROXY protocol header (listen ... proxy_protocol) */
     struct h1_session *next, *prev;
     struct snapshot *snap; /* for the head being read */
     const struct listen_set *lset;
@@ -227,6 +230,8 @@ static void post_cb(struct posted *p)
 
 static void rtimer_cb(struct timer *t);
 static void do_handshake(struct h1_session *s);
+static void after_proxy_header(struct h1_session *s);
+static void read_proxy_header(struct h1_session *s);
 static void handoff_h2(struct h1_session *s);
 static void answer_bad_request(struct h1_session *s, int status, const char *why,
                                const char *detail);
@@ -235,10 +240,10 @@ void h1_session_start(struct worker *w, int fd, const struct net_addr *peer,
                       const struct net_addr *local)
 {
     const struct listen_set *ls = snapshot_find_listen(worker_snapshot(w), local);
-    if (ls && ls->h2c_only && !ls->ssl) {
+    if (ls && ls->h2c_only && !ls->ssl && !ls->proxy_protocol) {
         /* HTTP/2 from the first byte: nghttp2 checks the preface itself and
          * answers anything else (HTTP/1 too) with GOAWAY(PROTOCOL_ERROR) */
-        h2_session_start(w, fd, peer, local, NULL, NULL, 0);
+        h2_session_start(w, fd, peer, local, NULL, NULL, 0, NULL);
         return;
     }
     struct h1_session *s = calloc(1, sizeof(*s));
@@ -270,6 +275,24 @@ void h1_session_start(struct worker *w, int fd, const struct net_addr *peer,
     w->nsessions++;
     /* the first bytes usually arrived with the connection */
     s->io.readable = true;
+    if (s->lset && s->lset->proxy_protocol) {
+        s->state = S_PROXY;
+        timer_set(w->loop, &s->rtimer, hdr_timeout(s));
+        read_proxy_header(s);
+        return;
+    }
+    after_proxy_header(s);
+}
+
+/* What the connection is, once a PROXY header (if any) is behind us. */
+static void after_proxy_header(struct h1_session *s)
+{
+    struct worker *w = s->w;
+    int fd = s->io.fd;
+    if (s->lset && s->lset->h2c_only && !s->lset->ssl) {
+        handoff_h2(s);
+        return;
+    }
     if (s->lset && s->lset->ssl) {
         /* the handshake writes more than once, inside OpenSSL */
         net_set_nodelay(fd);
@@ -288,6 +311,47 @@ void h1_session_start(struct worker *w, int fd, const struct net_addr *peer,
     timer_set(w->loop, &s->rtimer, hdr_timeout(s));
     s->head_started = true; /* the first request's wait counts as its head */
     read_head(s);
+}
+
+/* The PROXY header, peeked so that not one byte behind it is taken from the
+ * socket (TLS and HTTP/2 read the connection from its next byte on). */
+static void read_proxy_header(struct h1_session *s)
+{
+    unsigned char buf[PP_MAX_HEADER];
+    for (;;) {
+        ssize_t n = recv(s->io.fd, buf, sizeof(buf), MSG_PEEK);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && errno == EAGAIN) {
+            s->io.readable = false;
+            return;
+        }
+        int r = n > 0 ? pp_parse(buf, (size_t)n, &s->pp) : -1;
+        if (r == 0 && (size_t)n < sizeof(buf)) {
+            s->io.readable = false; /* the rest comes with a new edge */
+            return;
+        }
+        if (r <= 0) {
+            if (n > 0) {
+                char peer[64];
+                net_addr_format(&s->peer, peer, sizeof(peer));
+                LOG(LOG_ERR, "broken PROXY protocol header from %s: closing", peer);
+            }
+            sess_close(s);
+            return;
+        }
+        ssize_t got;
+        do
+            got = recv(s->io.fd, buf, (size_t)r, 0);
+        while (got < 0 && errno == EINTR);
+        if (got != r) {
+            sess_close(s);
+            return;
+        }
+        timer_cancel(&s->rtimer);
+        after_proxy_header(s);
+        return;
+    }
 }
 
 static void do_handshake(struct h1_session *s)
@@ -430,6 +494,10 @@ static void answer_bad_request(struct h1_session *s, int status, const char *why
     ex->loop = s->w->loop;
     ex->peer = &s->peer;
     ex->local = &s->local;
+    if (s->pp.has_addr) {
+        ex->pp_src = &s->pp.src;
+        ex->pp_dst = &s->pp.dst;
+    }
     ex->srv = s->lset ? s->lset->dflt : NULL;
     ex->lc = lc;
     ex->status = status;
@@ -531,7 +599,8 @@ static void handoff_h2(struct h1_session *s)
     s->tls = NULL;
     const char *pre = s->rseg ? s->rseg->data + s->rstart : NULL;
     size_t npre = s->rseg ? s->rend - s->rstart : 0;
-    h2_session_start(s->w, fd, &s->peer, &s->local, tls, pre, npre);
+    h2_session_start(s->w, fd, &s->peer, &s->local, tls, pre, npre,
+                     s->pp.has_addr ? &s->pp : NULL);
     s->rstart = s->rend;
     sess_close(s);
 }
@@ -668,6 +737,10 @@ static void start_exchange(struct h1_session *s, struct h1_request *req)
     ex->id = ++s->w->next_exchange_id;
     ex->peer = &s->peer;
     ex->local = &s->local;
+    if (s->pp.has_addr) {
+        ex->pp_src = &s->pp.src;
+        ex->pp_dst = &s->pp.dst;
+    }
     ex->listen = s->lset;
     ex->tls = s->tls;
     ex->is_tls = s->tls != NULL;
@@ -1170,6 +1243,9 @@ static void sess_io(struct io *io, uint32_t events)
     if (!io->readable)
         return;
     switch (s->state) {
+    case S_PROXY:
+        read_proxy_header(s);
+        break;
     case S_HANDSHAKE:
         do_handshake(s);
         break;
@@ -1199,6 +1275,13 @@ static void rtimer_cb(struct timer *t)
 {
     struct h1_session *s = t->data;
     switch (s->state) {
+    case S_PROXY: {
+        char peer[64];
+        net_addr_format(&s->peer, peer, sizeof(peer));
+        LOG(LOG_INFO, "client %s timed out sending the PROXY protocol header", peer);
+        sess_close(s);
+        break;
+    }
     case S_HANDSHAKE: {
         char peer[64];
         net_addr_format(&s->peer, peer, sizeof(peer));

@@ -70,6 +70,10 @@ enum var_id {
     V_SSL_ALPN_PROTOCOL,
     V_REALIP_REMOTE_ADDR,
     V_REALIP_REMOTE_PORT,
+    V_PP_ADDR,
+    V_PP_PORT,
+    V_PP_SERVER_ADDR,
+    V_PP_SERVER_PORT,
     V_CAPTURE,       /* $1..$9 (arg: the digit) */
     V_NAMED_CAPTURE, /* (?<name>...) */
     V_MAP_BASE = 1000,  /* + index: a `map` variable */
@@ -141,6 +145,10 @@ static const struct var_def var_defs[] = {
     {"ssl_alpn_protocol", V_SSL_ALPN_PROTOCOL, false},
     {"realip_remote_addr", V_REALIP_REMOTE_ADDR, false},
     {"realip_remote_port", V_REALIP_REMOTE_PORT, false},
+    {"proxy_protocol_addr", V_PP_ADDR, false},
+    {"proxy_protocol_port", V_PP_PORT, false},
+    {"proxy_protocol_server_addr", V_PP_SERVER_ADDR, false},
+    {"proxy_protocol_server_port", V_PP_SERVER_PORT, false},
 };
 
 static bool var_char(char c)
@@ -617,6 +625,18 @@ struct slice var_value(struct exchange *ex, int var, struct slice arg)
     }
     case V_REALIP_REMOTE_PORT:
         return fmt(ex, "%d", net_addr_port(ex->realip_orig ? ex->realip_orig : ex->peer));
+    case V_PP_ADDR:
+    case V_PP_SERVER_ADDR: {
+        const struct net_addr *a = var == V_PP_ADDR ? ex->pp_src : ex->pp_dst;
+        char ip[64];
+        return a ? arena_slice_dup(&ex->arena, slice_make(ip, net_addr_ip(a, ip, sizeof(ip))))
+                 : SLICE_NULL;
+    }
+    case V_PP_PORT:
+    case V_PP_SERVER_PORT: {
+        const struct net_addr *a = var == V_PP_PORT ? ex->pp_src : ex->pp_dst;
+        return a ? fmt(ex, "%d", net_addr_port(a)) : SLICE_NULL;
+    }
     case V_PROXY_ADD_XFF: {
         char ip[64];
         size_t ipl = net_addr_ip(ex->peer, ip, sizeof(ip));

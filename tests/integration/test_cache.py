@@ -667,6 +667,10 @@ def test_api_lists_cache_zones(res):
                  location /api { api; } }
     """, origin=o.addr)
     get(p, "/x?cc=max-age=60")
+    # the object is stored once the response is complete, which on a busy
+    # machine may be a moment after the client has read it
+    wait_for(lambda: get(p, "/api/caches").json()["apiz"]["stores"] == 1, what="the store")
+    wait_for(lambda: not get(p, "/api/caches").json()["apiz"]["loading"], what="the loader")
     get(p, "/x?cc=max-age=60")
     z = get(p, "/api/caches").json()["apiz"]
     assert (z["entries"], z["hits"], z["stores"], z["max_size"]) == (1, 1, 1, 1048576)

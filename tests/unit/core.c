@@ -22,6 +22,7 @@
 #include "core/loop.h"
 #include "core/str.h"
 #include "net/net.h"
+#include "net/proxy_protocol.h"
 
 static bool sl_is(struct slice s, const char *lit)
 {
@@ -1548,4 +1549,93 @@ Test(outq, large_items_are_split_and_counted)
     cr_assert_eq(q.count, OUTQ_MAX - 1);
     outq_clear(&q);
     cr_assert_eq(q.count, 0);
+}
+
+/* ---- PROXY protocol (net/proxy_protocol.c) ---- */
+
+static int pp(const char *s, size_t n, struct pp_header *h)
+{
+    return pp_parse((const unsigned char *)s, n, h);
+}
+
+static char *addr_str(const struct net_addr *a)
+{
+    static char b[2][80];
+    static int k;
+    k ^= 1;
+    net_addr_format(a, b[k], sizeof(b[k]));
+    return b[k];
+}
+
+Test(net, proxy_protocol_v1)
+{
+    struct pp_header h;
+    const char *v4 = "PROXY TCP4 203.0.113.7 10.0.0.1 56324 443\r\nGET / HTTP/1.1\r\n";
+    cr_assert_eq(pp(v4, strlen(v4), &h), 43);
+    cr_assert(h.has_addr);
+    cr_assert_str_eq(addr_str(&h.src), "203.0.113.7:56324");
+    cr_assert_str_eq(addr_str(&h.dst), "10.0.0.1:443");
+    const char *v6 = "PROXY TCP6 2001:db8::1 ::1 1 65535\r\n";
+    cr_assert_eq(pp(v6, strlen(v6), &h), (int)strlen(v6));
+    cr_assert_str_eq(addr_str(&h.src), "[2001:db8::1]:1");
+    cr_assert_eq(pp("PROXY UNKNOWN\r\n", 15, &h), 15);
+    cr_assert(!h.has_addr);
+    cr_assert_eq(pp("PROXY UNKNOWN ffff::1 ::1 1 2\r\n", 31, &h), 31);
+    /* incomplete: every prefix of a good header asks for more */
+    for (size_t i = 0; i < 43; i++)
+        cr_assert_eq(pp(v4, i, &h), 0, "prefix %zu", i);
+    /* refused */
+    const char *bad[] = {
+        "GET / HTTP/1.1\r\n",
+        "PROXY TCP4 1.2.3.4 5.6.7.8 1 2\n",          /* LF without CR */
+        "PROXY TCP4 1.2.3.4 5.6.7.8 1\r\n",          /* a field short */
+        "PROXY TCP4 1.2.3.4 5.6.7.8 1 2 3\r\n",      /* one too many */
+        "PROXY TCP4 1.2.3.4  5.6.7.8 1 2\r\n",       /* double space */
+        "PROXY TCP4 ::1 5.6.7.8 1 2\r\n",            /* v6 in TCP4 */
+        "PROXY TCP6 1.2.3.4 ::1 1 2\r\n",            /* v4 in TCP6 */
+        "PROXY TCP4 1.2.3.4 5.6.7.8 65536 2\r\n",    /* port range */
+        "PROXY TCP4 1.2.3.4 5.6.7.8 01 2\r\n",       /* leading zero */
+        "PROXY TCP4 1.2.3.4 5.6.7.8 -1 2\r\n",
+        "PROXY UDP4 1.2.3.4 5.6.7.8 1 2\r\n",
+        "PROXY UNKNOWNX\r\n",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        cr_assert_eq(pp(bad[i], strlen(bad[i]), &h), -1, "%s", bad[i]);
+    /* no CRLF within 107 bytes */
+    char longl[200];
+    memset(longl, 'x', sizeof(longl));
+    memcpy(longl, "PROXY UNKNOWN ", 14);
+    cr_assert_eq(pp(longl, sizeof(longl), &h), -1);
+}
+
+Test(net, proxy_protocol_v2)
+{
+    unsigned char b[64] = {0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a,
+                           0x21, 0x11, 0x00, 0x0c + 3};
+    unsigned char a4[12] = {198, 51, 100, 9, 10, 0, 0, 1, 0x1f, 0x90, 0x01, 0xbb};
+    memcpy(b + 16, a4, 12);
+    b[28] = 0x04; /* a TLV of type 4 and no value: skipped */
+    b[29] = 0x00;
+    b[30] = 0x00;
+    struct pp_header h;
+    cr_assert_eq(pp_parse(b, 31, &h), 31);
+    cr_assert(h.has_addr);
+    cr_assert_str_eq(addr_str(&h.src), "198.51.100.9:8080");
+    cr_assert_str_eq(addr_str(&h.dst), "10.0.0.1:443");
+    for (size_t i = 0; i < 31; i++)
+        cr_assert_eq(pp_parse(b, i, &h), 0, "prefix %zu", i);
+    b[12] = 0x20; /* LOCAL */
+    cr_assert_eq(pp_parse(b, 31, &h), 31);
+    cr_assert(!h.has_addr);
+    b[12] = 0x22; /* an unknown command */
+    cr_assert_eq(pp_parse(b, 31, &h), -1);
+    b[12] = 0x11; /* version 1 in a v2 signature */
+    cr_assert_eq(pp_parse(b, 31, &h), -1);
+    b[12] = 0x21;
+    b[15] = 4; /* TCP4 with too short an address block */
+    cr_assert_eq(pp_parse(b, 20, &h), -1);
+    b[14] = 0xff; /* longer than PP_MAX_HEADER */
+    cr_assert_eq(pp_parse(b, 64, &h), -1);
+    b[3] = 0; /* a broken signature */
+    cr_assert_eq(pp_parse(b, 5, &h), -1);
 }
