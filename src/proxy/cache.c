@@ -579,6 +579,24 @@ static void background_update(struct exchange *ex)
     n->lc = ex->lc;
     n->caps = ex->caps;
     n->host_caps = ex->host_caps;
+    /* what the rewrite phases decided stands: the copy does not run them
+     * again (a second `rewrite ^/(.*) /app/$1` would fetch /app/app/...) */
+    n->uri_rewritten = ex->uri_rewritten;
+    n->uri_rewritten_here = ex->uri_rewritten_here;
+    n->redirected = ex->redirected;
+    n->args_set = ex->args_set;
+    size_t nuser = ex->snap->nuser_vars, nmaps = ex->snap->nmaps;
+    if (ex->user_vals && (n->user_vals = arena_calloc(a, nuser * sizeof(*n->user_vals))))
+        for (size_t i = 0; i < nuser; i++)
+            n->user_vals[i] = sdup(a, ex->user_vals[i]);
+    if (ex->map_vals && (n->map_vals = arena_calloc(a, nmaps * sizeof(*n->map_vals))) &&
+        (n->map_state = arena_alloc(a, nmaps))) {
+        memcpy(n->map_state, ex->map_state, nmaps);
+        for (size_t i = 0; i < nmaps; i++)
+            n->map_vals[i] = sdup(a, ex->map_vals[i]);
+    } else {
+        n->map_vals = NULL;
+    }
     n->start_ms = ex->start_ms;
     n->start_real_us = ex->start_real_us;
     n->cache_background = true;
@@ -593,7 +611,7 @@ static void background_update(struct exchange *ex)
         bg_list->prev = b;
     bg_list = b;
     bg_count++;
-    proxy_start(n);
+    proxy_start_located(n);
 }
 
 /* ---- the request side ---- */

@@ -276,16 +276,14 @@ static int set_proxy_pass(struct cf_ctx *cx, const struct cf_node *n, const stru
     return 0;
 }
 
-/* rewrite, return, set, if, break: one program per level (rewrite.c). A
- * second top-level `return` could never run: refused as before (a return
- * beside proxy_pass is not: a break or an if may come first, as in nginx). */
+/* rewrite, return, set, if, break: one program per level (rewrite.c), in
+ * order, as nginx: a return beside proxy_pass or after another return is
+ * accepted (a break or an if may come first). */
 static int set_rewrite_op(struct cf_ctx *cx, const struct cf_node *n,
                           const struct cf_directive *d, void *conf)
 {
     (void)d;
     struct loc_conf *lc = conf;
-    if (strcmp(n->name, "return") == 0 && lc->has_return)
-        return cf_error(cx, n, "\"return\" directive is duplicate");
     return rw_directive(cx, n, LS(cx)->snap, lc);
 }
 

@@ -154,6 +154,7 @@ struct exchange {
     const struct net_addr *realip_orig; /* the connection's address, when realip replaced it */
     const struct net_addr *pp_src, *pp_dst; /* the PROXY protocol header's, or NULL */
     bool uri_rewritten_here;         /* ... in the location that serves (rewrite ... break) */
+    bool args_set;                   /* `set $args` changed the arguments */
     uint8_t *map_state;
 
     /* the response */

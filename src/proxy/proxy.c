@@ -178,10 +178,8 @@ static int find_location(struct exchange *ex, bool search)
             answer_return(ex, &ret);
             return 1;
         }
-        if (r == RW_BREAK || !changed) {
-            ex->uri_rewritten_here = changed;
-            return 0;
-        }
+        if (r == RW_BREAK || !changed)
+            return 0; /* (rewrite ... break, here or in the server, set uri_rewritten_here) */
         if (cycle + 1 >= 10) {
             LOG(LOG_ERR, "*%llu rewrite or internal redirection cycle while processing \"%.*s\"",
                 (unsigned long long)ex->id, (int)ex->uri.len, ex->uri.p);
@@ -233,6 +231,36 @@ static bool add_header_applies(int status)
     }
 }
 
+/* A field value made from a template: a decoded $uri or a capture may hold
+ * CR, LF or other controls, which would start a new header line; they are
+ * percent-encoded instead (HTAB stays). Most values pass untouched. */
+static struct slice field_safe(struct exchange *ex, struct slice v)
+{
+    size_t bad = 0;
+    for (size_t i = 0; i < v.len; i++) {
+        unsigned char c = (unsigned char)v.p[i];
+        bad += (c < 0x20 && c != '\t') || c == 0x7f;
+    }
+    if (!bad)
+        return v;
+    static const char hex[] = "0123456789ABCDEF";
+    char *out = arena_alloc(&ex->arena, v.len + 2 * bad);
+    if (!out)
+        return SLICE_NULL;
+    size_t o = 0;
+    for (size_t i = 0; i < v.len; i++) {
+        unsigned char c = (unsigned char)v.p[i];
+        if ((c < 0x20 && c != '\t') || c == 0x7f) {
+            out[o++] = '%';
+            out[o++] = hex[c >> 4];
+            out[o++] = hex[c & 15];
+        } else {
+            out[o++] = (char)c;
+        }
+    }
+    return slice_make(out, o);
+}
+
 /* Append add_header fields to `fields` (capacity must allow it). */
 static size_t apply_add_headers(struct exchange *ex, int status, struct http_field *fields,
                                 size_t n)
@@ -245,7 +273,7 @@ static size_t apply_add_headers(struct exchange *ex, int status, struct http_fie
         const struct hdr_rule *r = &lc->add_headers.v[i];
         if (!applies && !r->always)
             continue;
-        struct slice v = tmpl_eval(ex, r->value, ESC_NONE);
+        struct slice v = field_safe(ex, tmpl_eval(ex, r->value, ESC_NONE));
         if (!v.len)
             continue;
         fields[n++] = (struct http_field){r->name, v};
@@ -268,8 +296,8 @@ static void send_local(struct exchange *ex, int status, struct slice ctype, stru
     }
     if (ctype.len)
         fields[n++] = (struct http_field){SLICE_LIT("Content-Type"), ctype};
-    if (location.len)
-        fields[n++] = (struct http_field){SLICE_LIT("Location"), location};
+    if (location.len) /* (a Location can only get a space from a capture) */
+        fields[n++] = (struct http_field){SLICE_LIT("Location"), field_safe(ex, location)};
     n = apply_add_headers(ex, status, fields, n);
     struct resp_head h = {
         .status = status,
@@ -441,6 +469,26 @@ static size_t escape_uri(char *out, struct slice in)
 /* nginx's rules: without a URI part the client's URI goes as sent (or, after
  * an internal redirect, the new $uri); with one, the part of $uri matched by
  * the location prefix is replaced by it. */
+/* Arguments into a request line: a byte that cannot stand there raw (a
+ * space, a control: only a rewrite or `set` can have put one in) is
+ * percent-encoded, so no value can split the request. */
+static size_t copy_args(char *out, struct slice a)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    size_t o = 0;
+    for (size_t i = 0; i < a.len; i++) {
+        unsigned char c = (unsigned char)a.p[i];
+        if (c <= 0x20 || c == 0x7f) {
+            out[o++] = '%';
+            out[o++] = hex[c >> 4];
+            out[o++] = hex[c & 15];
+        } else {
+            out[o++] = (char)c;
+        }
+    }
+    return o;
+}
+
 static struct slice upstream_uri(struct exchange *ex, const struct proxy_pass *pp,
                                  struct slice dyn_uri, bool dyn)
 {
@@ -458,7 +506,7 @@ static struct slice upstream_uri(struct exchange *ex, const struct proxy_pass *p
             !ex->redirected)
             skip = loc->pattern_len <= ex->uri.len ? loc->pattern_len : ex->uri.len;
         struct slice rest = slice_make(ex->uri.p + skip, ex->uri.len - skip);
-        size_t cap = pp->uri.len + rest.len * 3 + ex->args.len + 2;
+        size_t cap = pp->uri.len + rest.len * 3 + ex->args.len * 3 + 2;
         char *p = arena_alloc(&ex->arena, cap);
         if (!p)
             return SLICE_NULL;
@@ -466,38 +514,35 @@ static struct slice upstream_uri(struct exchange *ex, const struct proxy_pass *p
         size_t o = pp->uri.len + escape_uri(p + pp->uri.len, rest);
         if (ex->has_args) {
             p[o++] = '?';
-            memcpy(p + o, ex->args.p, ex->args.len);
-            o += ex->args.len;
+            o += copy_args(p + o, ex->args);
         }
         return slice_make(p, o);
     }
-    bool same = !ex->redirected && !ex->uri_rewritten;
+    bool same = !ex->redirected && !ex->uri_rewritten && !ex->args_set;
     if (same && ex->request_uri.len && ex->request_uri.p[0] == '/')
         return ex->request_uri;
     if (same && ex->request_uri.len) {
         /* absolute-form: send the origin-form part */
         struct slice u = ex->uri;
-        size_t cap = u.len * 3 + ex->args.len + 2;
+        size_t cap = u.len * 3 + ex->args.len * 3 + 2;
         char *p = arena_alloc(&ex->arena, cap);
         if (!p)
             return SLICE_NULL;
         size_t o = escape_uri(p, u);
         if (ex->has_args) {
             p[o++] = '?';
-            memcpy(p + o, ex->args.p, ex->args.len);
-            o += ex->args.len;
+            o += copy_args(p + o, ex->args);
         }
         return slice_make(p, o);
     }
-    size_t cap = ex->uri.len * 3 + ex->args.len + 2;
+    size_t cap = ex->uri.len * 3 + ex->args.len * 3 + 2;
     char *p = arena_alloc(&ex->arena, cap);
     if (!p)
         return SLICE_NULL;
     size_t o = escape_uri(p, ex->uri);
     if (ex->has_args) {
         p[o++] = '?';
-        memcpy(p + o, ex->args.p, ex->args.len);
-        o += ex->args.len;
+        o += copy_args(p + o, ex->args);
     }
     return slice_make(p, o);
 }
@@ -526,7 +571,7 @@ static int build_request_head(struct fwd *f)
         len += extra[i].name.len + extra[i].value.len + 4;
     for (size_t i = 0; i < nrules; i++) {
         const struct hdr_rule *r = &lc->set_headers.v[i];
-        vals[i] = tmpl_eval(ex, r->value, ESC_NONE);
+        vals[i] = field_safe(ex, tmpl_eval(ex, r->value, ESC_NONE));
         host_set |= slice_eq_lit_ci(r->name, "host");
         conn_set |= slice_eq_lit_ci(r->name, "connection");
         len += r->name.len + vals[i].len + 4;
@@ -695,17 +740,15 @@ static int spool_open(struct fwd *f)
         return -1;
     LOG(LOG_WARN, "*%llu a client request body is buffered to a temporary file in %s",
         (unsigned long long)ex->id, ex->lc->body_temp_path);
+    int r = 0;
     for (size_t i = 0; i < f->npre; i++) {
-        int r = write_all(f->spool_fd, f->pre[i].p, f->pre[i].len);
-        buf_unref(f->pre[i].seg);
+        if (r == 0)
+            r = write_all(f->spool_fd, f->pre[i].p, f->pre[i].len);
+        buf_unref(f->pre[i].seg); /* every piece, also after a failure */
         f->pre[i].seg = NULL;
-        if (r < 0) {
-            f->npre = 0;
-            return -1;
-        }
     }
     f->npre = 0;
-    return 0;
+    return r;
 }
 
 /* Writing the spool failed: the body is half read, so 500 and close. */
@@ -1168,8 +1211,11 @@ static void try_connect(struct fwd *f)
     outq_push(&f->out, f->req_head, f->req_head->data, f->req_head_len);
     f->spool_off = 0;
     bool tls = ex->lc->proxy_ssl_rt != NULL; /* the handshake may still be ahead */
-    if (f->spool && !tls) /* a TLS upstream reads it in pump_request */
-        outq_push_file(&f->out, f->spool, f->spool_fd, 0, f->pre_bytes);
+    /* a plain upstream gets the file by sendfile when the queue can hold it
+     * (OUTQ_MAX items of up to 1 GiB); TLS, or more, is read back in pieces */
+    bool by_file = f->spool && !tls &&
+                   f->pre_bytes <= (uint64_t)(OUTQ_MAX - 4) * OUTQ_ITEM_MAX &&
+                   outq_push_file(&f->out, f->spool, f->spool_fd, 0, f->pre_bytes) == 0;
     for (size_t i = 0; i < f->npre; i++) {
         if (f->send_chunked) {
             char hdr[24];
@@ -1181,7 +1227,7 @@ static void try_connect(struct fwd *f)
             outq_push(&f->out, NULL, "\r\n", 2);
     }
     if ((f->body_eof || !ex->req_has_body || !ex->lc->pass_request_body) &&
-        !(f->spool && tls)) {
+        !(f->spool && !by_file)) {
         if (f->send_chunked)
             push_last_chunk(f);
         f->req_sent = true;
@@ -1517,6 +1563,10 @@ static int start_tunnel(struct fwd *f, struct http_field *fields)
     struct resp_head h = {.status = 101, .fields = out, .nfields = n, .content_length = -1};
     f->tunnel = true;
     f->upstream_reusable = false;
+    if (f->spool) { /* the request body went up whole: from now on raw client bytes */
+        buf_unref(f->spool);
+        f->spool = NULL;
+    }
     f->body_kind = H1_BODY_UNTIL_CLOSE;
     f->req_sent = false; /* from now on the client's bytes go up */
     f->body_eof = false;
@@ -2152,6 +2202,11 @@ static void internal_redirect(struct exchange *ex, struct slice uri)
         if (find_location(ex, true))
             return;
     }
+    run_location(ex);
+}
+
+void proxy_start_located(struct exchange *ex)
+{
     run_location(ex);
 }
 

@@ -13,6 +13,9 @@ struct worker;
 /* Start the corridor for an exchange whose request fields are filled.
  * The client session hears back through ex->client and proxy_done(). */
 void proxy_start(struct exchange *ex);
+/* The same for an exchange whose server, location and rewrites are already
+ * decided (the cache's background update: a copy of a routed request). */
+void proxy_start_located(struct exchange *ex);
 
 /* The client session has more request body (or its end) for body_read. */
 void proxy_request_body_ready(struct exchange *ex);

@@ -29,7 +29,8 @@ struct rw_op {
     enum rw_kind kind;
     /* rewrite */
     pcre2_code *re;
-    struct tmpl *repl;
+    struct tmpl *repl;      /* the replacement up to its first '?' (the path) */
+    struct tmpl *repl_args; /* after it (NULL: none, or nothing before a final '?') */
     enum rw_flag flag;
     bool redirect;  /* the replacement starts with http://, https:// or $scheme */
     bool has_query; /* the replacement holds '?': it sets the arguments */
@@ -58,10 +59,18 @@ static int rw_directive_into(struct cf_ctx *cx, const struct cf_node *n, struct 
 
 /* ---- configuration ---- */
 
+/* $args (and its alias $query_string) can be set, as in nginx: it changes
+ * the arguments sent upstream. */
+static bool is_args_var(const char *name)
+{
+    return strcmp(name, "args") == 0 || strcmp(name, "query_string") == 0;
+}
+
 static void collect_sets(const struct cf_node *n, const char **names, size_t *count, bool fill)
 {
     for (const struct cf_node *c = n->children; c; c = c->next) {
-        if (strcmp(c->name, "set") == 0 && c->nargs >= 1 && c->args[0][0] == '$') {
+        if (strcmp(c->name, "set") == 0 && c->nargs >= 1 && c->args[0][0] == '$' &&
+            !is_args_var(c->args[0] + 1)) {
             const char *nm = c->args[0] + 1;
             bool seen = false;
             for (size_t i = 0; fill && i < *count; i++)
@@ -169,9 +178,23 @@ static int add_rewrite(struct cf_ctx *cx, const struct cf_node *n, struct snapsh
     op->redirect = strncmp(r, "http://", 7) == 0 || strncmp(r, "https://", 8) == 0 ||
                    strncmp(r, "$scheme", 7) == 0 || op->flag == F_REDIRECT ||
                    op->flag == F_PERMANENT;
+    /* split where the text says so, not where a value says so: a capture
+     * holding a decoded %3F stays in the path */
     const char *q = strchr(r, '?');
     op->has_query = q != NULL;
     op->drop_args = q && r[strlen(r) - 1] == '?';
+    if (q) {
+        char *path = arena_strndup(cx->arena, r, (size_t)(q - r));
+        size_t alen = strlen(q + 1) - (op->drop_args && q[1] ? 1 : 0);
+        char *args = arena_strndup(cx->arena, q + 1, alen);
+        if (!path || !args)
+            return cf_error(cx, n, "out of memory");
+        if (op->drop_args && !q[1])
+            args[0] = '\0';
+        if (args[0] && !(op->repl_args = conf_tmpl(cx, n, args)))
+            return -1;
+        r = path;
+    }
     op->repl = conf_tmpl(cx, n, r);
     return op->repl ? 0 : -1;
 }
@@ -208,6 +231,14 @@ static int add_set(struct cf_ctx *cx, const struct cf_node *n, struct snapshot *
     const char *v = n->args[0];
     if (v[0] != '$' || !v[1])
         return cf_error(cx, n, "invalid variable name \"%s\"", v);
+    if (is_args_var(v + 1)) {
+        struct rw_op *op = new_op(cx, pp, OP_SET);
+        if (!op)
+            return cf_error(cx, n, "out of memory");
+        op->var = -1; /* the request's arguments */
+        op->value = conf_tmpl(cx, n, n->args[1]);
+        return op->value ? 0 : -1;
+    }
     if (vars_is_builtin(v + 1))
         return cf_error(cx, n, "the \"%s\" variable is built in and cannot be changed", v);
     for (size_t i = 0; i < s->nmaps; i++)
@@ -424,7 +455,10 @@ static void put(char *d, struct slice v)
         memcpy(d, v.p, v.len);
 }
 
-/* `rewrite`: $uri (and maybe $args) from the replacement, or a redirect. */
+/* `rewrite`: $uri (and maybe $args) from the replacement, or a redirect.
+ * Captures come from the decoded $uri: in arguments, and in the path of a
+ * redirect, they are percent-encoded (as nginx), so a %0D%0A in a request
+ * never becomes a header line here or upstream. */
 static enum rw_result do_rewrite(struct exchange *ex, const struct rw_op *op,
                                  struct rw_return *ret)
 {
@@ -432,23 +466,21 @@ static enum rw_result do_rewrite(struct exchange *ex, const struct rw_op *op,
     if (!router_regex_match(op->re, ex->uri, &caps))
         return RW_END;
     ex->caps = caps;
-    struct slice r = eval(ex, op->repl);
-    const char *q = memchr(r.p ? r.p : "", '?', r.len);
-    struct slice path = q ? slice_make(r.p, (size_t)(q - r.p)) : r;
+    struct slice path = op->redirect ? tmpl_eval(ex, op->repl, ESC_CAPTURE_URI) : eval(ex, op->repl);
     struct slice args = ex->args;
     bool has_args = ex->has_args;
-    if (op->has_query && q) {
-        struct slice na = slice_make(q + 1, r.len - (size_t)(q - r.p) - 1);
-        if (op->drop_args && na.len && na.p[na.len - 1] == '?')
-            na.len--;
+    if (op->has_query) {
+        struct slice na = op->repl_args ? tmpl_eval(ex, op->repl_args, ESC_CAPTURE_ARGS)
+                                        : SLICE_NULL;
         if (!op->drop_args && ex->has_args && ex->args.len) {
-            size_t len = na.len + 1 + ex->args.len;
+            size_t len = na.len + (na.len ? 1 : 0) + ex->args.len;
             char *b = arena_alloc(&ex->arena, len);
             if (!b)
                 return RW_END;
             put(b, na);
-            b[na.len] = '&';
-            put(b + na.len + 1, ex->args);
+            if (na.len)
+                b[na.len] = '&';
+            put(b + len - ex->args.len, ex->args);
             na = slice_make(b, len);
         }
         args = na;
@@ -475,8 +507,10 @@ static enum rw_result do_rewrite(struct exchange *ex, const struct rw_op *op,
     ex->uri_rewritten = true;
     if (op->flag == F_LAST)
         return RW_LAST;
-    if (op->flag == F_BREAK)
+    if (op->flag == F_BREAK) {
+        ex->uri_rewritten_here = true; /* nginx: the URI of proxy_pass is not used */
         return RW_BREAK;
+    }
     return RW_END;
 }
 
@@ -497,7 +531,13 @@ enum rw_result rw_run(struct exchange *ex, const struct rw_prog *p, struct rw_re
             ret->text = op->text ? eval(ex, op->text) : SLICE_NULL;
             return RW_RETURN;
         case OP_SET:
-            set_user(ex, op->var, eval(ex, op->value));
+            if (op->var < 0) { /* set $args */
+                ex->args = eval(ex, op->value);
+                ex->has_args = ex->args.len > 0;
+                ex->args_set = true; /* the request line is made anew (no new search) */
+            } else {
+                set_user(ex, op->var, eval(ex, op->value));
+            }
             break;
         case OP_BREAK:
             return RW_BREAK;

@@ -755,12 +755,43 @@ struct slice var_value(struct exchange *ex, int var, struct slice arg)
     return SLICE_NULL;
 }
 
+/* Bytes a capture may not carry raw into a URI path (args: also & + ;
+ * would change the arguments' meaning), as nginx's NGX_ESCAPE_URI/ARGS. */
+static bool pct_escaped(unsigned char c, bool args)
+{
+    if (c <= 0x20 || c >= 0x7f)
+        return true;
+    switch (c) {
+    case '"':
+    case '#':
+    case '%':
+    case '<':
+    case '>':
+    case '?':
+    case '\\':
+    case '^':
+    case '`':
+    case '{':
+    case '|':
+    case '}':
+        return true;
+    case '&':
+    case '+':
+    case ';':
+        return args;
+    default:
+        return false;
+    }
+}
+
 static size_t escaped_len(struct slice v, enum tmpl_escape esc)
 {
     size_t n = 0;
     for (size_t i = 0; i < v.len; i++) {
         unsigned char c = (unsigned char)v.p[i];
-        if (esc == ESC_DEFAULT)
+        if (esc == ESC_CAPTURE_URI || esc == ESC_CAPTURE_ARGS)
+            n += pct_escaped(c, esc == ESC_CAPTURE_ARGS) ? 3 : 1;
+        else if (esc == ESC_DEFAULT)
             n += (c == '"' || c == '\\' || c < 0x20 || c > 0x7e) ? 4 : 1;
         else
             n += (c == '"' || c == '\\') ? 2 : c < 0x20 ? 6 : 1;
@@ -774,7 +805,15 @@ static size_t escape_into(char *out, struct slice v, enum tmpl_escape esc)
     size_t o = 0;
     for (size_t i = 0; i < v.len; i++) {
         unsigned char c = (unsigned char)v.p[i];
-        if (esc == ESC_DEFAULT) {
+        if (esc == ESC_CAPTURE_URI || esc == ESC_CAPTURE_ARGS) {
+            if (pct_escaped(c, esc == ESC_CAPTURE_ARGS)) {
+                out[o++] = '%';
+                out[o++] = hex[c >> 4];
+                out[o++] = hex[c & 15];
+            } else {
+                out[o++] = (char)c;
+            }
+        } else if (esc == ESC_DEFAULT) {
             if (c == '"' || c == '\\' || c < 0x20 || c > 0x7e) {
                 out[o++] = '\\';
                 out[o++] = 'x';
@@ -806,6 +845,8 @@ struct slice tmpl_eval(struct exchange *ex, const struct tmpl *t, enum tmpl_esca
     size_t n = t->nparts, total = 0;
     if (n > 64 && !(vals = arena_alloc(&ex->arena, n * sizeof(*vals))))
         return SLICE_NULL;
+    bool captures_only = esc == ESC_CAPTURE_URI || esc == ESC_CAPTURE_ARGS;
+    bool any_escaped = false;
     for (size_t i = 0; i < n; i++) {
         const struct tmpl_part *p = &t->parts[i];
         if (!p->is_var) {
@@ -816,16 +857,22 @@ struct slice tmpl_eval(struct exchange *ex, const struct tmpl *t, enum tmpl_esca
         vals[i] = var_value(ex, p->var, p->lit);
         if (esc == ESC_DEFAULT && vals[i].len == 0)
             vals[i] = SLICE_LIT("-"); /* nginx logs an empty value as "-" */
-        total += esc == ESC_NONE ? vals[i].len : escaped_len(vals[i], esc);
+        bool escaped = esc != ESC_NONE &&
+                       (!captures_only || p->var == V_CAPTURE || p->var == V_NAMED_CAPTURE);
+        any_escaped |= escaped;
+        total += escaped ? escaped_len(vals[i], esc) : vals[i].len;
     }
-    if (n == 1 && esc == ESC_NONE)
+    if (n == 1 && !any_escaped)
         return vals[0];
     char *out = arena_alloc(&ex->arena, total + 1);
     if (!out)
         return SLICE_NULL;
     size_t off = 0;
     for (size_t i = 0; i < n; i++) {
-        if (!t->parts[i].is_var || esc == ESC_NONE) {
+        const struct tmpl_part *p = &t->parts[i];
+        bool escaped = p->is_var && esc != ESC_NONE &&
+                       (!captures_only || p->var == V_CAPTURE || p->var == V_NAMED_CAPTURE);
+        if (!escaped) {
             if (vals[i].len)
                 memcpy(out + off, vals[i].p, vals[i].len);
             off += vals[i].len;

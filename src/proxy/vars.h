@@ -14,6 +14,10 @@ enum tmpl_escape {
     ESC_NONE,    /* values as they are */
     ESC_DEFAULT, /* access log default: ", \ and bytes < 0x20 or > 0x7e as \xHH */
     ESC_JSON,    /* JSON string escaping */
+    /* rewrite replacements: regex captures ($1.., $name) only, percent-encoded
+     * for a URI path or for arguments (as nginx); other values as they are */
+    ESC_CAPTURE_URI,
+    ESC_CAPTURE_ARGS,
 };
 
 /* Compile `src`. `extra_names` lists names that are regex named captures in

@@ -690,3 +690,29 @@ def test_reload_renamed_zone_reads_the_same_files(res):
     assert (xc(r), r.body) == ("HIT", first.body)
     p.reload(RESTART_CONF.replace("proxy_cache r;", "proxy_cache off;"))
     assert xc(get(p, "/k?cc=max-age=600")) in (None, "")
+
+
+def test_background_update_after_a_rewrite_fetches_the_same_uri(res):
+    """The refresh is a copy of the routed request: the rewrite is not run a
+    second time (it used to fetch /app/app/... and cache that)."""
+    o = res.add(CacheOrigin())
+    p = res.proxy(r"""
+        proxy_cache_path {tmp}/c keys_zone=rw:1m;
+        server { listen 127.0.0.1:{port};
+                 add_header X-Cache $upstream_cache_status always;
+                 location / {
+                     rewrite ^/(.*)$ /app/$1 break;
+                     proxy_pass http://{origin};
+                     proxy_cache rw;
+                     proxy_cache_use_stale updating;
+                     proxy_cache_background_update on;
+                 }
+        }
+    """, origin=o.addr)
+    first = get(p, "/x?cc=max-age=1")
+    time.sleep(1.1)
+    r = get(p, "/x?cc=max-age=1")
+    assert xc(r) == "STALE"
+    wait_for(lambda: len(o.requests) == 2, what="the background update")
+    assert [q["target"] for q in o.requests] == ["/app/x?cc=max-age=1"] * 2
+    assert first.status == 200

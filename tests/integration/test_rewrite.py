@@ -223,7 +223,6 @@ def test_set_variables_in_headers_and_logs(res, origin):
     ("if $uri { return 403; }", "invalid condition"),
     ("set $host x;", 'the "$host" variable is built in'),
     ("set $x;", 'invalid number of arguments in "set" directive'),
-    ("return 200; return 404;", '"return" directive is duplicate'),
     ("if (-q /x) { return 403; }", 'invalid condition "-q"'),
     ("rewrite ^/ $nope_zzz;", 'unknown "nope_zzz" variable'),
 ])
@@ -238,3 +237,82 @@ def test_bad_rewrite_directives_are_refused(res, text, msg):
 def test_set_in_http_block_is_refused(res):
     p = res.proxy_unstarted("set $x 1;\nserver { listen 127.0.0.1:{port}; }")
     assert '"set" directive is not allowed here' in p.run_cmd("-t").output
+
+
+# ---- what a request path may carry: captures are escaped (review findings) ----
+
+@pytest.fixture(scope="module")
+def esc(mres, origin):
+    return mres.proxy("""
+        server {
+            listen 127.0.0.1:{port};
+            location /r/ { rewrite ^/r/([^/]+)$ /target/$1 permanent; }
+            location /q/ { rewrite ^/q/([^/]*)$ /target?to=$1 redirect; }
+            location /s/ { rewrite ^/s/([^?]*)$ /search?q=$1 break; proxy_pass http://127.0.0.1:%(o)d; }
+            location /a/ { rewrite ^/a/(.*)$ /new/$1 break; proxy_pass http://127.0.0.1:%(o)d; }
+        }
+        server {
+            listen 127.0.0.1:{port2};
+            rewrite ^/a/(.*)$ /b/$1 break;
+            location /b/ { proxy_pass http://127.0.0.1:%(o)d/x/; }
+        }
+    """ % {"o": origin.port})
+
+
+def test_capture_cannot_add_a_response_header(esc):
+    r = get(esc.port, "/r/a%0d%0aSet-Cookie:%20evil=1")
+    assert r.status == 301
+    assert r.header("Set-Cookie") is None
+    assert r.header("Location").endswith("/target/a%0D%0ASet-Cookie:%20evil=1")
+    r = get(esc.port, "/q/x%0d%0aX-Evil:%201%26more=2")
+    assert r.header("X-Evil") is None
+    assert r.header("Location").endswith("/target?to=x%0D%0AX-Evil:%201%26more=2")
+
+
+def test_capture_cannot_split_the_upstream_request(esc, origin):
+    r = get(esc.port, "/s/a%26admin=1%20HTTP/1.1%0d%0aX-Injected:%20yes%0d%0aX-Pad:%20")
+    assert r.status == 200
+    rec = origin.last()
+    assert rec["target"] == "/search?q=a%26admin=1%20HTTP/1.1%0D%0AX-Injected:%20yes%0D%0AX-Pad:%20"
+    assert "x-injected" not in [k.lower() for k, _ in rec["headers"]]
+
+
+def test_a_decoded_question_mark_stays_in_the_path(esc, origin):
+    get(esc.port, "/a/x%3Fy?k=v")
+    assert target(origin) == "/new/x%3Fy?k=v"
+
+
+def test_server_level_break_sends_the_rewritten_uri_whole(esc, origin):
+    get(esc.fields["port2"], "/a/z?q=1")
+    assert target(origin) == "/b/z?q=1"
+
+
+def test_set_args_and_repeated_return(res, origin):
+    p = res.proxy("""
+        server {
+            listen 127.0.0.1:{port};
+            location /args/ { set $args "z=1&$args"; proxy_pass http://127.0.0.1:%d; }
+            location /two { return 200 "first"; return 404; }
+        }
+    """ % origin.port)
+    get(p.port, "/args/x?a=2")
+    assert target(origin) == "/args/x?z=1&a=2"
+    assert get(p.port, "/two").text == "first"
+
+
+@pytest.mark.skipif(IS_NGINX, reason="nginx passes such values raw")
+def test_header_values_from_uri_cannot_inject(res, origin):
+    p = res.proxy("""
+        server {
+            listen 127.0.0.1:{port};
+            location / {
+                add_header X-Uri $uri always;
+                proxy_set_header X-Uri $uri;
+                proxy_pass http://127.0.0.1:%d;
+            }
+        }
+    """ % origin.port)
+    r = get(p.port, "/p%0d%0aX-Evil:%201")
+    assert r.header("X-Evil") is None and r.header("X-Uri") == "/p%0D%0AX-Evil: 1"
+    hdrs = {k.lower(): v for k, v in origin.last()["headers"]}
+    assert "x-evil" not in hdrs and hdrs["x-uri"] == "/p%0D%0AX-Evil: 1"
