@@ -232,3 +232,37 @@ def test_cache(example):
     assert get(port(8083), "/news").header("x-cache-status") == "MISS"
     get(port(8083), "/private")
     assert get(port(8083), "/private").header("x-cache-status") == "MISS"
+
+
+def test_edge(example):
+    import socket
+    from conftest import parse_one
+    port = example("edge.conf")
+
+    def via_lb(client, path):
+        s = socket.create_connection(("127.0.0.1", port(8090)), timeout=5)
+        s.sendall(b"PROXY TCP4 %s 127.0.0.1 5555 8090\r\n" % client.encode()
+                  + b"GET %s HTTP/1.1\r\nHost: edge.test\r\nConnection: close\r\n\r\n"
+                  % path.encode())
+        data = b""
+        while True:
+            d = s.recv(65536)
+            if not d:
+                break
+            data += d
+        s.close()
+        return parse_one(data, True)[0]
+
+    r = via_lb("198.51.100.7", "/whoami")
+    assert re.fullmatch(r"client 198\.51\.100\.7 via 127\.0\.0\.1, release (canary|stable)\n",
+                        r.text), r.text
+    assert via_lb("198.51.100.7", "/admin/").status == 200
+    assert via_lb("203.0.113.5", "/admin/").status == 403
+    r = via_lb("203.0.113.5", "/app/x?y=1")
+    assert re.fullmatch(r"app: /internal/x\?y=1, release (canary|stable)\n", r.text), r.text
+    r = via_lb("203.0.113.5", "/app/login")
+    assert r.status == 302 and r.header("Location") == f"http://edge.test:{port(8090)}/app/home"
+    r = via_lb("203.0.113.5", "/old/page")
+    assert r.status == 301 and r.header("Location").endswith("/app/page")
+    # the same client always lands in the same release
+    assert len({via_lb("192.0.2.1", "/whoami").text for _ in range(5)}) == 1
