@@ -17,6 +17,7 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
+#include "core/fdio.h"
 #include "core/log.h"
 
 #define DISK_MAGIC     "PORTICO1"
@@ -625,21 +626,6 @@ static int64_t wall_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static int write_all(int fd, const char *p, size_t len)
-{
-    while (len) {
-        ssize_t n = write(fd, p, len);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            return -1;
-        }
-        p += n;
-        len -= (size_t)n;
-    }
-    return 0;
-}
-
 static void fill_hdr(struct disk_hdr *h, const struct cache_obj *o)
 {
     memset(h, 0, sizeof(*h));
@@ -684,10 +670,10 @@ static struct cache_writer *writer_open(struct cache_zone *z, struct cache_obj *
     struct disk_hdr h;
     fill_hdr(&h, o);
     o->file_hdr_len = h.hdr_len;
-    if (write_all(w->fd, (const char *)&h, sizeof(h)) < 0 ||
-        write_all(w->fd, o->key, o->key_len) < 0 ||
-        write_all(w->fd, o->primary ? o->primary : "", o->primary_len) < 0 ||
-        write_all(w->fd, o->vary, o->vary_len) < 0 || write_all(w->fd, o->head, o->head_len) < 0) {
+    if (fd_write_all(w->fd, (const char *)&h, sizeof(h)) < 0 ||
+        fd_write_all(w->fd, o->key, o->key_len) < 0 ||
+        fd_write_all(w->fd, o->primary ? o->primary : "", o->primary_len) < 0 ||
+        fd_write_all(w->fd, o->vary, o->vary_len) < 0 || fd_write_all(w->fd, o->head, o->head_len) < 0) {
         cache_write_abort(w);
         return NULL;
     }
@@ -712,7 +698,7 @@ struct cache_writer *cache_write_begin(struct cache_zone *z, const char *key, si
 
 int cache_write_body(struct cache_writer *w, const char *p, size_t len)
 {
-    if (write_all(w->fd, p, len) < 0) {
+    if (fd_write_all(w->fd, p, len) < 0) {
         log_write(LOG_CRIT, "cache \"%s\": write() \"%s\" failed (%s)", w->z->conf.name, w->tmp,
                   strerror(errno));
         cache_write_abort(w);

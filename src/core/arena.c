@@ -157,3 +157,18 @@ char *arena_printf(struct arena *a, const char *fmt, ...)
     va_end(ap);
     return p;
 }
+
+void *arena_push(struct arena *a, void **arr, size_t *n, size_t *cap, size_t elem)
+{
+    if (*n == *cap) {
+        size_t nc = *cap ? *cap * 2 : 8;
+        void *na = arena_alloc(a, nc * elem);
+        if (!na)
+            return NULL;
+        if (*n)
+            memcpy(na, *arr, *n * elem);
+        *arr = na;
+        *cap = nc;
+    }
+    return (char *)*arr + (*n)++ * elem;
+}

@@ -43,6 +43,10 @@ char *arena_strndup(struct arena *a, const char *s, size_t n);
 char *arena_strdup(struct arena *a, const char *s);
 struct slice arena_slice_dup(struct arena *a, struct slice s);
 
+/* Append one element of `elem` bytes to the array *arr (n used, cap room),
+ * doubling it in the arena when full. Returns the new element, or NULL. */
+void *arena_push(struct arena *a, void **arr, size_t *n, size_t *cap, size_t elem);
+
 /* printf into the arena. Returns NULL on failure. */
 char *arena_printf(struct arena *a, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 

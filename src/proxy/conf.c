@@ -38,21 +38,6 @@ struct load_state {
 
 #define LS(cx) ((struct load_state *)(cx)->user)
 
-/* Grow an arena array by one (doubling). */
-static void *push(struct arena *a, void **arr, size_t *n, size_t *cap, size_t elem)
-{
-    if (*n == *cap) {
-        size_t nc = *cap ? *cap * 2 : 8;
-        void *na = arena_alloc(a, nc * elem);
-        if (!na)
-            return NULL;
-        if (*n)
-            memcpy(na, *arr, *n * elem);
-        *arr = na;
-        *cap = nc;
-    }
-    return (char *)*arr + (*n)++ * elem;
-}
 
 static struct tmpl *compile(struct cf_ctx *cx, const struct cf_node *n, const char *src)
 {
@@ -523,7 +508,7 @@ static int set_log_format(struct cf_ctx *cx, const struct cf_node *n, const stru
     if (!f->t)
         return -1;
     struct log_format **slot =
-        push(cx->arena, (void **)&ls->formats, &ls->nformats, &ls->cap_formats, sizeof(*slot));
+        arena_push(cx->arena, (void **)&ls->formats, &ls->nformats, &ls->cap_formats, sizeof(*slot));
     if (!slot)
         return cf_error(cx, n, "out of memory");
     *slot = f;
@@ -589,7 +574,7 @@ static int set_access_log(struct cf_ctx *cx, const struct cf_node *n, const stru
     nv[lc->nlogs++] = al;
     lc->logs = nv;
     struct access_log **slot =
-        push(cx->arena, (void **)&ls->logs, &ls->nlogs, &ls->cap_logs, sizeof(*slot));
+        arena_push(cx->arena, (void **)&ls->logs, &ls->nlogs, &ls->cap_logs, sizeof(*slot));
     if (!slot)
         return cf_error(cx, n, "out of memory");
     al->index = ls->nlogs - 1;
@@ -958,7 +943,7 @@ static int set_server(struct cf_ctx *cx, const struct cf_node *n, const struct c
     if (cf_apply_block(&sub, n) < 0)
         return -1;
     struct srv_conf **slot =
-        push(cx->arena, (void **)&ls->servers, &ls->nservers, &ls->cap_servers, sizeof(*slot));
+        arena_push(cx->arena, (void **)&ls->servers, &ls->nservers, &ls->cap_servers, sizeof(*slot));
     if (!slot)
         return cf_error(cx, n, "out of memory");
     *slot = sc;
@@ -983,7 +968,7 @@ static int set_upstream(struct cf_ctx *cx, const struct cf_node *n, const struct
     if (g->hash_key && !(g->hash_tmpl = compile(cx, n, g->hash_key)))
         return -1;
     struct ups_group **slot =
-        push(cx->arena, (void **)&ls->groups, &ls->ngroups, &ls->cap_groups, sizeof(*slot));
+        arena_push(cx->arena, (void **)&ls->groups, &ls->ngroups, &ls->cap_groups, sizeof(*slot));
     if (!slot)
         return cf_error(cx, n, "out of memory");
     g->id = ls->ngroups - 1;
@@ -1371,7 +1356,7 @@ static int finalize_location(struct snapshot *s, struct load_state *ls, struct l
                 return -1;
             }
             struct ups_group **slot =
-                push(&s->arena, (void **)&ls->groups, &ls->ngroups, &ls->cap_groups, sizeof(*slot));
+                arena_push(&s->arena, (void **)&ls->groups, &ls->ngroups, &ls->cap_groups, sizeof(*slot));
             if (!slot)
                 return -1;
             g->id = ls->ngroups - 1;

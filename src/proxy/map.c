@@ -116,21 +116,6 @@ struct map_build {
     size_t nregex, cap_regex;
 };
 
-static void *grow(struct arena *a, void **arr, size_t *n, size_t *cap, size_t elem)
-{
-    if (*n == *cap) {
-        size_t nc = *cap ? *cap * 2 : 8;
-        void *na = arena_alloc(a, nc * elem);
-        if (!na)
-            return NULL;
-        if (*n)
-            memcpy(na, *arr, *n * elem);
-        *arr = na;
-        *cap = nc;
-    }
-    return (char *)*arr + (*n)++ * elem;
-}
-
 static int add_key(struct cf_ctx *cx, const struct cf_node *c, struct map_def *m,
                    struct map_build *b, const char *key, struct tmpl *value)
 {
@@ -143,17 +128,17 @@ static int add_key(struct cf_ctx *cx, const struct cf_node *c, struct map_def *m
         const char *fixed = dot ? key : key + 1;
         if (!fixed[1])
             return cf_error(cx, c, "invalid hostname \"%s\" in map", key);
-        k = grow(a, (void **)&b->suffix, &b->nsuffix, &b->cap_suffix, sizeof(*k));
+        k = arena_push(a, (void **)&b->suffix, &b->nsuffix, &b->cap_suffix, sizeof(*k));
         if (!k)
             return cf_error(cx, c, "out of memory");
         *k = (struct map_key){slice_cstr(fixed), value, dot};
     } else if (m->hostnames && len > 2 && key[len - 1] == '*' && key[len - 2] == '.') {
-        k = grow(a, (void **)&b->prefix, &b->nprefix, &b->cap_prefix, sizeof(*k));
+        k = arena_push(a, (void **)&b->prefix, &b->nprefix, &b->cap_prefix, sizeof(*k));
         if (!k)
             return cf_error(cx, c, "out of memory");
         *k = (struct map_key){slice_make(key, len - 1), value, false};
     } else {
-        k = grow(a, (void **)&b->exact, &b->nexact, &b->cap_exact, sizeof(*k));
+        k = arena_push(a, (void **)&b->exact, &b->nexact, &b->cap_exact, sizeof(*k));
         if (!k)
             return cf_error(cx, c, "out of memory");
         *k = (struct map_key){slice_make(key, len), value, false};
@@ -358,7 +343,7 @@ int map_directive(struct cf_ctx *cx, const struct cf_node *n, struct snapshot *s
             const char *pat = key + 1 + ci;
             char err[256];
             struct map_regex *r =
-                grow(cx->arena, (void **)&b.regex, &b.nregex, &b.cap_regex, sizeof(*r));
+                arena_push(cx->arena, (void **)&b.regex, &b.nregex, &b.cap_regex, sizeof(*r));
             if (!r)
                 return cf_error(cx, c, "out of memory");
             r->value = value;

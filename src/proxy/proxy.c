@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "admin/admin.h"
+#include "core/fdio.h"
 #include "proxy/realip.h"
 #include "proxy/redirect.h"
 #include "proxy/rewrite.h"
@@ -675,37 +676,6 @@ static void spool_close(void *ctx)
     close((int)(intptr_t)ctx);
 }
 
-static int write_all(int fd, const char *p, size_t len)
-{
-    while (len) {
-        ssize_t n = write(fd, p, len);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            return -1;
-        }
-        p += n;
-        len -= (size_t)n;
-    }
-    return 0;
-}
-
-static int pwrite_all(int fd, const char *p, size_t len, uint64_t off)
-{
-    while (len) {
-        ssize_t n = pwrite(fd, p, len, (off_t)off);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            return -1;
-        }
-        p += n;
-        len -= (size_t)n;
-        off += (uint64_t)n;
-    }
-    return 0;
-}
-
 /* An unnamed file in `dir` (O_TMPFILE; where the file system has none, a
  * named one unlinked at once), held open by *token: it closes with the last
  * reference. Nothing is left on disk whatever happens to the process. */
@@ -743,7 +713,7 @@ static int spool_open(struct fwd *f)
     int r = 0;
     for (size_t i = 0; i < f->npre; i++) {
         if (r == 0)
-            r = write_all(f->spool_fd, f->pre[i].p, f->pre[i].len);
+            r = fd_write_all(f->spool_fd, f->pre[i].p, f->pre[i].len);
         buf_unref(f->pre[i].seg); /* every piece, also after a failure */
         f->pre[i].seg = NULL;
     }
@@ -789,7 +759,7 @@ static int collect_body(struct fwd *f)
             spool_open(f) < 0)
             return spool_fail(f);
         if (f->spool) {
-            if (write_all(f->spool_fd, piece.p, piece.len) < 0)
+            if (fd_write_all(f->spool_fd, piece.p, piece.len) < 0)
                 return spool_fail(f);
         } else {
             buf_ref(piece.seg);
@@ -1764,7 +1734,7 @@ static int send_piece(struct fwd *f, const struct body_piece *piece, bool to_fil
         LOG(LOG_WARN, "*%llu an upstream response is buffered to a temporary file in %s",
             (unsigned long long)f->ex->id, f->ex->lc->proxy_temp_path);
     }
-    if (pwrite_all(f->rspool_fd, piece->p, piece->len, f->rs_written) < 0) {
+    if (fd_pwrite_all(f->rspool_fd, piece->p, piece->len, f->rs_written) < 0) {
         rspool_fail(f, "writing");
         return -2;
     }

@@ -104,17 +104,9 @@ static struct rw_op *new_op(struct cf_ctx *cx, struct rw_prog **pp, enum rw_kind
     if (!*pp && !(*pp = arena_calloc(cx->arena, sizeof(**pp))))
         return NULL;
     struct rw_prog *p = *pp;
-    if (p->n == p->cap) {
-        size_t nc = p->cap ? p->cap * 2 : 4;
-        struct rw_op *no = arena_alloc(cx->arena, nc * sizeof(*no));
-        if (!no)
-            return NULL;
-        if (p->n)
-            memcpy(no, p->ops, p->n * sizeof(*no));
-        p->ops = no;
-        p->cap = nc;
-    }
-    struct rw_op *op = &p->ops[p->n++];
+    struct rw_op *op = arena_push(cx->arena, (void **)&p->ops, &p->n, &p->cap, sizeof(*op));
+    if (!op)
+        return NULL;
     memset(op, 0, sizeof(*op));
     op->kind = kind;
     return op;
@@ -124,25 +116,20 @@ static struct rw_op *new_op(struct cf_ctx *cx, struct rw_prog **pp, enum rw_kind
 pcre2_code *rw_regex(struct cf_ctx *cx, const struct cf_node *n, struct snapshot *s,
                          const char *pat, bool ci)
 {
-    if (s->nrw_regexes == s->cap_rw_regexes) {
-        size_t nc = s->cap_rw_regexes ? s->cap_rw_regexes * 2 : 8;
-        pcre2_code **nv = arena_alloc(cx->arena, nc * sizeof(*nv));
-        if (!nv) {
-            cf_error(cx, n, "out of memory");
-            return NULL;
-        }
-        if (s->nrw_regexes)
-            memcpy(nv, s->rw_regexes, s->nrw_regexes * sizeof(*nv));
-        s->rw_regexes = nv;
-        s->cap_rw_regexes = nc;
+    pcre2_code **slot = arena_push(cx->arena, (void **)&s->rw_regexes, &s->nrw_regexes,
+                                   &s->cap_rw_regexes, sizeof(*slot));
+    if (!slot) {
+        cf_error(cx, n, "out of memory");
+        return NULL;
     }
+    *slot = NULL; /* rw_free skips it if the compile fails */
     char err[256];
     pcre2_code *re = router_regex_compile(pat, strlen(pat), ci, err, sizeof(err));
     if (!re) {
         cf_error(cx, n, "%s", err);
         return NULL;
     }
-    s->rw_regexes[s->nrw_regexes++] = re;
+    *slot = re;
     return re;
 }
 
