@@ -608,7 +608,9 @@ def run_wrk(cfg, port, sc, lua, duration):
     if cfg.wrk_cpus:
         argv += ["taskset", "-c", cfg.wrk_cpus]
     conns = max(sc["conns"], cfg.wrk_threads)
-    argv += ["wrk", "-t", str(cfg.wrk_threads), "-c", str(conns), "-d", f"{duration}s",
+    # wrk takes whole seconds: "1.0s" (from --warmup 1, a float) made every
+    # warm-up fail silently, and the hit check then did the cache's filling
+    argv += ["wrk", "-t", str(cfg.wrk_threads), "-c", str(conns), "-d", f"{max(1, round(duration))}s",
              "--timeout", "5s", "--latency", "-s", lua]
     if sc.get("close"):
         argv += ["-H", "Connection: close"]
