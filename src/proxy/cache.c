@@ -433,6 +433,7 @@ void pcache_drained(struct pcache *pc)
 struct bg {
     struct exchange ex;
     struct net_addr peer, local;
+    struct net_addr realip_orig, pp_src, pp_dst; /* copies: the session may close first */
     struct posted free_post;
     struct bg *prev, *next;
 };
@@ -534,6 +535,26 @@ static struct slice sdup(struct arena *a, struct slice s)
     return s.len ? arena_slice_dup(a, s) : s;
 }
 
+/* Captures whose subject lives in the copy's arena: the original request
+ * may be gone long before the update evaluates a $1. */
+static struct route_captures own_captures(struct arena *a, struct route_captures c)
+{
+    if (!c.subject || c.n <= 0)
+        return c;
+    size_t end = 0;
+    for (int i = 0; i < 2 * c.n && i < 2 * ROUTER_MAX_CAPTURES; i++)
+        if (c.ov[i] != PCRE2_UNSET && c.ov[i] > end)
+            end = c.ov[i];
+    char *copy = arena_strndup(a, c.subject, end);
+    if (!copy) {
+        c.n = 0;
+        c.subject = NULL;
+        return c;
+    }
+    c.subject = copy;
+    return c;
+}
+
 /* A detached copy of the request that refreshes the key while the client
  * is answered from the stale response. */
 static void background_update(struct exchange *ex)
@@ -554,6 +575,16 @@ static void background_update(struct exchange *ex)
     b->local = *ex->local;
     n->peer = &b->peer;
     n->local = &b->local;
+    if (ex->realip_orig) {
+        b->realip_orig = *ex->realip_orig;
+        n->realip_orig = &b->realip_orig;
+    }
+    if (ex->pp_src && ex->pp_dst) {
+        b->pp_src = *ex->pp_src;
+        b->pp_dst = *ex->pp_dst;
+        n->pp_src = &b->pp_src;
+        n->pp_dst = &b->pp_dst;
+    }
     n->listen = ex->listen;
     n->is_tls = ex->is_tls;
     n->method = SLICE_LIT("GET");
@@ -577,8 +608,8 @@ static void background_update(struct exchange *ex)
     n->srv = ex->srv;
     n->loc = ex->loc;
     n->lc = ex->lc;
-    n->caps = ex->caps;
-    n->host_caps = ex->host_caps;
+    n->caps = own_captures(a, ex->caps);
+    n->host_caps = own_captures(a, ex->host_caps);
     /* what the rewrite phases decided stands: the copy does not run them
      * again (a second `rewrite ^/(.*) /app/$1` would fetch /app/app/...) */
     n->uri_rewritten = ex->uri_rewritten;

@@ -44,6 +44,8 @@ struct map_def {
     struct geo_net *geo;
     size_t ngeo;
     bool is_geo;
+    bool geo_has_dflt;
+    struct slice geo_dflt;
 };
 
 struct geo_net {
@@ -224,10 +226,10 @@ int map_geo_directive(struct cf_ctx *cx, const struct cf_node *n, struct snapsho
             return cf_error(cx, c, "invalid number of the geo parameters");
         struct slice v = slice_cstr(c->args[0]);
         if (strcmp(c->name, "default") == 0) {
-            if (m->dflt)
+            if (m->geo_has_dflt)
                 return cf_error(cx, c, "duplicate default geo parameter");
-            if (!(m->dflt = conf_tmpl(cx, c, c->args[0])))
-                return -1;
+            m->geo_dflt = v; /* geo values are text, never variables (nginx) */
+            m->geo_has_dflt = true;
             continue;
         }
         struct geo_net *g = &m->geo[m->ngeo];
@@ -536,13 +538,25 @@ static struct slice geo_lookup(struct exchange *ex, const struct map_def *m, str
         } else if (inet_pton(AF_INET6, buf, &a.in6.sin6_addr) == 1) {
             a.in6.sin6_family = AF_INET6;
             a.len = sizeof(a.in6);
+            if (IN6_IS_ADDR_V4MAPPED(&a.in6.sin6_addr)) { /* ::ffff:a.b.c.d is IPv4 */
+                struct in_addr v4;
+                memcpy(&v4, a.in6.sin6_addr.s6_addr + 12, 4);
+                memset(&a, 0, sizeof(a));
+                a.in4.sin_family = AF_INET;
+                a.in4.sin_addr = v4;
+                a.len = sizeof(a.in4);
+            }
         }
     }
-    if (a.len)
-        for (size_t i = 0; i < m->ngeo; i++)
-            if (net_cidr_match(&m->geo[i].net, &a))
-                return m->geo[i].value;
-    return value_of(ex, m->dflt); /* not an address (nginx: 255.255.255.255) or no match */
+    if (!a.len) { /* not an address: nginx looks up 255.255.255.255 */
+        a.in4.sin_family = AF_INET;
+        a.in4.sin_addr.s_addr = 0xffffffffu;
+        a.len = sizeof(a.in4);
+    }
+    for (size_t i = 0; i < m->ngeo; i++)
+        if (net_cidr_match(&m->geo[i].net, &a))
+            return m->geo[i].value;
+    return m->geo_dflt;
 }
 
 static struct slice split(const struct map_def *m, struct slice src)

@@ -104,6 +104,7 @@ struct fwd {
 };
 
 static void fwd_run(struct fwd *f);
+static void body_broken(struct fwd *f, enum ending_code code, const char *why, int err);
 static void push_last_chunk(struct fwd *f);
 static void try_upstream(struct fwd *f);
 static void try_connect(struct fwd *f);
@@ -494,8 +495,10 @@ static struct slice upstream_uri(struct exchange *ex, const struct proxy_pass *p
                                  struct slice dyn_uri, bool dyn)
 {
     if (dyn) {
-        if (dyn_uri.len)
-            return dyn_uri;
+        if (dyn_uri.len) { /* (a decoded $uri in it may hold a space or a CR LF) */
+            char *p = arena_alloc(&ex->arena, dyn_uri.len * 3 + 1);
+            return p ? slice_make(p, copy_args(p, dyn_uri)) : SLICE_NULL;
+        }
     } else if (pp->has_uri && !ex->uri_rewritten_here) {
         /* (a URI changed by `rewrite ... break` in this location goes whole,
          * the URI of proxy_pass ignored, as nginx documents) */
@@ -872,6 +875,12 @@ static bool may_retry(struct fwd *f, uint32_t kind)
 static void fail_try(struct fwd *f, enum ending_code code, const char *why, int err, uint32_t kind)
 {
     struct exchange *ex = f->ex;
+    if (f->tunnel || ex->head_sent) {
+        /* a head (a 101) is out: no retry, no error page, no second
+         * response into the stream; the connection is cut */
+        body_broken(f, code, why, err);
+        return;
+    }
     bool stale = f->uc_reused && !f->got_bytes && kind == NEXT_UPS_ERROR && !f->stale_retry_used;
     release_conn(f, false);
     if (stale && body_replayable(f)) {
@@ -1393,7 +1402,7 @@ size_t proxy_response_fields(struct exchange *ex, int status, const struct http_
         struct slice v;
         if ((loc || slice_eq_lit_ci(name, "refresh")) &&
             proxy_redirect_apply(ex, in[i].value, !loc, &v))
-            out[k - 1].value = loc ? absolute_location(ex, v) : v;
+            out[k - 1].value = field_safe(ex, loc ? absolute_location(ex, v) : v);
     }
     return apply_add_headers(ex, status, out, k);
 }
@@ -1538,8 +1547,9 @@ static int start_tunnel(struct fwd *f, struct http_field *fields)
         f->spool = NULL;
     }
     f->body_kind = H1_BODY_UNTIL_CLOSE;
-    f->req_sent = false; /* from now on the client's bytes go up */
+    f->req_sent = false; /* from now on the client's bytes go up, raw */
     f->body_eof = false;
+    f->send_chunked = false;
     if (ex->client->send_head(ex, &h) < 0) {
         body_broken(f, END_CLIENT_CLOSED, "client gone before the upgrade", 0);
         return 1;
@@ -1946,7 +1956,7 @@ static void fwd_run(struct fwd *f)
         }
         if (r > 0)
             return;
-        if (f->req_sent) { /* the client finished: so does the tunnel */
+        if (f->req_sent && f->out.count == 0) { /* the client finished, all of it went up */
             release_conn(f, false);
             f->phase = P_DONE;
             ex->client->send_end(ex, SLICE_NULL);

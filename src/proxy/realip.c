@@ -113,19 +113,21 @@ void realip_apply(struct exchange *ex, const struct loc_conf *lc)
         return;
     }
     struct slice name = lc->realip_header ? slice_cstr(lc->realip_header) : SLICE_LIT("x-real-ip");
-    /* every field of that name, in order, as one comma-separated list */
+    /* X-Forwarded-For: every field, in order, as one list; another field:
+     * its first occurrence (as nginx) */
+    bool xff = slice_eq_lit_ci(name, "x-forwarded-for");
     struct slice list = SLICE_NULL;
     size_t total = 0, count = 0;
     for (size_t i = 0; i < ex->nreq_fields; i++)
-        if (slice_eq_ci(ex->req_fields[i].name, name))
-            total += ex->req_fields[i].value.len + 1, count++;
+        if (slice_eq_ci(ex->req_fields[i].name, name) && (xff || !count)) {
+            if (!count)
+                list = ex->req_fields[i].value;
+            total += ex->req_fields[i].value.len + 1;
+            count++;
+        }
     if (!count)
         return;
-    if (count == 1) {
-        for (size_t i = 0; i < ex->nreq_fields; i++)
-            if (slice_eq_ci(ex->req_fields[i].name, name))
-                list = ex->req_fields[i].value;
-    } else {
+    if (count > 1) {
         char *b = arena_alloc(&ex->arena, total);
         if (!b)
             return;
@@ -139,23 +141,30 @@ void realip_apply(struct exchange *ex, const struct loc_conf *lc)
             }
         list = slice_make(b, o);
     }
-    /* right to left: the last address, or with real_ip_recursive the
-     * first that is not itself trusted */
+    /* right to left over entries separated by commas and/or spaces (empty
+     * ones skipped): the last address, or with real_ip_recursive the first
+     * that is not itself trusted */
     struct net_addr found;
     bool have = false;
     size_t end = list.len;
     for (;;) {
+        while (end > 0 && (list.p[end - 1] == ',' || list.p[end - 1] == ' ' ||
+                           list.p[end - 1] == '\t'))
+            end--;
+        if (end == 0)
+            break;
         size_t start = end;
-        while (start > 0 && list.p[start - 1] != ',')
+        while (start > 0 && list.p[start - 1] != ',' && list.p[start - 1] != ' ' &&
+               list.p[start - 1] != '\t')
             start--;
         struct net_addr a;
         if (!parse_addr(slice_make(list.p + start, end - start), &a))
             break; /* a bad entry: keep what we have (nginx stops there too) */
         found = a;
         have = true;
-        if (!lc->realip_recursive || !trusted(lc, &a) || start == 0)
+        if (!lc->realip_recursive || !trusted(lc, &a))
             break;
-        end = start - 1;
+        end = start;
     }
     if (!have)
         return;

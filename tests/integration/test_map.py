@@ -284,3 +284,18 @@ def test_bad_geo(res, text, msg):
     p = res.proxy_unstarted(text + "\nserver { listen 127.0.0.1:{port}; }")
     out = p.run_cmd("-t").output
     assert msg in out and "portico.conf:8:" in out, out
+
+
+def test_geo_mapped_addresses_and_non_addresses_as_nginx(res):
+    p = res.proxy("""
+        geo $arg_ip $g {
+            default      dflt;
+            10.1.0.0/16  ten-one;
+            0.0.0.0/0    any4;
+            ::ffff:0:0/96 mapped;
+        }
+        server { listen 127.0.0.1:{port}; location / { return 200 "$g"; } }
+    """)
+    assert get(p.port, "/?ip=::ffff:10.1.2.3").text == "ten-one"  # looked up as IPv4
+    assert get(p.port, "/?ip=foo").text == "any4"  # as 255.255.255.255
+    assert get(p.port, "/?ip=2001:db8::1").text == "dflt"

@@ -118,3 +118,17 @@ def test_bad_realip_directives(res, text, msg):
     p = res.proxy_unstarted(text + "\nserver { listen 127.0.0.1:{port}; }")
     out = p.run_cmd("-t").output
     assert msg in out and "portico.conf:8:" in out, out
+
+
+@pytest.mark.parametrize("kind,headers,want", [
+    ("xff", [("X-Forwarded-For", "198.51.100.1, ")], "198.51.100.1"),  # empty entries skipped
+    ("xff", [("X-Forwarded-For", "198.51.100.1,,")], "198.51.100.1"),
+    ("xff", [("X-Forwarded-For", "198.51.100.1 198.51.100.2")], "198.51.100.2"),  # spaces separate
+    ("rec", [("X-Forwarded-For", "bogus, 10.0.0.2")], "10.0.0.2"),  # a bad entry stops the walk
+    ("real", [("X-Real-IP", "198.51.100.1"), ("X-Real-IP", "198.51.100.2")], "198.51.100.1"),
+    ("real", [("X-Real-IP", " 198.51.100.4 ")], "198.51.100.4"),
+])
+def test_list_forms_as_nginx(rp, kind, headers, want):
+    port = {"real": rp.port, "xff": xff(rp), "rec": rec(rp)}[kind]
+    path = {"real": "/real/", "xff": "/xff/", "rec": "/rec/"}[kind]
+    assert addr(port, path, headers)[0] == want

@@ -278,12 +278,13 @@ def test_capture_cannot_split_the_upstream_request(esc, origin):
 
 
 def test_a_decoded_question_mark_stays_in_the_path(esc, origin):
-    get(esc.port, "/a/x%3Fy?k=v")
+    r = get(esc.port, "/a/x%3Fy?k=v")
+    assert r.status == 200, r
     assert target(origin) == "/new/x%3Fy?k=v"
 
 
 def test_server_level_break_sends_the_rewritten_uri_whole(esc, origin):
-    get(esc.fields["port2"], "/a/z?q=1")
+    assert get(esc.fields["port2"], "/a/z?q=1").status == 200
     assert target(origin) == "/b/z?q=1"
 
 
@@ -316,3 +317,18 @@ def test_header_values_from_uri_cannot_inject(res, origin):
     assert r.header("X-Evil") is None and r.header("X-Uri") == "/p%0D%0AX-Evil: 1"
     hdrs = {k.lower(): v for k, v in origin.last()["headers"]}
     assert "x-evil" not in hdrs and hdrs["x-uri"] == "/p%0D%0AX-Evil: 1"
+
+
+@pytest.mark.skipif(IS_NGINX, reason="nginx sends such a URI raw")
+@pytest.mark.parametrize("target,loc", [
+    ("/p/a%0D%0AX-Evil:%201%0D%0AY:", "location ~ ^/p/([^/]*)$ { proxy_pass http://127.0.0.1:%d/$1; }"),
+    ("/u/a%0D%0AX-Evil:%201%0D%0AY:", "location /u/ { proxy_pass http://127.0.0.1:%d$uri; }"),
+])
+def test_proxy_pass_with_variables_cannot_split_the_request(res, target, loc):
+    from conftest import RawRecorder, raw_exchange
+    rec = RawRecorder(b"\r\n\r\n")
+    p = res.proxy("server {\n listen 127.0.0.1:{port};\n " + (loc % rec.port) + "\n}\n")
+    raw_exchange(p.port, f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    raw = rec.wait(5)
+    assert b"\r\nX-Evil: 1\r\n" not in raw
+    assert raw.split(b"\r\n")[0].endswith(b"%0D%0AX-Evil:%201%0D%0AY: HTTP/1.1"), raw[:120]

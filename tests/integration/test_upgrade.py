@@ -176,3 +176,130 @@ def test_a_101_nobody_asked_for_is_502(res):
     o = res.add(Rogue("rogue"))
     p = res.proxy(CONF.format(o=o.port, extra=""))
     assert get(p.port, "/").status == 502
+
+
+# ---- second review: tunnel endings ----
+
+class ResetAfter101(_Server):
+    """101, reads a little of the tunnel, then resets the connection."""
+
+    def handle(self, s, cid, peer):
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            d = s.recv(65536)
+            if not d:
+                return
+            buf += d
+        s.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                  b"Connection: Upgrade\r\n\r\n")
+        got = 0
+        while got < 100_000:
+            d = s.recv(65536)
+            if not d:
+                return
+            got += len(d)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+
+
+@pytest.mark.skipif(IS_NGINX, reason="nginx forwards Upgrade only when proxy_set_header says so")
+@pytest.mark.parametrize("extra", ["", "error_page 502 /err;"])
+def test_upstream_failure_in_a_tunnel_is_a_cut_not_a_second_response(res, extra):
+    o = res.add(ResetAfter101("rst"))
+    p = res.proxy(CONF.format(o=o.port, extra=extra).replace(
+        "server {", "server {\n    location /err { return 200 \"error page\\n\"; }", 1))
+    s = socket.create_connection(("127.0.0.1", p.port), timeout=10)
+    s.sendall(UPGRADE_REQ)
+
+    def flood():
+        try:
+            for _ in range(64):
+                s.sendall(b"z" * 65536)
+        except OSError:
+            pass
+    t = threading.Thread(target=flood, daemon=True)
+    t.start()
+    out = b""
+    try:
+        while True:
+            d = s.recv(65536)
+            if not d:
+                break
+            out += d
+    except OSError:
+        pass
+    s.close()
+    assert out.startswith(b"HTTP/1.1 101 ")
+    assert out.count(b"HTTP/1.1 ") == 1, out[:400]
+
+
+class Sink(_Server):
+    """101 (after the whole, possibly chunked, request), then counts what
+    arrives until EOF, reading slowly so the proxy has to queue."""
+
+    def __init__(self, slow=True):
+        self.got = b""
+        self.done = threading.Event()
+        self.slow = slow
+        super().__init__("sink")
+
+    def handle(self, s, cid, peer):
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            d = s.recv(65536)
+            if not d:
+                return
+            buf += d
+        head, _, rest = buf.partition(b"\r\n\r\n")
+        if b"chunked" in head.lower():
+            while not rest.endswith(b"0\r\n\r\n"):
+                rest += s.recv(65536)
+            rest = b""
+        s.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                  b"Connection: Upgrade\r\n\r\n")
+        data = bytearray(rest)
+        try:
+            while True:
+                d = s.recv(16384)
+                if not d:
+                    break
+                data += d
+                if self.slow:
+                    self.stopping.wait(0.001)
+        finally:
+            self.got = bytes(data)
+            self.done.set()
+
+
+@pytest.mark.skipif(IS_NGINX, reason="nginx forwards Upgrade only when proxy_set_header says so")
+def test_client_close_delivers_everything_it_sent(res):
+    o = res.add(Sink())
+    p = res.proxy(CONF.format(o=o.port, extra=""))
+    s, head, rest = open_tunnel(p.port)
+    n = 3_000_000
+    s.sendall(b"y" * n)
+    s.shutdown(socket.SHUT_WR)
+    wait_for(o.done.is_set, timeout=60, what="the upstream side finished")
+    s.close()
+    assert len(o.got) == n
+
+
+def test_chunked_upgrade_request_tunnels_raw_bytes(res):
+    o = res.add(Sink(slow=False))
+    p = res.proxy(CONF.format(o=o.port, extra="""proxy_request_buffering off;
+        proxy_http_version 1.1;
+        proxy_set_header Upgrade $http_upgrade;
+        proxy_set_header Connection upgrade;"""))
+    s = socket.create_connection(("127.0.0.1", p.port), timeout=10)
+    s.sendall(b"POST /chat HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+              b"Transfer-Encoding: chunked\r\n\r\n5\r\nabcde\r\n0\r\n\r\n")
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        d = s.recv(65536)
+        assert d, buf
+        buf += d
+    assert buf.startswith(b"HTTP/1.1 101 ")
+    s.sendall(b"hello")
+    s.shutdown(socket.SHUT_WR)
+    wait_for(o.done.is_set, timeout=10, what="the upstream side finished")
+    s.close()
+    assert o.got == b"hello"
