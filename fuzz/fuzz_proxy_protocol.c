@@ -27,8 +27,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         int f = h.src.sa.ss_family;
         CHECK(f == AF_INET || f == AF_INET6);
         CHECK(h.dst.sa.ss_family == f);
-        CHECK(h.src.len == (f == AF_INET ? sizeof(struct sockaddr_in)
-                                         : sizeof(struct sockaddr_in6)));
+        CHECK(h.src.len ==
+              (f == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6)));
     }
     struct pp_header h2;
     size_t probes[3] = {(size_t)r - 1, (size_t)r / 2, 1};

@@ -71,8 +71,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         CHECK(ex.peer != &peer);
         int fam = ex.peer->sa.ss_family;
         CHECK(fam == AF_INET || fam == AF_INET6);
-        CHECK(ex.peer->len == (fam == AF_INET ? sizeof(struct sockaddr_in)
-                                              : sizeof(struct sockaddr_in6)));
+        CHECK(ex.peer->len ==
+              (fam == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6)));
         char ip[64];
         size_t n = net_addr_ip(ex.peer, ip, sizeof(ip));
         CHECK(n > 0 && n < sizeof(ip));

@@ -673,7 +673,8 @@ static struct cache_writer *writer_open(struct cache_zone *z, struct cache_obj *
     if (fd_write_all(w->fd, (const char *)&h, sizeof(h)) < 0 ||
         fd_write_all(w->fd, o->key, o->key_len) < 0 ||
         fd_write_all(w->fd, o->primary ? o->primary : "", o->primary_len) < 0 ||
-        fd_write_all(w->fd, o->vary, o->vary_len) < 0 || fd_write_all(w->fd, o->head, o->head_len) < 0) {
+        fd_write_all(w->fd, o->vary, o->vary_len) < 0 ||
+        fd_write_all(w->fd, o->head, o->head_len) < 0) {
         cache_write_abort(w);
         return NULL;
     }

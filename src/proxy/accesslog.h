@@ -14,7 +14,7 @@ struct access_log {
     char *path;
     _Atomic int fd;
     const struct log_format *format;
-    struct tmpl *cond; /* if=: no line when it is empty or "0" */
+    struct tmpl *cond;  /* if=: no line when it is empty or "0" */
     size_t buffer_size; /* 0: one write per line */
     uint32_t flush_ms;
     size_t index;     /* slot in each worker's buffers */

@@ -38,7 +38,6 @@ struct load_state {
 
 #define LS(cx) ((struct load_state *)(cx)->user)
 
-
 static struct tmpl *compile(struct cf_ctx *cx, const struct cf_node *n, const char *src)
 {
     char msg[256];
@@ -264,8 +263,8 @@ static int set_proxy_pass(struct cf_ctx *cx, const struct cf_node *n, const stru
 /* rewrite, return, set, if, break: one program per level (rewrite.c), in
  * order, as nginx: a return beside proxy_pass or after another return is
  * accepted (a break or an if may come first). */
-static int set_rewrite_op(struct cf_ctx *cx, const struct cf_node *n,
-                          const struct cf_directive *d, void *conf)
+static int set_rewrite_op(struct cf_ctx *cx, const struct cf_node *n, const struct cf_directive *d,
+                          void *conf)
 {
     (void)d;
     struct loc_conf *lc = conf;
@@ -507,8 +506,8 @@ static int set_log_format(struct cf_ctx *cx, const struct cf_node *n, const stru
     f->t = compile(cx, n, s);
     if (!f->t)
         return -1;
-    struct log_format **slot =
-        arena_push(cx->arena, (void **)&ls->formats, &ls->nformats, &ls->cap_formats, sizeof(*slot));
+    struct log_format **slot = arena_push(cx->arena, (void **)&ls->formats, &ls->nformats,
+                                          &ls->cap_formats, sizeof(*slot));
     if (!slot)
         return cf_error(cx, n, "out of memory");
     *slot = f;
@@ -601,8 +600,7 @@ static int set_temp_path(struct cf_ctx *cx, const struct cf_node *n, const struc
     for (size_t i = 1; i < n->nargs; i++) {
         const char *a = n->args[i];
         if (!(a[0] >= '1' && a[0] <= '2' && a[1] == '\0'))
-            return cf_error(cx, n, "invalid level \"%s\" in \"%s\" directive (1 or 2)", a,
-                            n->name);
+            return cf_error(cx, n, "invalid level \"%s\" in \"%s\" directive (1 or 2)", a, n->name);
     }
     struct stat st;
     if (stat(n->args[0], &st) < 0 && mkdir(n->args[0], 0700) < 0 && errno != EEXIST)
@@ -625,8 +623,8 @@ static int set_proxy_buffers(struct cf_ctx *cx, const struct cf_node *n,
     long num = strtol(n->args[0], &end, 10);
     size_t size;
     if (*end || num < 2 || num > 4096)
-        return cf_error(cx, n, "invalid number \"%s\" in \"%s\" directive (2 to 4096)",
-                        n->args[0], n->name);
+        return cf_error(cx, n, "invalid number \"%s\" in \"%s\" directive (2 to 4096)", n->args[0],
+                        n->name);
     if (cf_parse_size(n->args[1], &size) < 0 || size == 0 || size > 16 * 1024 * 1024)
         return cf_error(cx, n, "invalid size \"%s\" in \"%s\" directive", n->args[1], n->name);
     lc->proxy_buffers = (size_t)num * size;
@@ -942,8 +940,8 @@ static int set_server(struct cf_ctx *cx, const struct cf_node *n, const struct c
     sub.confs[CONF_LOC] = lc;
     if (cf_apply_block(&sub, n) < 0)
         return -1;
-    struct srv_conf **slot =
-        arena_push(cx->arena, (void **)&ls->servers, &ls->nservers, &ls->cap_servers, sizeof(*slot));
+    struct srv_conf **slot = arena_push(cx->arena, (void **)&ls->servers, &ls->nservers,
+                                        &ls->cap_servers, sizeof(*slot));
     if (!slot)
         return cf_error(cx, n, "out of memory");
     *slot = sc;
@@ -1120,8 +1118,8 @@ static const struct cf_directive http_directives[] = {
      "change $uri when regex matches it ($1.. in the replacement; a '?' in it sets the "
      "arguments); last/no flag: search the location again, break: stay, redirect/permanent "
      "or an http(s):// replacement: 302/301"},
-    {"set", CF_SERVER | CF_LOCATION, 2, 2, false, set_rewrite_op, CONF_LOC, 0,
-     "$variable value", "-", "give a variable of your own a value (text and variables)"},
+    {"set", CF_SERVER | CF_LOCATION, 2, 2, false, set_rewrite_op, CONF_LOC, 0, "$variable value",
+     "-", "give a variable of your own a value (text and variables)"},
     {"if", CF_SERVER | CF_LOCATION, 1, CF_ARGS_ANY, true, set_rewrite_op, CONF_LOC, 0,
      "(condition) { ... }", "-",
      "run return, rewrite, set and break when the condition holds: $var, = !=, ~ ~* !~ !~* "
@@ -1158,13 +1156,15 @@ static const struct cf_directive http_directives[] = {
     {"proxy_send_timeout", LOC_ANY, 1, 1, false, cf_set_msec, CONF_LOC, OFF_LOC(send_timeout_ms),
      "time", "60s", "longest stall between two writes to the upstream"},
     {"proxy_buffering", LOC_ANY, 1, 1, false, cf_set_flag, CONF_LOC, OFF_LOC(buffering), "on | off",
-     "on", "read the upstream response ahead of a slow client (proxy_buffers in memory, then "
+     "on",
+     "read the upstream response ahead of a slow client (proxy_buffers in memory, then "
      "proxy_max_temp_file_size in a file); off: only as fast as the client takes it"},
     {"proxy_request_buffering", LOC_ANY, 1, 1, false, cf_set_flag, CONF_LOC,
      OFF_LOC(request_buffering), "on | off", "on",
-     "read the whole request body (memory, then a file) before connecting upstream; off: stream it"},
-    {"set_real_ip_from", LOC_ANY, 1, 1, false, realip_set_from, CONF_LOC, 0, "address | CIDR",
-     "-", "trust this proxy: a request from it takes its client address from real_ip_header"},
+     "read the whole request body (memory, then a file) before connecting upstream; off: stream "
+     "it"},
+    {"set_real_ip_from", LOC_ANY, 1, 1, false, realip_set_from, CONF_LOC, 0, "address | CIDR", "-",
+     "trust this proxy: a request from it takes its client address from real_ip_header"},
     {"real_ip_header", LOC_ANY, 1, 1, false, set_real_ip_header, CONF_LOC, 0,
      "field | X-Real-IP | X-Forwarded-For", "X-Real-IP",
      "the request field that holds the client address (the last one in a list)"},
@@ -1176,8 +1176,8 @@ static const struct cf_directive http_directives[] = {
      "rewrite Location and Refresh of upstream responses: default maps \"http://<proxy_pass "
      "host and URI>\" to the location's prefix; a prefix (variables allowed) or ~regex / "
      "~*regex ($1.. in the replacement); several: the first match wins"},
-    {"absolute_redirect", LOC_ANY, 1, 1, false, cf_set_flag, CONF_LOC,
-     OFF_LOC(absolute_redirect), "on | off", "on",
+    {"absolute_redirect", LOC_ANY, 1, 1, false, cf_set_flag, CONF_LOC, OFF_LOC(absolute_redirect),
+     "on | off", "on",
      "make the Location of local redirects (return, rewrite, error_page) and of proxy_redirect "
      "results absolute when it starts with /"},
     {"port_in_redirect", LOC_ANY, 1, 1, false, cf_set_flag, CONF_LOC, OFF_LOC(port_in_redirect),
@@ -1223,8 +1223,7 @@ static const struct cf_directive http_directives[] = {
      "request body held in memory; with proxy_request_buffering on the rest goes to a file in "
      "client_body_temp_path, otherwise it is streamed upstream"},
     {"client_body_temp_path", LOC_ANY, 1, 4, false, set_temp_path, CONF_LOC,
-     OFF_LOC(body_temp_path),
-     "path [level1 [level2 [level3]]]", "/tmp",
+     OFF_LOC(body_temp_path), "path [level1 [level2 [level3]]]", "/tmp",
      "directory for request bodies larger than client_body_buffer_size while "
      "proxy_request_buffering is on (unnamed files: levels are accepted and unused)"},
     {"client_body_timeout", LOC_ANY, 1, 1, false, cf_set_msec, CONF_LOC,
@@ -1355,8 +1354,8 @@ static int finalize_location(struct snapshot *s, struct load_state *ls, struct l
                          lc->line, pp->host, msg ? msg : "out of memory");
                 return -1;
             }
-            struct ups_group **slot =
-                arena_push(&s->arena, (void **)&ls->groups, &ls->ngroups, &ls->cap_groups, sizeof(*slot));
+            struct ups_group **slot = arena_push(&s->arena, (void **)&ls->groups, &ls->ngroups,
+                                                 &ls->cap_groups, sizeof(*slot));
             if (!slot)
                 return -1;
             g->id = ls->ngroups - 1;

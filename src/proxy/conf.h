@@ -104,16 +104,16 @@ struct loc_conf {
     const struct redirect_rule *redirects; /* proxy_redirect (redirect.h) */
     size_t nredirects;
     bool redirect_set, redirects_off;
-    int absolute_redirect;       /* relative Location made absolute (scheme://host[:port]) */
-    int port_in_redirect;        /* ... with the port when not the scheme's */
-    int server_name_in_redirect; /* ... with the first server_name, not Host */
+    int absolute_redirect;        /* relative Location made absolute (scheme://host[:port]) */
+    int port_in_redirect;         /* ... with the port when not the scheme's */
+    int server_name_in_redirect;  /* ... with the first server_name, not Host */
     struct net_cidr *realip_from; /* set_real_ip_from (realip.h) */
     size_t nrealip_from;
     bool realip_from_set;
     const char *realip_header; /* NULL: X-Real-IP */
     bool realip_pp;            /* real_ip_header proxy_protocol */
     int realip_recursive;
-    bool has_return;    /* a `return` at this level itself */
+    bool has_return; /* a `return` at this level itself */
 
     struct hdr_rules set_headers; /* proxy_set_header (inherited whole if none here) */
     bool set_headers_set;
@@ -146,10 +146,10 @@ struct loc_conf {
     size_t client_max_body_size;
     size_t client_body_buffer_size;
     size_t proxy_buffer_size;
-    size_t proxy_buffers;          /* proxy_buffers N SIZE: N*SIZE read ahead of the client */
-    size_t busy_buffers_size;      /* proxy_busy_buffers_size (checked, see docs) */
-    size_t max_temp_file_size;     /* proxy_max_temp_file_size: beyond proxy_buffers, 0 off */
-    size_t temp_file_write_size;   /* proxy_temp_file_write_size (accepted) */
+    size_t proxy_buffers;        /* proxy_buffers N SIZE: N*SIZE read ahead of the client */
+    size_t busy_buffers_size;    /* proxy_busy_buffers_size (checked, see docs) */
+    size_t max_temp_file_size;   /* proxy_max_temp_file_size: beyond proxy_buffers, 0 off */
+    size_t temp_file_write_size; /* proxy_temp_file_write_size (accepted) */
     uint32_t next_upstream;
     int next_upstream_tries;
     uint32_t next_upstream_timeout_ms;
@@ -167,9 +167,9 @@ struct loc_conf {
     bool log_off;
     int log_not_found;
     const char *default_type;
-    const char *body_temp_path; /* client_body_temp_path: where spooled bodies go */
+    const char *body_temp_path;  /* client_body_temp_path: where spooled bodies go */
     const char *proxy_temp_path; /* proxy_temp_path: where spooled responses go */
-    const char *file; /* where this level was defined */
+    const char *file;            /* where this level was defined */
     int line;
 };
 
@@ -177,8 +177,8 @@ struct listen_conf {
     struct net_addr addr;
     char text[80];
     bool ssl;
-    bool http2;    /* listen ... http2: h2c prior knowledge, h2 in ALPN */
-    bool h2c_only; /* listen ... http2 h2c_only: no HTTP/1 on this plain address */
+    bool http2;          /* listen ... http2: h2c prior knowledge, h2 in ALPN */
+    bool h2c_only;       /* listen ... http2 h2c_only: no HTTP/1 on this plain address */
     bool proxy_protocol; /* connections start with a PROXY protocol header */
     bool default_server;
     bool reuseport;
@@ -243,9 +243,9 @@ struct listen_set {
     int backlog;
     bool reuseport;
     bool ssl;
-    bool http2;    /* some listen of this address says http2 */
-    bool h2c_only; /* some listen of this address says h2c_only: every
-                    * connection is HTTP/2 from its first byte */
+    bool http2;          /* some listen of this address says http2 */
+    bool h2c_only;       /* some listen of this address says h2c_only: every
+                          * connection is HTTP/2 from its first byte */
     bool proxy_protocol; /* ... says proxy_protocol: a PROXY header comes first */
     struct srv_conf **servers;
     size_t nservers;
@@ -293,7 +293,7 @@ struct snapshot {
     uint64_t generation;
     struct map_def **maps; /* `map` variables, by index (vars.h: V_MAP_BASE + i) */
     size_t nmaps;
-    size_t nuser_vars;        /* `set` variables (rewrite.h) */
+    size_t nuser_vars;       /* `set` variables (rewrite.h) */
     pcre2_code **rw_regexes; /* compiled by rewrite and if */
     size_t nrw_regexes, cap_rw_regexes;
 };

@@ -138,7 +138,7 @@ struct exchange {
     bool req_chunked;
     bool req_has_body;
     bool expect_continue;
-    struct slice upgrade; /* HTTP/1.1 Upgrade (not h2c) asked with Connection: upgrade */
+    struct slice upgrade;      /* HTTP/1.1 Upgrade (not h2c) asked with Connection: upgrade */
     size_t request_length;     /* head + body bytes read */
     struct slice req_trailers; /* trailer field lines (with CRLFs) of a chunked body */
 
@@ -146,15 +146,15 @@ struct exchange {
     const struct srv_conf *srv;
     const struct location *loc;
     const struct loc_conf *lc;
-    struct route_captures caps;      /* location regex */
-    struct route_captures host_caps; /* server_name regex */
-    struct slice *map_vals;          /* `map` values of this request (arena, lazily) */
-    struct slice *user_vals;         /* `set` values */
-    bool uri_rewritten;              /* a rewrite changed $uri or $args */
-    const struct net_addr *realip_orig; /* the connection's address, when realip replaced it */
+    struct route_captures caps;             /* location regex */
+    struct route_captures host_caps;        /* server_name regex */
+    struct slice *map_vals;                 /* `map` values of this request (arena, lazily) */
+    struct slice *user_vals;                /* `set` values */
+    bool uri_rewritten;                     /* a rewrite changed $uri or $args */
+    const struct net_addr *realip_orig;     /* the connection's address, when realip replaced it */
     const struct net_addr *pp_src, *pp_dst; /* the PROXY protocol header's, or NULL */
-    bool uri_rewritten_here;         /* ... in the location that serves (rewrite ... break) */
-    bool args_set;                   /* `set $args` changed the arguments */
+    bool uri_rewritten_here; /* ... in the location that serves (rewrite ... break) */
+    bool args_set;           /* `set $args` changed the arguments */
     uint8_t *map_state;
 
     /* the response */

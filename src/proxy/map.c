@@ -219,8 +219,9 @@ int map_geo_directive(struct cf_ctx *cx, const struct cf_node *n, struct snapsho
     for (const struct cf_node *c = n->children; c; c = c->next) {
         if (strcmp(c->name, "ranges") == 0 || strcmp(c->name, "proxy") == 0 ||
             strcmp(c->name, "proxy_recursive") == 0 || strcmp(c->name, "delete") == 0)
-            return cf_error(cx, c, "\"%s\" is not supported in geo (use set_real_ip_from for "
-                                   "proxies, CIDR networks instead of ranges)",
+            return cf_error(cx, c,
+                            "\"%s\" is not supported in geo (use set_real_ip_from for "
+                            "proxies, CIDR networks instead of ranges)",
                             c->name);
         if (c->is_block || c->nargs != 1)
             return cf_error(cx, c, "invalid number of the geo parameters");
@@ -326,7 +327,8 @@ int map_directive(struct cf_ctx *cx, const struct cf_node *n, struct snapshot *s
     for (const struct cf_node *c = n->children; c; c = c->next) {
         if (c->is_block)
             return cf_error(cx, c, "unexpected \"{\" in map");
-        if (c->nargs == 0 && (strcmp(c->name, "hostnames") == 0 || strcmp(c->name, "volatile") == 0))
+        if (c->nargs == 0 &&
+            (strcmp(c->name, "hostnames") == 0 || strcmp(c->name, "volatile") == 0))
             continue;
         if (c->nargs != 1)
             return cf_error(cx, c, "invalid number of the map parameters");
@@ -431,8 +433,8 @@ static const struct map_key *find_wild(const struct map_def *m, struct slice low
     const struct map_key *best = NULL;
     for (size_t i = 0; i < m->nsuffix; i++) {
         const struct map_key *k = &m->suffix[i];
-        bool hit = low.len > k->key.len &&
-                   memcmp(low.p + low.len - k->key.len, k->key.p, k->key.len) == 0;
+        bool hit =
+            low.len > k->key.len && memcmp(low.p + low.len - k->key.len, k->key.p, k->key.len) == 0;
         /* ".example.com" is "example.com" and everything under it */
         if (!hit && k->dot_form)
             hit = low.len == k->key.len - 1 && memcmp(low.p, k->key.p + 1, low.len) == 0;

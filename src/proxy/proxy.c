@@ -22,9 +22,9 @@
 #include "proxy/vars.h"
 #include "proxy/worker.h"
 
-#define UPS_MAX_FIELDS       100
-#define MAX_PRE_PIECES       16
-#define UPS_SEND_HIGH        (64 * 1024)
+#define UPS_MAX_FIELDS 100
+#define MAX_PRE_PIECES 16
+#define UPS_SEND_HIGH  (64 * 1024)
 
 enum fwd_phase {
     P_CACHE,    /* the cache answers or waits for its lock */
@@ -72,11 +72,11 @@ struct fwd {
                           * unnamed file, held open by this token (NULL: it is in pre[]) */
     int spool_fd;
     uint64_t spool_off; /* TLS upstream: spooled bytes queued so far on this try */
-    bool body_eof;       /* the client's body ended */
-    bool body_streamed;  /* bytes beyond pre[] went upstream: no replay */
-    bool send_chunked;   /* length unknown: chunked toward the upstream */
-    bool req_sent;       /* everything (head, body, last chunk) queued */
-    bool tunnel;         /* 101 Switching Protocols: bytes both ways until a close */
+    bool body_eof;      /* the client's body ended */
+    bool body_streamed; /* bytes beyond pre[] went upstream: no replay */
+    bool send_chunked;  /* length unknown: chunked toward the upstream */
+    bool req_sent;      /* everything (head, body, last chunk) queued */
+    bool tunnel;        /* 101 Switching Protocols: bytes both ways until a close */
     struct outq out;
     struct buf *scratch;
     size_t scratch_used;
@@ -99,8 +99,8 @@ struct fwd {
     int rspool_fd;
     uint64_t rs_read, rs_written;
     struct slice rs_trailers; /* kept for the end of P_DRAIN */
-    int error_page_status; /* status forced by error_page, 0 if none */
-    struct pcache *pc;     /* proxy_cache state, NULL without a cache */
+    int error_page_status;    /* status forced by error_page, 0 if none */
+    struct pcache *pc;        /* proxy_cache state, NULL without a cache */
 };
 
 static void fwd_run(struct fwd *f);
@@ -1192,8 +1192,7 @@ static void try_connect(struct fwd *f)
     bool tls = ex->lc->proxy_ssl_rt != NULL; /* the handshake may still be ahead */
     /* a plain upstream gets the file by sendfile when the queue can hold it
      * (OUTQ_MAX items of up to 1 GiB); TLS, or more, is read back in pieces */
-    bool by_file = f->spool && !tls &&
-                   f->pre_bytes <= (uint64_t)(OUTQ_MAX - 4) * OUTQ_ITEM_MAX &&
+    bool by_file = f->spool && !tls && f->pre_bytes <= (uint64_t)(OUTQ_MAX - 4) * OUTQ_ITEM_MAX &&
                    outq_push_file(&f->out, f->spool, f->spool_fd, 0, f->pre_bytes) == 0;
     for (size_t i = 0; i < f->npre; i++) {
         if (f->send_chunked) {
@@ -1244,8 +1243,8 @@ static int spool_refill(struct fwd *f)
         fail_try(f, END_INTERNAL, "out of memory", 0, 0);
         return 1;
     }
-    size_t want = f->pre_bytes - f->spool_off < b->cap ? (size_t)(f->pre_bytes - f->spool_off)
-                                                      : b->cap;
+    size_t want =
+        f->pre_bytes - f->spool_off < b->cap ? (size_t)(f->pre_bytes - f->spool_off) : b->cap;
     ssize_t n;
     do
         n = pread(f->spool_fd, b->data, want, (off_t)f->spool_off);

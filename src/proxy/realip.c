@@ -148,8 +148,8 @@ void realip_apply(struct exchange *ex, const struct loc_conf *lc)
     bool have = false;
     size_t end = list.len;
     for (;;) {
-        while (end > 0 && (list.p[end - 1] == ',' || list.p[end - 1] == ' ' ||
-                           list.p[end - 1] == '\t'))
+        while (end > 0 &&
+               (list.p[end - 1] == ',' || list.p[end - 1] == ' ' || list.p[end - 1] == '\t'))
             end--;
         if (end == 0)
             break;

@@ -34,14 +34,16 @@ int redirect_directive(struct cf_ctx *cx, const struct cf_node *n, struct snapsh
     }
     if (n->nargs == 1 && (strcmp(n->args[0], "off") == 0 || strcmp(n->args[0], "false") == 0)) {
         if (lc->nredirects)
-            return cf_error(cx, n, "\"proxy_redirect off\" with other proxy_redirect "
-                                   "directives at the same level");
+            return cf_error(cx, n,
+                            "\"proxy_redirect off\" with other proxy_redirect "
+                            "directives at the same level");
         lc->redirects_off = true;
         return 0;
     }
     if (lc->redirects_off)
-        return cf_error(cx, n, "\"proxy_redirect off\" with other proxy_redirect directives at "
-                               "the same level");
+        return cf_error(cx, n,
+                        "\"proxy_redirect off\" with other proxy_redirect directives at "
+                        "the same level");
     if (n->nargs == 1 && strcmp(n->args[0], "default") != 0)
         return cf_error(cx, n, "invalid parameter \"%s\"", n->args[0]);
     struct redirect_rule *nv = arena_alloc(cx->arena, (lc->nredirects + 1) * sizeof(*nv));
@@ -137,8 +139,7 @@ static bool apply_rule(struct exchange *ex, const struct redirect_rule *r, struc
     return out->p != NULL;
 }
 
-bool proxy_redirect_apply(struct exchange *ex, struct slice value, bool refresh,
-                          struct slice *out)
+bool proxy_redirect_apply(struct exchange *ex, struct slice value, bool refresh, struct slice *out)
 {
     const struct loc_conf *lc = ex->lc;
     if (!lc || !lc->nredirects || lc->redirects_off)

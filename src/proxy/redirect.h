@@ -26,7 +26,6 @@ int redirect_directive(struct cf_ctx *cx, const struct cf_node *n, struct snapsh
 
 /* If a rule of ex->lc matches `value` (a Location, or with refresh a
  * Refresh field's "url=" part), the rewritten field value in *out. */
-bool proxy_redirect_apply(struct exchange *ex, struct slice value, bool refresh,
-                          struct slice *out);
+bool proxy_redirect_apply(struct exchange *ex, struct slice value, bool refresh, struct slice *out);
 
 #endif

@@ -114,7 +114,7 @@ static struct rw_op *new_op(struct cf_ctx *cx, struct rw_prog **pp, enum rw_kind
 
 /* Compile a regex and keep it for rw_free. */
 pcre2_code *rw_regex(struct cf_ctx *cx, const struct cf_node *n, struct snapshot *s,
-                         const char *pat, bool ci)
+                     const char *pat, bool ci)
 {
     pcre2_code **slot = arena_push(cx->arena, (void **)&s->rw_regexes, &s->nrw_regexes,
                                    &s->cap_rw_regexes, sizeof(*slot));
@@ -331,7 +331,7 @@ static int add_if(struct cf_ctx *cx, const struct cf_node *n, struct snapshot *s
 }
 
 static int rw_directive_into(struct cf_ctx *cx, const struct cf_node *n, struct snapshot *s,
-                      struct rw_prog **pp)
+                             struct rw_prog **pp)
 {
     const char *d = n->name;
     size_t na = n->nargs;
@@ -446,19 +446,19 @@ static void put(char *d, struct slice v)
  * Captures come from the decoded $uri: in arguments, and in the path of a
  * redirect, they are percent-encoded (as nginx), so a %0D%0A in a request
  * never becomes a header line here or upstream. */
-static enum rw_result do_rewrite(struct exchange *ex, const struct rw_op *op,
-                                 struct rw_return *ret)
+static enum rw_result do_rewrite(struct exchange *ex, const struct rw_op *op, struct rw_return *ret)
 {
     struct route_captures caps = {0};
     if (!router_regex_match(op->re, ex->uri, &caps))
         return RW_END;
     ex->caps = caps;
-    struct slice path = op->redirect ? tmpl_eval(ex, op->repl, ESC_CAPTURE_URI) : eval(ex, op->repl);
+    struct slice path =
+        op->redirect ? tmpl_eval(ex, op->repl, ESC_CAPTURE_URI) : eval(ex, op->repl);
     struct slice args = ex->args;
     bool has_args = ex->has_args;
     if (op->has_query) {
-        struct slice na = op->repl_args ? tmpl_eval(ex, op->repl_args, ESC_CAPTURE_ARGS)
-                                        : SLICE_NULL;
+        struct slice na =
+            op->repl_args ? tmpl_eval(ex, op->repl_args, ESC_CAPTURE_ARGS) : SLICE_NULL;
         if (!op->drop_args && ex->has_args && ex->args.len) {
             size_t len = na.len + (na.len ? 1 : 0) + ex->args.len;
             char *b = arena_alloc(&ex->arena, len);

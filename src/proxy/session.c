@@ -599,8 +599,7 @@ static void handoff_h2(struct h1_session *s)
     s->tls = NULL;
     const char *pre = s->rseg ? s->rseg->data + s->rstart : NULL;
     size_t npre = s->rseg ? s->rend - s->rstart : 0;
-    h2_session_start(s->w, fd, &s->peer, &s->local, tls, pre, npre,
-                     s->pp.has_addr ? &s->pp : NULL);
+    h2_session_start(s->w, fd, &s->peer, &s->local, tls, pre, npre, s->pp.has_addr ? &s->pp : NULL);
     s->rstart = s->rend;
     sess_close(s);
 }

@@ -74,8 +74,8 @@ enum var_id {
     V_PP_PORT,
     V_PP_SERVER_ADDR,
     V_PP_SERVER_PORT,
-    V_CAPTURE,       /* $1..$9 (arg: the digit) */
-    V_NAMED_CAPTURE, /* (?<name>...) */
+    V_CAPTURE,          /* $1..$9 (arg: the digit) */
+    V_NAMED_CAPTURE,    /* (?<name>...) */
     V_MAP_BASE = 1000,  /* + index: a `map` variable */
     V_USER_BASE = 3000, /* + index: a `set` variable */
 };
@@ -857,8 +857,8 @@ struct slice tmpl_eval(struct exchange *ex, const struct tmpl *t, enum tmpl_esca
         vals[i] = var_value(ex, p->var, p->lit);
         if (esc == ESC_DEFAULT && vals[i].len == 0)
             vals[i] = SLICE_LIT("-"); /* nginx logs an empty value as "-" */
-        bool escaped = esc != ESC_NONE &&
-                       (!captures_only || p->var == V_CAPTURE || p->var == V_NAMED_CAPTURE);
+        bool escaped =
+            esc != ESC_NONE && (!captures_only || p->var == V_CAPTURE || p->var == V_NAMED_CAPTURE);
         any_escaped |= escaped;
         total += escaped ? escaped_len(vals[i], esc) : vals[i].len;
     }

@@ -12,6 +12,18 @@ UPGRADE_REQ = (b"GET /chat HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnecti
                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
 
 
+def read_head(s):
+    """An HTTP head from socket s: (head, bytes after it), or None at EOF."""
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        d = s.recv(65536)
+        if not d:
+            return None
+        buf += d
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    return head, rest
+
+
 class TunnelOrigin(_Server):
     """Answers an upgrade with 101 and then echoes bytes upper-cased; a line
     "bye\\n" makes it close. A request without Upgrade gets a 426."""
@@ -22,13 +34,10 @@ class TunnelOrigin(_Server):
         super().__init__("tunnel")
 
     def handle(self, s, cid, peer):
-        buf = b""
-        while b"\r\n\r\n" not in buf:
-            d = s.recv(65536)
-            if not d:
-                return
-            buf += d
-        head, _, rest = buf.partition(b"\r\n\r\n")
+        got = read_head(s)
+        if not got:
+            return
+        head, rest = got
         with self.lock:
             self.heads.append(head.decode("latin-1"))
         low = head.lower()
@@ -165,12 +174,8 @@ def test_a_101_nobody_asked_for_is_502(res):
     """An upstream that switches protocols unasked is broken (never tunnelled)."""
     class Rogue(_Server):
         def handle(self, s, cid, peer):
-            buf = b""
-            while b"\r\n\r\n" not in buf:
-                d = s.recv(65536)
-                if not d:
-                    return
-                buf += d
+            if not read_head(s):
+                return
             s.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
                       b"Connection: Upgrade\r\n\r\nrogue bytes")
     o = res.add(Rogue("rogue"))
@@ -184,12 +189,8 @@ class ResetAfter101(_Server):
     """101, reads a little of the tunnel, then resets the connection."""
 
     def handle(self, s, cid, peer):
-        buf = b""
-        while b"\r\n\r\n" not in buf:
-            d = s.recv(65536)
-            if not d:
-                return
-            buf += d
+        if not read_head(s):
+            return
         s.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
                   b"Connection: Upgrade\r\n\r\n")
         got = 0
@@ -243,13 +244,10 @@ class Sink(_Server):
         super().__init__("sink")
 
     def handle(self, s, cid, peer):
-        buf = b""
-        while b"\r\n\r\n" not in buf:
-            d = s.recv(65536)
-            if not d:
-                return
-            buf += d
-        head, _, rest = buf.partition(b"\r\n\r\n")
+        got = read_head(s)
+        if not got:
+            return
+        head, rest = got
         if b"chunked" in head.lower():
             while not rest.endswith(b"0\r\n\r\n"):
                 rest += s.recv(65536)

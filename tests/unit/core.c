@@ -1587,14 +1587,14 @@ Test(net, proxy_protocol_v1)
     /* refused */
     const char *bad[] = {
         "GET / HTTP/1.1\r\n",
-        "PROXY TCP4 1.2.3.4 5.6.7.8 1 2\n",          /* LF without CR */
-        "PROXY TCP4 1.2.3.4 5.6.7.8 1\r\n",          /* a field short */
-        "PROXY TCP4 1.2.3.4 5.6.7.8 1 2 3\r\n",      /* one too many */
-        "PROXY TCP4 1.2.3.4  5.6.7.8 1 2\r\n",       /* double space */
-        "PROXY TCP4 ::1 5.6.7.8 1 2\r\n",            /* v6 in TCP4 */
-        "PROXY TCP6 1.2.3.4 ::1 1 2\r\n",            /* v4 in TCP6 */
-        "PROXY TCP4 1.2.3.4 5.6.7.8 65536 2\r\n",    /* port range */
-        "PROXY TCP4 1.2.3.4 5.6.7.8 01 2\r\n",       /* leading zero */
+        "PROXY TCP4 1.2.3.4 5.6.7.8 1 2\n",       /* LF without CR */
+        "PROXY TCP4 1.2.3.4 5.6.7.8 1\r\n",       /* a field short */
+        "PROXY TCP4 1.2.3.4 5.6.7.8 1 2 3\r\n",   /* one too many */
+        "PROXY TCP4 1.2.3.4  5.6.7.8 1 2\r\n",    /* double space */
+        "PROXY TCP4 ::1 5.6.7.8 1 2\r\n",         /* v6 in TCP4 */
+        "PROXY TCP6 1.2.3.4 ::1 1 2\r\n",         /* v4 in TCP6 */
+        "PROXY TCP4 1.2.3.4 5.6.7.8 65536 2\r\n", /* port range */
+        "PROXY TCP4 1.2.3.4 5.6.7.8 01 2\r\n",    /* leading zero */
         "PROXY TCP4 1.2.3.4 5.6.7.8 -1 2\r\n",
         "PROXY UDP4 1.2.3.4 5.6.7.8 1 2\r\n",
         "PROXY UNKNOWNX\r\n",
@@ -1610,8 +1610,8 @@ Test(net, proxy_protocol_v1)
 
 Test(net, proxy_protocol_v2)
 {
-    unsigned char b[64] = {0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a,
-                           0x21, 0x11, 0x00, 0x0c + 3};
+    unsigned char b[64] = {0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51,
+                           0x55, 0x49, 0x54, 0x0a, 0x21, 0x11, 0x00, 0x0c + 3};
     unsigned char a4[12] = {198, 51, 100, 9, 10, 0, 0, 1, 0x1f, 0x90, 0x01, 0xbb};
     memcpy(b + 16, a4, 12);
     b[28] = 0x04; /* a TLV of type 4 and no value: skipped */
