@@ -6,8 +6,9 @@
  * GET  /0 /1k /100k /1m   -> 200 with a fixed body of 0 / 1024 / 102400 / 1048576 bytes
  * POST (any path)         -> reads and discards the body (Content-Length or chunked),
  *                            answers 200 with "ok\n"
- * GET  /_stats             -> 200 "requests N\n": requests answered so far (all threads, not
- *                            counting /_stats itself), for the cache scenarios' hit checks;
+ * GET  /_stats             -> 200 "requests N\nconnections M\n": requests answered so far (all
+ *                            threads, not counting /_stats itself) and connections accepted,
+ *                            for the cache scenarios' hit checks and the upstream reuse count;
  *                            not for pipelining (one reply buffer per connection)
  * anything else           -> 404, empty body
  *
@@ -45,7 +46,8 @@ static char *hdr[R_N][2]; /* [resp][close] */
 static size_t hdr_len[R_N][2];
 static char *body[R_N];
 
-static unsigned long long served; /* answered requests, /_stats excluded (atomic) */
+static unsigned long long served;   /* answered requests, /_stats excluded (atomic) */
+static unsigned long long accepted; /* connections accepted (atomic) */
 
 static const char *addr = "127.0.0.1";
 static int port = 18080;
@@ -59,7 +61,7 @@ struct conn {
     long long chunk_rem;
     int qhead, qn; /* iovec queue */
     struct iovec q[MAXQ];
-    char sbuf[192]; /* the /_stats reply */
+    char sbuf[256]; /* the /_stats reply */
     char rbuf[RBUF];
 };
 
@@ -297,8 +299,9 @@ static int process(struct conn *c)
                 ul = (size_t)(qm - u);
             if (ul == 7 && !memcmp(u, "/_stats", 7)) {
                 unsigned long long nreq = __atomic_load_n(&served, __ATOMIC_RELAXED);
-                char b[32];
-                int bl = snprintf(b, sizeof b, "requests %llu\n", nreq);
+                unsigned long long nconn = __atomic_load_n(&accepted, __ATOMIC_RELAXED);
+                char b[64];
+                int bl = snprintf(b, sizeof b, "requests %llu\nconnections %llu\n", nreq, nconn);
                 int hl =
                     snprintf(c->sbuf, sizeof c->sbuf,
                              "HTTP/1.1 200 OK\r\nServer: origin\r\nContent-Type: text/plain\r\n"
@@ -380,6 +383,7 @@ static void *loop(void *arg)
                     int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK);
                     if (fd < 0)
                         break;
+                    __atomic_fetch_add(&accepted, 1, __ATOMIC_RELAXED);
                     int one = 1;
                     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
                     c = calloc(1, sizeof *c);

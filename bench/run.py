@@ -249,10 +249,16 @@ def http_get(port, path, host, timeout=5.0):
     return lines[0], hdrs, body
 
 
-def origin_count(origin_port):
-    """requests the origin has answered so far (origin.c's GET /_stats)"""
+def origin_stats(origin_port):
+    """origin.c's GET /_stats: {"requests": answered so far, "connections": accepted so far}"""
     _, _, body = http_get(origin_port, "/_stats", "origin")
-    return int(body.split()[1])
+    f = body.decode().split()
+    return {f[i]: int(f[i + 1]) for i in range(0, len(f) - 1, 2)}
+
+
+def origin_count(origin_port):
+    """requests the origin has answered so far"""
+    return origin_stats(origin_port)["requests"]
 
 
 def origin_settle(origin_port, quiet_s=0.3, max_s=5.0):
@@ -626,6 +632,7 @@ def run_wrk(cfg, port, sc, lua, duration):
 def measure(cfg, name, proc, port, sc, lua, origin, origin_port):
     pids = tree(proc.pid) if proc else []
     n0 = origin_settle(origin_port) if sc.get("cache") else None
+    k0 = origin_stats(origin_port)["connections"] if proc else None
     c0 = cpu_seconds(pids) if proc else 0.0
     o0 = cpu_seconds([origin.pid])
     b0 = cpu_busy()
@@ -634,6 +641,8 @@ def measure(cfg, name, proc, port, sc, lua, origin, origin_port):
     ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     # origin requests during the round: the cache misses (0 when every request was a hit)
     misses = origin_settle(origin_port) - n0 if n0 is not None else None
+    # connections the proxy opened to the origin during the round (keep-alive pool misses)
+    k1 = origin_stats(origin_port)["connections"] if proc else None
     b1 = cpu_busy()
     c1 = cpu_seconds(pids) if proc else 0.0
     o1 = cpu_seconds([origin.pid])
@@ -657,6 +666,7 @@ def measure(cfg, name, proc, port, sc, lua, origin, origin_port):
                                              ("connect", "read", "write", "status", "timeout")},
         "reused_pct": w.get("reused_pct"),
         "origin_requests": misses,
+        "origin_conns": k1 - k0 - 1 if k0 is not None else None,  # less the /_stats one
     }
 
 
@@ -674,6 +684,9 @@ def summarise(rounds):
         "foreign_cpu_pct": max(r["foreign_cpu_pct"] for r in rounds),
         "cpu_busy_pct": rounds[len(rounds) // 2]["cpu_busy_pct"],
         "reused_pct": med("reused_pct"),
+        "origin_conns_per_kreq": (1000.0 * sum(r["origin_conns"] for r in rounds) /
+                                  max(1, sum(r["requests"] for r in rounds))
+                                  if rounds[0].get("origin_conns") is not None else None),
         "origin_requests": (sum(r["origin_requests"] for r in rounds)
                             if rounds[0].get("origin_requests") is not None else None),
         "hit_pct": (100.0 * (1 - sum(r["origin_requests"] for r in rounds) /
@@ -1135,6 +1148,9 @@ def main():
                     s["note"] = "proxy exited during the run"
                 if s.get("reused_pct") is not None:
                     s["note"] = (s.get("note", "") + f" {s['reused_pct']:.0f}% resumed").strip()
+                if (s.get("origin_conns_per_kreq") or 0) >= 0.1 and not sc.get("cache"):
+                    s["note"] = (s.get("note", "") + f" {s['origin_conns_per_kreq']:.1f} origin "
+                                 "connects/1k req").strip()
                 if sc.get("cache"):
                     s["hit_check"] = hit_notes.get(name, "")
                     s["note"] = (s.get("note", "") + f" hits {s['hit_pct']:.2f}% (origin saw "

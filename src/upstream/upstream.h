@@ -289,6 +289,7 @@ struct ups_conn {
     const void *group_key; /* the group it was opened for */
     size_t group_id;
     int requests;                 /* requests made on it so far */
+    int keep_cap;                 /* while idle: its group's `keepalive` */
     unsigned char nodelay;        /* net_nodelay_before_write, by its user */
     struct ups_conn *next, *prev; /* pool list */
     struct timer idle_timer;
@@ -321,8 +322,9 @@ void ups_server_unhold(struct ups_server *s);
 /* Take an idle connection to `s` for group `g`, or NULL. */
 struct ups_conn *ups_pool_get(struct ups_pool *p, const struct ups_group *g, struct ups_server *s);
 /* Park a connection whose last response was read whole. Closes it instead if
- * the group keeps none, it served keepalive_requests, or the pool is full
- * (then the oldest idle one goes). */
+ * the group keeps none or it served keepalive_requests. Over the group's
+ * `keepalive`, its oldest idle ones are closed after the current batch of
+ * events (a request later in the same batch may still take one). */
 void ups_pool_put(struct ups_pool *p, const struct ups_group *g, struct ups_conn *c);
 /* Close (and later free) a connection not in the pool. */
 void ups_conn_close(struct ups_conn *c);

@@ -677,7 +677,7 @@ static bool steps_limit(struct pool_env *e, int step)
 {
     switch (step) {
     case 0:
-        for (int i = 0; i < 3; i++) {
+        for (int i = 0; i < 4; i++) {
             C[i] = open_conn();
             S[i] = accept_one();
         }
@@ -685,16 +685,27 @@ static bool steps_limit(struct pool_env *e, int step)
     case 1:
         for (int i = 0; i < 3; i++)
             ups_pool_put(e->p, e->g, C[i]);
+        /* over keepalive 2 only until the batch ends: a request later in the
+         * same batch takes one instead of connecting */
+        cr_assert_eq(ups_pool_idle_count(e->p), 3);
+        cr_assert_eq(ups_pool_get(e->p, e->g, e->s), C[2], "newest first");
+        cr_assert(peer_open(S[0]));
+        ups_pool_put(e->p, e->g, C[2]);
+        ups_pool_put(e->p, e->g, C[3]);
+        cr_assert_eq(ups_pool_idle_count(e->p), 4);
+        return true;
+    case 2: /* the batch is over: back to keepalive 2, the oldest closed */
         cr_assert_eq(ups_pool_idle_count(e->p), 2, "keepalive 2 per group");
         cr_assert(peer_closed(S[0]), "the oldest was evicted");
-        cr_assert(peer_open(S[1]));
+        cr_assert(peer_closed(S[1]));
         cr_assert(peer_open(S[2]));
-        cr_assert_eq(ups_pool_get(e->p, e->g, e->s), C[2], "newest first");
-        cr_assert_eq(ups_pool_get(e->p, e->g, e->s), C[1]);
+        cr_assert(peer_open(S[3]));
+        cr_assert_eq(ups_pool_get(e->p, e->g, e->s), C[3], "newest first");
+        cr_assert_eq(ups_pool_get(e->p, e->g, e->s), C[2]);
         cr_assert_null(ups_pool_get(e->p, e->g, e->s));
-        ups_conn_close(C[1]);
         ups_conn_close(C[2]);
-        for (int i = 0; i < 3; i++)
+        ups_conn_close(C[3]);
+        for (int i = 0; i < 4; i++)
             close(S[i]);
         return true;
     default:
