@@ -2,6 +2,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <grp.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -100,6 +101,40 @@ static int apply_error_log(const struct snapshot *s, char *err, size_t errlen)
              s->main.error_log_file ? s->main.error_log_file : "-", s->main.error_log_line, path,
              errno, strerror(errno));
     return -1;
+}
+
+/* `user`: hand the directories Portico writes in to the user, then become
+ * it for good (all threads: glibc's setuid applies process-wide). Started
+ * without root: ignored with a warning, as nginx. 0 or -1 (logged). */
+static int drop_privileges(const struct snapshot *s)
+{
+    const struct main_conf *m = &s->main;
+    if (!m->user)
+        return 0;
+    if (geteuid() != 0) {
+        log_write(LOG_WARN, "the \"user\" directive makes sense only when Portico starts as "
+                            "root, ignored");
+        return 0;
+    }
+    for (size_t i = 0; i < s->ndirs; i++)
+        if (chown(s->dirs[i], m->uid, m->gid) < 0)
+            log_write(LOG_WARN, "chown(\"%s\", %s) failed: %s", s->dirs[i], m->user,
+                      strerror(errno));
+    if (s->http_lc)
+        for (const struct cache_path_decl *d = s->http_lc->cache.paths; d; d = d->next)
+            if (chown(d->zc.path, m->uid, m->gid) < 0)
+                log_write(LOG_WARN, "chown(\"%s\", %s) failed: %s", d->zc.path, m->user,
+                          strerror(errno));
+    if (initgroups(m->user, m->gid) < 0 || setgid(m->gid) < 0 || setuid(m->uid) < 0) {
+        log_write(LOG_EMERG, "could not become user \"%s\": %s", m->user, strerror(errno));
+        return -1;
+    }
+    if (setuid(0) == 0) {
+        log_write(LOG_EMERG, "root privileges could be regained after setuid(%u)", m->uid);
+        return -1;
+    }
+    log_write(LOG_NOTICE, "running as user \"%s\" (uid %u, gid %u)", m->user, m->uid, m->gid);
+    return 0;
 }
 
 static void write_pid(const struct snapshot *s)
@@ -233,12 +268,17 @@ int main(int argc, char **argv)
         fprintf(stderr, "portico: [emerg] could not start: see the error log\n");
         return 1;
     }
+    write_pid(snap);
+    if (drop_privileges(snap) < 0) {
+        workers_stop(workers, nworkers);
+        return 1;
+    }
+    workers_go();
     if (check_start(snap->groups, snap->ngroups) < 0)
         log_write(LOG_ALERT, "could not start the health checker: %s", strerror(errno));
     if (ups_resolve_start(snap->groups, snap->ngroups) < 0)
         log_write(LOG_ALERT, "could not start the resolver: %s", strerror(errno));
     cache_start_loaders();
-    write_pid(snap);
     log_write(LOG_NOTICE, "portico %s started: %d worker(s), %zu listener(s)", PORTICO_VERSION,
               nworkers, snap->nlistens);
 

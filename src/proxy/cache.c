@@ -306,7 +306,8 @@ static void serve(struct pcache *pc, struct cache_obj *o, const char *status_tex
         /* a large body only on disk goes out with sendfile from the file the
          * object keeps open; otherwise it is read here piece by piece */
         bool by_file =
-            ex->client->send_file && pc->end - pc->pos >= FILE_MIN && cache_obj_fd(o) >= 0;
+            ex->client->send_file && ex->lc->st.sendfile && pc->end - pc->pos >= FILE_MIN &&
+            cache_obj_fd(o) >= 0;
         if (!by_file)
             pc->fd = cache_open_body(o);
         if (!by_file && pc->fd < 0) {
@@ -341,7 +342,7 @@ static int send_by_file(struct pcache *pc)
 {
     struct exchange *ex = pc->ex;
     struct cache_obj *o = pc->serving;
-    if (o->body || !ex->client->send_file || pc->end - pc->pos < FILE_MIN)
+    if (o->body || !ex->client->send_file || !ex->lc->st.sendfile || pc->end - pc->pos < FILE_MIN)
         return 0;
     int fd = cache_obj_fd(o);
     if (fd < 0)

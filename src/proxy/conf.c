@@ -5,6 +5,8 @@
 
 #include <errno.h>
 #include <glob.h>
+#include <grp.h>
+#include <pwd.h>
 #include <sys/stat.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +20,7 @@
 #include "proxy/realip.h"
 #include "proxy/redirect.h"
 #include "proxy/rewrite.h"
+#include "proxy/static.h"
 #include "proxy/vars.h"
 
 struct load_state {
@@ -86,9 +89,11 @@ static void loc_conf_init(struct loc_conf *lc)
     lc->port_in_redirect = CF_UNSET_FLAG;
     lc->server_name_in_redirect = CF_UNSET_FLAG;
     lc->realip_recursive = CF_UNSET_FLAG;
+    lc->tcp_nodelay = CF_UNSET_FLAG;
     lc->default_type = NULL;
     proxy_ssl_conf_init(&lc->proxy_ssl);
     cache_loc_conf_init(&lc->cache);
+    static_conf_init(&lc->st);
 }
 
 #define MERGE(f, unset)                                                                            \
@@ -128,6 +133,7 @@ static void loc_conf_merge(struct loc_conf *c, const struct loc_conf *p)
     MERGE(port_in_redirect, CF_UNSET_FLAG);
     MERGE(server_name_in_redirect, CF_UNSET_FLAG);
     MERGE(realip_recursive, CF_UNSET_FLAG);
+    MERGE(tcp_nodelay, CF_UNSET_FLAG);
     if (!c->realip_from_set) {
         c->realip_from = p->realip_from;
         c->nrealip_from = p->nrealip_from;
@@ -151,6 +157,7 @@ static void loc_conf_merge(struct loc_conf *c, const struct loc_conf *p)
         c->proxy_temp_path = p->proxy_temp_path;
     proxy_ssl_conf_merge(&c->proxy_ssl, &p->proxy_ssl);
     cache_loc_conf_merge(&c->cache, &p->cache);
+    static_conf_merge(&c->st, &p->st);
     /* arrays are inherited whole, only when this level has none (nginx) */
     if (!c->set_headers_set)
         c->set_headers = p->set_headers, c->set_headers_set = p->set_headers_set;
@@ -205,6 +212,7 @@ static void loc_conf_defaults(struct loc_conf *c)
         d.port_in_redirect = 1;
         d.server_name_in_redirect = 0;
         d.realip_recursive = 0;
+        d.tcp_nodelay = 1;
         d.redirects = redirect_default_rules;
         d.nredirects = 1;
         d.redirect_set = true;
@@ -213,6 +221,8 @@ static void loc_conf_defaults(struct loc_conf *c)
         d.proxy_temp_path = "/tmp";
         proxy_ssl_conf_init(&d.proxy_ssl); /* defaults: conf_tls_build() */
         cache_loc_conf_init(&d.cache);     /* defaults: cache_loc_conf_finish() */
+        static_conf_init(&d.st);
+        static_conf_defaults(&d.st);
         init = true;
     }
     loc_conf_merge(c, &d);
@@ -609,6 +619,47 @@ static int set_temp_path(struct cf_ctx *cx, const struct cf_node *n, const struc
     if (stat(n->args[0], &st) < 0 || !S_ISDIR(st.st_mode))
         return cf_error(cx, n, "%s \"%s\" is not a directory", n->name, n->args[0]);
     *(const char **)((char *)conf + d->offset) = n->args[0];
+    struct snapshot *sn = LS(cx)->snap;
+    const char **slot =
+        arena_push(cx->arena, (void **)&sn->dirs, &sn->ndirs, &sn->cap_dirs, sizeof(*slot));
+    if (!slot)
+        return cf_error(cx, n, "out of memory");
+    *slot = n->args[0];
+    return 0;
+}
+
+/* user NAME [GROUP]: resolved now, so a typo is refused at load. */
+static int set_user(struct cf_ctx *cx, const struct cf_node *n, const struct cf_directive *d,
+                    void *conf)
+{
+    (void)d;
+    struct main_conf *m = conf;
+    if (m->user)
+        return cf_error(cx, n, "\"user\" directive is duplicate");
+    struct passwd *pw = getpwnam(n->args[0]);
+    if (!pw)
+        return cf_error(cx, n, "getpwnam(\"%s\") failed: no such user", n->args[0]);
+    const char *gname = n->nargs > 1 ? n->args[1] : n->args[0];
+    struct group *gr = getgrnam(gname);
+    if (!gr)
+        return cf_error(cx, n, "getgrnam(\"%s\") failed: no such group", gname);
+    m->user = n->args[0];
+    m->uid = pw->pw_uid;
+    m->gid = gr->gr_gid;
+    return 0;
+}
+
+/* Settings nginx needs to size its internal hash tables: Portico's tables
+ * size themselves, so the value is only checked. */
+static int set_hash_size(struct cf_ctx *cx, const struct cf_node *n, const struct cf_directive *d,
+                         void *conf)
+{
+    (void)d, (void)conf;
+    const char *v = n->args[0];
+    char *end;
+    unsigned long x = strtoul(v, &end, 10);
+    if (end == v || (*end && !((*end == 'k' || *end == 'K') && !end[1])) || x == 0)
+        return cf_error(cx, n, "invalid value \"%s\" in \"%s\" directive", v, n->name);
     return 0;
 }
 
@@ -1053,6 +1104,15 @@ static const struct cf_directive core_directives[] = {
     {"worker_connections", CF_EVENTS, 1, 1, false, set_worker_connections, CONF_MAIN,
      OFF_MAIN(worker_connections), "number", "10240",
      "client connections each worker accepts at most"},
+    {"multi_accept", CF_EVENTS, 1, 1, false, cf_set_flag, CONF_MAIN, OFF_MAIN(multi_accept),
+     "on | off", "off",
+     "on: a worker accepts every waiting connection at once; off: 64 at a time, then it "
+     "serves what it has before taking more"},
+    {"user", CF_MAIN, 1, 2, false, set_user, CONF_MAIN, 0, "user [group]", "-",
+     "when started as root: after the listeners, logs, pid file and certificates are open, "
+     "run as this user (group: the user's name, as nginx); temp and cache directories are "
+     "handed to it. Portico is one process, so a later reload runs as that user too (see "
+     "docs). Not root: ignored with a warning"},
     {"http", CF_MAIN, 0, 0, true, set_http, CONF_MAIN, 0, "{ ... }", "-",
      "the HTTP proxy: upstreams, servers, locations"},
     {"map", CF_HTTP, 2, 2, true, set_map, CONF_MAIN, 0, "string $variable { ... }", "-",
@@ -1145,6 +1205,41 @@ static const struct cf_directive http_directives[] = {
      "add a response header (to 2xx/3xx answers, or to all with always)"},
     {"server_tokens", LOC_ANY, 1, 1, false, cf_set_flag, CONF_LOC, OFF_LOC(server_tokens),
      "on | off", "on", "send the version in Server and error pages"},
+    {"types_hash_max_size", LOC_ANY, 1, 1, false, set_hash_size, CONF_LOC, 0, "size", "-",
+     "accepted for nginx configs: sizes one of nginx's lookup tables; Portico's size "
+     "themselves"},
+    {"types_hash_bucket_size", LOC_ANY, 1, 1, false, set_hash_size, CONF_LOC, 0, "size", "-",
+     "accepted for nginx configs: sizes one of nginx's lookup tables; Portico's size "
+     "themselves"},
+    {"server_names_hash_max_size", CF_HTTP, 1, 1, false, set_hash_size, CONF_LOC, 0, "size", "-",
+     "accepted for nginx configs: sizes one of nginx's lookup tables; Portico's size "
+     "themselves"},
+    {"server_names_hash_bucket_size", CF_HTTP, 1, 1, false, set_hash_size, CONF_LOC, 0, "size", "-",
+     "accepted for nginx configs: sizes one of nginx's lookup tables; Portico's size "
+     "themselves"},
+    {"variables_hash_max_size", CF_HTTP, 1, 1, false, set_hash_size, CONF_LOC, 0, "size", "-",
+     "accepted for nginx configs: sizes one of nginx's lookup tables; Portico's size "
+     "themselves"},
+    {"variables_hash_bucket_size", CF_HTTP, 1, 1, false, set_hash_size, CONF_LOC, 0, "size", "-",
+     "accepted for nginx configs: sizes one of nginx's lookup tables; Portico's size "
+     "themselves"},
+    {"map_hash_max_size", CF_HTTP, 1, 1, false, set_hash_size, CONF_LOC, 0, "size", "-",
+     "accepted for nginx configs: sizes one of nginx's lookup tables; Portico's size "
+     "themselves"},
+    {"map_hash_bucket_size", CF_HTTP, 1, 1, false, set_hash_size, CONF_LOC, 0, "size", "-",
+     "accepted for nginx configs: sizes one of nginx's lookup tables; Portico's size "
+     "themselves"},
+    {"proxy_headers_hash_max_size", LOC_ANY, 1, 1, false, set_hash_size, CONF_LOC, 0, "size", "-",
+     "accepted for nginx configs: sizes one of nginx's lookup tables; Portico's size "
+     "themselves"},
+    {"proxy_headers_hash_bucket_size", LOC_ANY, 1, 1, false, set_hash_size, CONF_LOC, 0, "size",
+     "-",
+     "accepted for nginx configs: sizes one of nginx's lookup tables; Portico's size "
+     "themselves"},
+    {"tcp_nodelay", CF_HTTP | CF_SERVER, 1, 1, false, cf_set_flag, CONF_LOC, OFF_LOC(tcp_nodelay),
+     "on | off", "on",
+     "set TCP_NODELAY on client connections once a keep-alive response is written (the "
+     "listening address's default server decides; TLS handshakes and HTTP/2 always set it)"},
     {"default_type", LOC_ANY, 1, 1, false, set_default_type, CONF_LOC, 0, "mime-type", "text/plain",
      "Content-Type of bodies sent with return"},
     {"proxy_http_version", LOC_ANY, 1, 1, false, set_http_version, CONF_LOC, 0, "1.0 | 1.1", "1.1",
@@ -1245,8 +1340,8 @@ static const struct cf_module http_cf_module = {"http", http_directives};
 void conf_register_all(void)
 {
     static const struct cf_module *const mods[] = {
-        &core_cf_module, &http_cf_module,  &ssl_cf_module,   &h2_cf_module,
-        &ups_cf_module,  &check_cf_module, &cache_cf_module, &admin_cf_module,
+        &core_cf_module,  &http_cf_module,  &ssl_cf_module,    &h2_cf_module,    &ups_cf_module,
+        &check_cf_module, &cache_cf_module, &static_cf_module, &admin_cf_module,
     };
     cf_register(mods, sizeof(mods) / sizeof(mods[0]));
 }
@@ -1472,6 +1567,8 @@ static int finalize(struct snapshot *s, struct load_state *ls, char *err, size_t
         m->worker_connections = 10240;
     if (m->worker_processes < 0)
         m->worker_processes = 1;
+    if (m->multi_accept == CF_UNSET_FLAG)
+        m->multi_accept = 0;
     loc_conf_defaults(s->http_lc);
     for (size_t i = 0; i < ls->nservers; i++) {
         struct srv_conf *sc = ls->servers[i];
@@ -1559,6 +1656,7 @@ struct snapshot *conf_load(const char *path, const struct snapshot *reuse, char 
     s->main.worker_shutdown_timeout_ms = CF_UNSET_MSEC;
     s->main.worker_connections = CF_UNSET_INT;
     s->main.worker_rlimit_nofile = CF_UNSET_INT;
+    s->main.multi_accept = CF_UNSET_FLAG;
     s->main.error_log_level = LOG_ERR;
     s->http_lc = arena_alloc(&s->arena, sizeof(*s->http_lc));
     if (!s->http_lc)

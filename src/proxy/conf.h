@@ -11,6 +11,7 @@
 
 #include "config/config.h"
 #include "proxy/cache_conf.h"
+#include "proxy/static.h"
 #include "core/arena.h"
 #include "net/net.h"
 #include "router/router.h"
@@ -135,6 +136,7 @@ struct loc_conf {
     int request_buffering;
     int intercept_errors;
     int server_tokens;
+    int tcp_nodelay;
     int http_version_minor; /* proxy_http_version 1.0 | 1.1 */
     uint32_t connect_timeout_ms;
     uint32_t read_timeout_ms;
@@ -160,6 +162,7 @@ struct loc_conf {
     struct check_match *check_matches; /* http level: the match blocks */
     int api;                           /* api: answered by admin/ (not inherited) */
     struct cache_loc_conf cache;       /* proxy_cache* (cache_conf.c) */
+    struct static_conf st;             /* root, alias, index, try_files, types (static.c) */
 
     struct access_log **logs; /* access_log lines; NULL when none at this level */
     size_t nlogs;
@@ -270,6 +273,9 @@ struct main_conf {
     uint32_t worker_shutdown_timeout_ms;
     int worker_connections;
     int worker_rlimit_nofile;
+    int multi_accept;     /* accept until EAGAIN in one go (else batches of ACCEPT_BATCH) */
+    const char *user;     /* `user`: drop to it after start when run as root; NULL none */
+    unsigned uid, gid;    /* ... resolved at load */
 };
 
 struct snapshot {
@@ -287,6 +293,9 @@ struct snapshot {
     size_t nlistens;
     struct log_format **formats;
     size_t nformats;
+    const char **dirs; /* directories this config made or writes in (temp paths), chowned
+                        * to `user` when privileges are dropped */
+    size_t ndirs, cap_dirs;
     struct access_log **all_logs; /* every access log file, opened once */
     size_t nall_logs;
     bool has_http;

@@ -16,6 +16,7 @@
 #include "proxy/realip.h"
 #include "proxy/redirect.h"
 #include "proxy/rewrite.h"
+#include "proxy/static.h"
 #include "core/log.h"
 #include "http1/h1.h"
 #include "proxy/pcache.h"
@@ -101,6 +102,11 @@ struct fwd {
     struct slice rs_trailers; /* kept for the end of P_DRAIN */
     int error_page_status;    /* status forced by error_page, 0 if none */
     struct pcache *pc;        /* proxy_cache state, NULL without a cache */
+    /* another content handler's (static.c): told when the client drained,
+     * and released with the exchange */
+    void (*hook_drained)(void *ctx);
+    void (*hook_release)(void *ctx);
+    void *hook_ctx;
 };
 
 static void fwd_run(struct fwd *f);
@@ -417,6 +423,38 @@ void proxy_respond_error(struct exchange *ex, int status)
     respond_status(ex, status);
 }
 
+int proxy_forced_status(struct exchange *ex)
+{
+    return F(ex) ? F(ex)->error_page_status : 0;
+}
+
+int proxy_attach(struct exchange *ex, void (*drained)(void *ctx), void (*release)(void *ctx),
+                 void *ctx)
+{
+    struct fwd *f = F(ex);
+    if (!f) {
+        f = arena_calloc(&ex->arena, sizeof(*f));
+        if (!f)
+            return -1;
+        f->ex = ex;
+        f->phase = P_DONE;
+        ex->proxy = f;
+    }
+    f->hook_drained = drained;
+    f->hook_release = release;
+    f->hook_ctx = ctx;
+    return 0;
+}
+
+void proxy_local_redirect(struct exchange *ex, int code, struct slice location)
+{
+    struct slice loc = absolute_location(ex, location);
+    char body[512];
+    size_t bl = proxy_error_html(code, NULL, ex->lc->server_tokens, body, sizeof(body));
+    send_local(ex, code, SLICE_LIT("text/html"), loc,
+               arena_slice_dup(&ex->arena, slice_make(body, bl)));
+}
+
 /* `return` (or a redirecting rewrite): a status, a body, or a Location. */
 static void answer_return(struct exchange *ex, const struct rw_return *r)
 {
@@ -429,11 +467,7 @@ static void answer_return(struct exchange *ex, const struct rw_return *r)
         return;
     }
     if (code == 301 || code == 302 || code == 303 || code == 307 || code == 308) {
-        struct slice loc = absolute_location(ex, r->text);
-        char body[512];
-        size_t bl = proxy_error_html(code, NULL, lc->server_tokens, body, sizeof(body));
-        send_local(ex, code, SLICE_LIT("text/html"), loc,
-                   arena_slice_dup(&ex->arena, slice_make(body, bl)));
+        proxy_local_redirect(ex, code, r->text);
         return;
     }
     if (!r->has_text) {
@@ -1192,7 +1226,8 @@ static void try_connect(struct fwd *f)
     bool tls = ex->lc->proxy_ssl_rt != NULL; /* the handshake may still be ahead */
     /* a plain upstream gets the file by sendfile when the queue can hold it
      * (OUTQ_MAX items of up to 1 GiB); TLS, or more, is read back in pieces */
-    bool by_file = f->spool && !tls && f->pre_bytes <= (uint64_t)(OUTQ_MAX - 4) * OUTQ_ITEM_MAX &&
+    bool by_file = f->spool && !tls && ex->lc->st.sendfile &&
+                   f->pre_bytes <= (uint64_t)(OUTQ_MAX - 4) * OUTQ_ITEM_MAX &&
                    outq_push_file(&f->out, f->spool, f->spool_fd, 0, f->pre_bytes) == 0;
     for (size_t i = 0; i < f->npre; i++) {
         if (f->send_chunked) {
@@ -2124,21 +2159,41 @@ static void run_location(struct exchange *ex)
         forward(ex);
         return;
     }
+    if (static_applies(&lc->st)) {
+        static_serve(ex);
+        return;
+    }
     respond_status(ex, 404);
 }
 
 static void internal_redirect(struct exchange *ex, struct slice uri)
 {
+    proxy_internal_redirect(ex, uri, false);
+}
+
+void proxy_internal_redirect(struct exchange *ex, struct slice uri, bool keep_request)
+{
+    int forced = F(ex) ? F(ex)->error_page_status : 0;
     proxy_release(ex);
     ex->proxy = NULL;
-    ex->redirected = true;
-    if (ex->method_id != HTTP_M_HEAD) {
-        ex->method = SLICE_LIT("GET");
-        ex->method_id = HTTP_M_GET;
+    if (++ex->internal_redirects > 10) {
+        log_write(LOG_ERR,
+                  "*%llu rewrite or internal redirection cycle while redirecting to \"%.*s\"",
+                  (unsigned long long)ex->id, (int)uri.len, uri.p);
+        respond_status(ex, 500);
+        return;
     }
-    /* the original request body is not sent to the error page */
-    ex->req_has_body = false;
-    ex->req_content_length = -1;
+    if (!keep_request) {
+        /* error_page: a GET (or HEAD) of the page, without the request body */
+        ex->redirected = true;
+        if (ex->method_id != HTTP_M_HEAD) {
+            ex->method = SLICE_LIT("GET");
+            ex->method_id = HTTP_M_GET;
+        }
+        ex->req_has_body = false;
+        ex->req_content_length = -1;
+        forced = ex->error_status;
+    }
     /* the status error_page imposes travels in a state of its own */
     struct fwd *f = arena_calloc(&ex->arena, sizeof(*f));
     if (!f) {
@@ -2147,7 +2202,7 @@ static void internal_redirect(struct exchange *ex, struct slice uri)
     }
     f->ex = ex;
     f->phase = P_DONE;
-    f->error_page_status = ex->error_status;
+    f->error_page_status = forced;
     ex->proxy = f;
     if (uri.len && uri.p[0] == '@') {
         ex->loc = router_find_named(ex->srv->locset, uri);
@@ -2171,6 +2226,8 @@ static void internal_redirect(struct exchange *ex, struct slice uri)
         }
         ex->uri = uri;
         ex->uri_rewritten_here = false;
+        if (keep_request)
+            ex->uri_rewritten = true;           /* try_files: proxy_pass sends the new URI */
         memset(&ex->caps, 0, sizeof(ex->caps)); /* the first location's are stale */
         ex->lc = ex->srv->lc;
         struct rw_return ret;
@@ -2215,6 +2272,10 @@ void proxy_request_body_ready(struct exchange *ex)
 void proxy_client_drained(struct exchange *ex)
 {
     struct fwd *f = F(ex);
+    if (f && f->hook_drained) {
+        f->hook_drained(f->hook_ctx);
+        return;
+    }
     if (f && f->phase == P_DRAIN) {
         if (rspool_feed(f, ex->lc->buffering ? ex->lc->proxy_buffers : 1) < 0)
             return;
@@ -2239,6 +2300,12 @@ void proxy_release(struct exchange *ex)
     struct fwd *f = F(ex);
     if (!f)
         return;
+    if (f->hook_release) {
+        void (*release)(void *) = f->hook_release;
+        f->hook_release = NULL;
+        f->hook_drained = NULL;
+        release(f->hook_ctx);
+    }
     timer_cancel(&f->timer);
     ups_queue_cancel(&f->wait);
     pcache_release(f->pc);

@@ -44,6 +44,23 @@ size_t proxy_error_html(int status, const char *detail, bool tokens, char *out, 
  * location's add_header rules apply. Ends the exchange. */
 void proxy_answer(struct exchange *ex, int status, struct slice content_type, struct slice body);
 
+/* For other content handlers (static.c): */
+/* An internal redirect to a URI (with ?args) or a @named location. With
+ * keep_request (try_files) the method and body stay; without (error_page)
+ * it becomes a GET of the page. At most 10 per request, then 500. */
+void proxy_internal_redirect(struct exchange *ex, struct slice uri, bool keep_request);
+/* A redirect answer (Location made absolute per absolute_redirect). */
+void proxy_local_redirect(struct exchange *ex, int code, struct slice location);
+/* The status error_page imposes on this answer, 0 if none. */
+int proxy_forced_status(struct exchange *ex);
+/* Be told when the client drained what was queued, and when the exchange is
+ * released (with ctx). 0 or -1 (out of memory). */
+int proxy_attach(struct exchange *ex, void (*drained)(void *ctx), void (*release)(void *ctx),
+                 void *ctx);
+/* Filter and complete response fields (add_header ...): see proxy.c. */
+size_t proxy_response_fields(struct exchange *ex, int status, const struct http_field *in, size_t n,
+                             struct http_field *out, size_t cap);
+
 #define PORTICO_SERVER "portico/" PORTICO_VERSION
 
 /* $proxy_host of the current forwarding. */

@@ -275,6 +275,8 @@ void h1_session_start(struct worker *w, int fd, const struct net_addr *peer,
     w->nsessions++;
     /* the first bytes usually arrived with the connection */
     s->io.readable = true;
+    if (s->lset && !s->lset->dflt->lc->tcp_nodelay)
+        s->nodelay = 2; /* tcp_nodelay off: never set it (TLS and HTTP/2 still do) */
     if (s->lset && s->lset->proxy_protocol) {
         s->state = S_PROXY;
         timer_set(w->loop, &s->rtimer, hdr_timeout(s));

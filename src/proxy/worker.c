@@ -1,6 +1,7 @@
 #include "proxy/worker.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -58,7 +59,10 @@ static void accept_cb(struct io *io, uint32_t events)
     (void)events;
     struct listener *l = io->data;
     struct worker *w = l->w;
-    for (int i = 0; i < ACCEPT_BATCH; i++) {
+    /* multi_accept on: everything waiting now; off: a batch, then the
+     * connections already open get their turn */
+    int batch = w->snap->main.multi_accept ? INT_MAX : ACCEPT_BATCH;
+    for (int i = 0; i < batch; i++) {
         struct net_addr peer;
         int fd = net_accept(io->fd, &peer);
         if (fd < 0) {
@@ -268,6 +272,29 @@ static void trim_timer_cb(struct timer *t)
     timer_set(w->loop, t, TRIM_INTERVAL_MS);
 }
 
+/* Workers listen, then wait for workers_go() before serving: the main
+ * thread drops privileges (`user`) in between, so no request is ever served
+ * as root. Connections meanwhile wait in the listen backlog. */
+static pthread_mutex_t go_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t go_cond = PTHREAD_COND_INITIALIZER;
+static bool go;
+
+void workers_go(void)
+{
+    pthread_mutex_lock(&go_lock);
+    go = true;
+    pthread_cond_broadcast(&go_cond);
+    pthread_mutex_unlock(&go_lock);
+}
+
+static void wait_go(void)
+{
+    pthread_mutex_lock(&go_lock);
+    while (!go && !atomic_load(&stop_requested))
+        pthread_cond_wait(&go_cond, &go_lock);
+    pthread_mutex_unlock(&go_lock);
+}
+
 static void *worker_main(void *arg)
 {
     struct worker *w = arg;
@@ -284,6 +311,7 @@ static void *worker_main(void *arg)
     timer_init(&w->trim_timer, trim_timer_cb, w);
     timer_set(w->loop, &w->trim_timer, TRIM_INTERVAL_MS);
     atomic_store(&w->started, true);
+    wait_go();
     loop_run(w->loop);
     timer_cancel(&w->flush_timer);
     timer_cancel(&w->trim_timer);
@@ -350,6 +378,9 @@ void workers_reload(struct worker *ws, int n)
 void workers_stop(struct worker *ws, int n)
 {
     atomic_store(&stop_requested, 1);
+    pthread_mutex_lock(&go_lock); /* a worker still waiting to start: let it see the stop */
+    pthread_cond_broadcast(&go_cond);
+    pthread_mutex_unlock(&go_lock);
     for (int i = 0; i < n; i++)
         if (ws[i].loop)
             loop_wake(ws[i].loop);

@@ -56,6 +56,8 @@ extern _Atomic(struct snapshot *) current_snapshot;
 
 /* Start `n` workers on snapshot `s`. Returns 0 or -1 (logged). */
 int workers_start(struct worker **out, int n, struct snapshot *s);
+/* Let the started workers serve (after the privileges are dropped). */
+void workers_go(void);
 /* A new snapshot is current: workers adopt it and reconcile listeners. */
 void workers_reload(struct worker *ws, int n);
 /* Graceful stop: stop accepting, finish in-flight exchanges up to the

@@ -266,3 +266,25 @@ def test_edge(example):
     assert r.status == 301 and r.header("Location").endswith("/app/page")
     # the same client always lands in the same release
     assert len({via_lb("192.0.2.1", "/whoami").text for _ in range(5)}) == 1
+
+
+def test_static_files(example, tmp_path):
+    www = tmp_path / "portico-www"
+    (www / "assets").mkdir(parents=True)
+    (www / "index.html").write_bytes(b"<h1>hello</h1>\n")
+    (www / "assets" / "site.css").write_bytes(b"body{}\n")
+    port = example("static.conf")
+    r = get(port(8090), "/")
+    assert r.status == 200 and r.body == b"<h1>hello</h1>\n"
+    assert r.header("Content-Type") == "text/html" and r.header("ETag")
+    r = get(port(8090), "/assets/site.css")
+    assert r.header("Content-Type") == "text/css"
+    assert r.header("Cache-Control") == "public, max-age=3600"
+    r = get(port(8090), "/assets/site.css", headers=[("Range", "bytes=0-3")])
+    assert r.status == 206 and r.body == b"body"
+    r = request(port(8090), "POST", "/app/orders", body="x=1")
+    assert r.status == 200 and r.body == b"app saw POST /app/orders\n"
+    r = get(port(8090), "/spa/deep/link")
+    assert r.status == 200 and r.body == b"<h1>hello</h1>\n"
+    r = get(port(8090), "/missing")
+    assert r.status == 404 and r.body == b"nothing here\n"

@@ -12,6 +12,7 @@
 #include "proxy/map.h"
 #include "proxy/realip.h"
 #include "proxy/rewrite.h"
+#include "proxy/static.h"
 #include "proxy/vars.h"
 
 static struct exchange EX;
@@ -603,4 +604,22 @@ Test(vars, realip_forwarded_for)
     F[1].value = SLICE_LIT("junk");
     realip_apply(&EX, &lc);
     cr_assert_str_eq(eval("$remote_addr"), "10.0.0.7", "a bad last entry changes nothing");
+}
+
+/* ---- static files: the MIME table ---- */
+
+Test(static_types, builtin_lookup_by_extension)
+{
+    cr_assert_str_eq(static_mime_type(NULL, "index.html", 10), "text/html");
+    cr_assert_str_eq(static_mime_type(NULL, "a.CSS", 5), "text/css", "case-insensitive");
+    cr_assert_str_eq(static_mime_type(NULL, "x.tar.gz", 8), "application/gzip", "last dot");
+    cr_assert_str_eq(static_mime_type(NULL, "font.woff2", 10), "font/woff2");
+    cr_assert_null(static_mime_type(NULL, "README", 6), "no extension");
+    cr_assert_null(static_mime_type(NULL, "dir.d/file", 10), "a dot in a directory name");
+    cr_assert_null(static_mime_type(NULL, "trailing.", 9));
+    cr_assert_null(static_mime_type(NULL, "a.unknownext", 12));
+    struct mime_type v[] = {{"html", "text/x-mine"}, {"zz", "application/zz"}};
+    struct mime_types t = {v, 2};
+    cr_assert_str_eq(static_mime_type(&t, "p.ZZ", 4), "application/zz");
+    cr_assert_null(static_mime_type(&t, "p.css", 5), "a types block replaces the built-in one");
 }
