@@ -305,9 +305,8 @@ static void serve(struct pcache *pc, struct cache_obj *o, const char *status_tex
     if (pc->end > pc->pos && !o->body) {
         /* a large body only on disk goes out with sendfile from the file the
          * object keeps open; otherwise it is read here piece by piece */
-        bool by_file =
-            ex->client->send_file && ex->lc->st.sendfile && pc->end - pc->pos >= FILE_MIN &&
-            cache_obj_fd(o) >= 0;
+        bool by_file = ex->client->send_file && ex->lc->st.sendfile &&
+                       pc->end - pc->pos >= FILE_MIN && cache_obj_fd(o) >= 0;
         if (!by_file)
             pc->fd = cache_open_body(o);
         if (!by_file && pc->fd < 0) {
@@ -400,7 +399,12 @@ static void send_more(struct pcache *pc)
         if (o->body) {
             memcpy(seg->data, o->body + pc->pos, n); /* small: a copy is cheaper */
         } else {
-            ssize_t r = pread(pc->fd, seg->data, n, (off_t)(o->file_hdr_len + pc->pos));
+            /* sendfile was planned but the client side said no (TLS, HTTP/2,
+             * a compressing filter): read the file after all */
+            if (pc->fd < 0)
+                pc->fd = cache_open_body(o);
+            ssize_t r =
+                pc->fd < 0 ? -1 : pread(pc->fd, seg->data, n, (off_t)(o->file_hdr_len + pc->pos));
             if (r <= 0) {
                 log_write(LOG_CRIT, "*%llu cache file read failed (%s)", (unsigned long long)ex->id,
                           r < 0 ? strerror(errno) : "short file");

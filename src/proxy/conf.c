@@ -55,6 +55,11 @@ struct tmpl *conf_tmpl(struct cf_ctx *cx, const struct cf_node *n, const char *s
     return compile(cx, n, src);
 }
 
+struct snapshot *conf_snapshot(struct cf_ctx *cx)
+{
+    return LS(cx)->snap;
+}
+
 /* ---- loc_conf ---- */
 
 static void loc_conf_init(struct loc_conf *lc)
@@ -94,6 +99,7 @@ static void loc_conf_init(struct loc_conf *lc)
     proxy_ssl_conf_init(&lc->proxy_ssl);
     cache_loc_conf_init(&lc->cache);
     static_conf_init(&lc->st);
+    compress_conf_init(&lc->z);
 }
 
 #define MERGE(f, unset)                                                                            \
@@ -158,6 +164,7 @@ static void loc_conf_merge(struct loc_conf *c, const struct loc_conf *p)
     proxy_ssl_conf_merge(&c->proxy_ssl, &p->proxy_ssl);
     cache_loc_conf_merge(&c->cache, &p->cache);
     static_conf_merge(&c->st, &p->st);
+    compress_conf_merge(&c->z, &p->z);
     /* arrays are inherited whole, only when this level has none (nginx) */
     if (!c->set_headers_set)
         c->set_headers = p->set_headers, c->set_headers_set = p->set_headers_set;
@@ -223,6 +230,8 @@ static void loc_conf_defaults(struct loc_conf *c)
         cache_loc_conf_init(&d.cache);     /* defaults: cache_loc_conf_finish() */
         static_conf_init(&d.st);
         static_conf_defaults(&d.st);
+        compress_conf_init(&d.z);
+        compress_conf_defaults(&d.z);
         init = true;
     }
     loc_conf_merge(c, &d);
@@ -1340,8 +1349,9 @@ static const struct cf_module http_cf_module = {"http", http_directives};
 void conf_register_all(void)
 {
     static const struct cf_module *const mods[] = {
-        &core_cf_module,  &http_cf_module,  &ssl_cf_module,    &h2_cf_module,    &ups_cf_module,
-        &check_cf_module, &cache_cf_module, &static_cf_module, &admin_cf_module,
+        &core_cf_module,     &http_cf_module,  &ssl_cf_module,   &h2_cf_module,
+        &ups_cf_module,      &check_cf_module, &cache_cf_module, &static_cf_module,
+        &compress_cf_module, &admin_cf_module,
     };
     cf_register(mods, sizeof(mods) / sizeof(mods[0]));
 }

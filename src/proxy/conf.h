@@ -11,6 +11,7 @@
 
 #include "config/config.h"
 #include "proxy/cache_conf.h"
+#include "proxy/compress.h"
 #include "proxy/static.h"
 #include "core/arena.h"
 #include "net/net.h"
@@ -163,6 +164,7 @@ struct loc_conf {
     int api;                           /* api: answered by admin/ (not inherited) */
     struct cache_loc_conf cache;       /* proxy_cache* (cache_conf.c) */
     struct static_conf st;             /* root, alias, index, try_files, types (static.c) */
+    struct compress_conf z;            /* gzip, brotli, zstd (compress.c) */
 
     struct access_log **logs; /* access_log lines; NULL when none at this level */
     size_t nlogs;
@@ -353,6 +355,8 @@ void h2_conf_finalize(struct snapshot *s);
 
 /* Compile a string with variables for a directive (errors with file:line). */
 struct tmpl *conf_tmpl(struct cf_ctx *cx, const struct cf_node *n, const char *src);
+/* The snapshot being loaded (for setters that register what it must free). */
+struct snapshot *conf_snapshot(struct cf_ctx *cx);
 
 /* Print the Markdown directive reference of every module. */
 void conf_docs(FILE *out);

@@ -186,7 +186,8 @@ struct exchange {
     const char *cache_status; /* $upstream_cache_status, NULL when no cache */
     bool cache_background;    /* a background update (no client) */
 
-    void *proxy; /* the corridor's state (proxy.c) */
+    void *proxy;    /* the corridor's state (proxy.c) */
+    void *compress; /* the compression filter over `client` (compress.c), or NULL */
 };
 
 /* Status to answer for an ending (502, 504, ...). */

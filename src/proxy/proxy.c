@@ -16,6 +16,7 @@
 #include "proxy/realip.h"
 #include "proxy/redirect.h"
 #include "proxy/rewrite.h"
+#include "proxy/compress.h"
 #include "proxy/static.h"
 #include "core/log.h"
 #include "http1/h1.h"
@@ -2137,6 +2138,7 @@ static void fetch(struct fwd *f)
 static void run_location(struct exchange *ex)
 {
     const struct loc_conf *lc = ex->lc;
+    compress_install(ex);
     if (lc->api) {
         admin_answer(ex);
         return;
@@ -2297,6 +2299,7 @@ void proxy_client_drained(struct exchange *ex)
 
 void proxy_release(struct exchange *ex)
 {
+    compress_release(ex);
     struct fwd *f = F(ex);
     if (!f)
         return;

@@ -16,7 +16,7 @@ MIME = "/etc/nginx/mime.types"
 def test_debian_stock_config_shape(res, tmp_path):
     www = tmp_path / "html"
     www.mkdir()
-    (www / "index.nginx-debian.html").write_bytes(b"<p>Welcome</p>\n")
+    (www / "index.nginx-debian.html").write_bytes(b"<p>Welcome</p>\n" + b" " * 40)
     (www / "logo.png").write_bytes(b"\x89PNG")
     include = f"include {MIME};" if os.path.exists(MIME) else ""
     p = res.proxy("""
@@ -29,6 +29,7 @@ def test_debian_stock_config_shape(res, tmp_path):
         default_type application/octet-stream;
         ssl_protocols TLSv1.2 TLSv1.3;
         ssl_prefer_server_ciphers on;
+        gzip on;
         server {
             listen 127.0.0.1:{port} default_server;
             root %s;
@@ -40,8 +41,10 @@ def test_debian_stock_config_shape(res, tmp_path):
         }
     """ % (include, www))
     r = get(p.port, "/")
-    assert r.status == 200 and r.body == b"<p>Welcome</p>\n"
+    assert r.status == 200 and r.body.startswith(b"<p>Welcome</p>\n")
     assert r.header("Content-Type") == "text/html"
+    r = get(p.port, "/", headers=[("Accept-Encoding", "gzip")])
+    assert r.header("Content-Encoding") == "gzip"  # text/html, at least 20 bytes
     r = get(p.port, "/logo.png")
     assert r.status == 200 and r.header("Content-Type") == "image/png"
     assert get(p.port, "/nope").status == 404

@@ -282,6 +282,13 @@ def test_static_files(example, tmp_path):
     assert r.header("Cache-Control") == "public, max-age=3600"
     r = get(port(8090), "/assets/site.css", headers=[("Range", "bytes=0-3")])
     assert r.status == 206 and r.body == b"body"
+    import gzip
+    (www / "big.html").write_bytes(b"<p>hello</p>\n" * 500)
+    r = get(port(8090), "/big.html", headers=[("Accept-Encoding", "gzip")])
+    assert r.header("Content-Encoding") == "gzip" and r.header("Vary") == "Accept-Encoding"
+    assert gzip.decompress(r.body) == b"<p>hello</p>\n" * 500
+    r = get(port(8090), "/big.html", headers=[("Accept-Encoding", "gzip, br, zstd")])
+    assert r.header("Content-Encoding") == "zstd"
     r = request(port(8090), "POST", "/app/orders", body="x=1")
     assert r.status == 200 and r.body == b"app saw POST /app/orders\n"
     r = get(port(8090), "/spa/deep/link")

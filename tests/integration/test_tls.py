@@ -596,3 +596,32 @@ def test_mismatched_key_refused_with_file_line(res, pki):
     cp = p.run_cmd("-t")
     assert cp.returncode != 0
     assert re.search(r"portico\.conf:\d+: .*key values mismatch", cp.output), cp.output
+
+
+def test_large_cache_hit_from_disk_over_tls(res, pki, tmp_path):
+    """An object over the memory tier's limit is served from its cache file;
+    TLS cannot sendfile, so the file is read in pieces (it used to be read
+    through a descriptor that was never opened)."""
+    o = res.origin()
+    p = res.proxy(f"""
+    proxy_cache_path {tmp_path}/c keys_zone=t:1m;
+    server {{
+        listen 127.0.0.1:{{port}} ssl;
+        ssl_certificate {pki.d}/rsa.pem;
+        ssl_certificate_key {pki.d}/rsa.key;
+        location / {{
+            proxy_cache t;
+            proxy_cache_valid 200 1m;
+            proxy_pass http://127.0.0.1:{o.port};
+        }}
+    }}""")
+    from conftest import pattern
+    n = 3 * 1024 * 1024
+    for _ in range(2):
+        c = TlsConn(p.port, client_ctx(pki))
+        try:
+            r = c.get(f"/bytes/{n}", "localhost", ())
+        finally:
+            c.close()
+        assert r.status == 200 and r.body == pattern(n)
+    assert len(o.requests) == 1

@@ -12,6 +12,7 @@
 #include "proxy/map.h"
 #include "proxy/realip.h"
 #include "proxy/rewrite.h"
+#include "proxy/compress.h"
 #include "proxy/static.h"
 #include "proxy/vars.h"
 
@@ -622,4 +623,26 @@ Test(static_types, builtin_lookup_by_extension)
     struct mime_types t = {v, 2};
     cr_assert_str_eq(static_mime_type(&t, "p.ZZ", 4), "application/zz");
     cr_assert_null(static_mime_type(&t, "p.css", 5), "a types block replaces the built-in one");
+}
+
+/* ---- compression: Accept-Encoding ---- */
+
+Test(compress, accept_encoding_q_values)
+{
+    struct slice ae = SLICE_LIT("gzip, deflate, br;q=0.8, zstd;q=0");
+    cr_assert_eq(compress_accept_q(ae, "gzip"), 1000);
+    cr_assert_eq(compress_accept_q(ae, "br"), 800);
+    cr_assert_eq(compress_accept_q(ae, "zstd"), 0, "q=0: not acceptable");
+    cr_assert_eq(compress_accept_q(SLICE_LIT("*;q=0.5, gzip;q=0"), "br"), 500, "* counts");
+    cr_assert_eq(compress_accept_q(SLICE_LIT("*;q=0.5, gzip;q=0"), "gzip"), 0, "exact wins");
+    cr_assert_eq(compress_accept_q(SLICE_LIT("GZIP ; Q=0.25"), "gzip"), 250, "case, spaces");
+    cr_assert_eq(compress_accept_q(SLICE_LIT("x-gzip"), "gzip"), 1000);
+    cr_assert_eq(compress_accept_q(SLICE_LIT("identity"), "gzip"), 0);
+    cr_assert_eq(compress_accept_q(SLICE_LIT(""), "gzip"), 0);
+    cr_assert_eq(compress_accept_q(SLICE_LIT("gzip;q=2"), "gzip"), 0, "malformed q: absent");
+    cr_assert_eq(compress_accept_q(SLICE_LIT("gzip;q=1.000"), "gzip"), 1000);
+    cr_assert_eq(compress_accept_q(SLICE_LIT("gzip;q=1.5"), "gzip"), 0);
+    cr_assert_eq(compress_accept_q(SLICE_LIT("gzip;q=0.0001"), "gzip"), 0, "3 decimals at most");
+    cr_assert_eq(compress_accept_q(SLICE_LIT("gzip;level=1;q=0.5"), "gzip"), 500);
+    cr_assert_eq(compress_accept_q(SLICE_LIT(",,gzip,,"), "gzip"), 1000);
 }
