@@ -67,6 +67,7 @@ void compress_conf_merge(struct compress_conf *c, const struct compress_conf *p)
         c->ndisable = p->ndisable;
         c->disable_set = p->disable_set;
     }
+    c->any = c->c[ZC_GZIP].on == 1 || c->c[ZC_BR].on == 1 || c->c[ZC_ZSTD].on == 1;
 }
 
 void compress_conf_defaults(struct compress_conf *c)
@@ -786,8 +787,7 @@ static const struct client_ops z_ops = {
 void compress_install(struct exchange *ex)
 {
     const struct compress_conf *c = &ex->lc->z;
-    if (ex->compress || ex->cache_background ||
-        !(c->c[ZC_GZIP].on || c->c[ZC_BR].on || c->c[ZC_ZSTD].on))
+    if (ex->compress || ex->cache_background || !c->any)
         return;
     struct zfilter *zf = arena_calloc(&ex->arena, sizeof(*zf));
     if (!zf)

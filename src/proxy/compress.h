@@ -46,6 +46,7 @@ struct compress_conf {
     void **disable;         /* gzip_disable: pcre2_code * against User-Agent (rw_free) */
     size_t ndisable;
     bool disable_set;
+    bool any; /* some coding is on (after merging) */
 };
 
 extern const struct cf_module compress_cf_module;
@@ -55,7 +56,8 @@ void compress_conf_merge(struct compress_conf *c, const struct compress_conf *p)
 void compress_conf_defaults(struct compress_conf *c);
 
 /* Put the filter in front of the exchange's client side when its location
- * compresses anything (idempotent; every answer then passes it). */
+ * compresses anything, i.e. lc->z.any (idempotent; every answer then passes
+ * it). */
 void compress_install(struct exchange *ex);
 /* Free the encoder (the exchange ends or starts over). */
 void compress_release(struct exchange *ex);

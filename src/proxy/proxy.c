@@ -2138,7 +2138,8 @@ static void fetch(struct fwd *f)
 static void run_location(struct exchange *ex)
 {
     const struct loc_conf *lc = ex->lc;
-    compress_install(ex);
+    if (lc->z.any)
+        compress_install(ex);
     if (lc->api) {
         admin_answer(ex);
         return;
@@ -2299,7 +2300,8 @@ void proxy_client_drained(struct exchange *ex)
 
 void proxy_release(struct exchange *ex)
 {
-    compress_release(ex);
+    if (ex->compress)
+        compress_release(ex);
     struct fwd *f = F(ex);
     if (!f)
         return;
