@@ -245,7 +245,7 @@ static void serve(struct pcache *pc, struct cache_obj *o, const char *status_tex
             }
         }
     }
-    size_t cap = o->nfields + ex->lc->add_headers.n + 6;
+    size_t cap = o->nfields + LOC_EXTRA_FIELDS(ex->lc) + 6;
     struct http_field *in = arena_alloc(&ex->arena, cap * sizeof(*in));
     struct http_field *out = arena_alloc(&ex->arena, cap * sizeof(*out));
     char *age = arena_alloc(&ex->arena, 24);

@@ -244,14 +244,18 @@ static int set_buffers(struct cf_ctx *cx, const struct cf_node *n, const struct 
     (void)conf;
     char *end;
     long num = strtol(n->args[0], &end, 10);
-    size_t sz = 0;
+    if (*end || end == n->args[0] || num <= 0)
+        return cf_error(cx, n, "invalid value \"%s\" in \"%s\" directive", n->args[0], d->name);
+    struct cf_node sn = *n; /* the size, through the usual setter */
+    sn.args = n->args + 1;
+    sn.nargs = 1;
     struct cf_directive sd = *d;
     sd.offset = 0;
-    if (*end || num <= 0 || cf_set_size(cx, n, &sd, &sz) < 0 || !sz) {
-        if (!cx->err[0])
-            cf_error(cx, n, "invalid value in \"%s\" directive", d->name);
+    size_t sz = CF_UNSET_SIZE; /* the setter refuses a value already set */
+    if (cf_set_size(cx, &sn, &sd, &sz) < 0)
         return -1;
-    }
+    if (!sz)
+        return cf_error(cx, n, "invalid value \"%s\" in \"%s\" directive", n->args[1], d->name);
     return 0;
 }
 

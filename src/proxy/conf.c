@@ -95,6 +95,7 @@ static void loc_conf_init(struct loc_conf *lc)
     lc->server_name_in_redirect = CF_UNSET_FLAG;
     lc->realip_recursive = CF_UNSET_FLAG;
     lc->tcp_nodelay = CF_UNSET_FLAG;
+    lc->expires = CF_UNSET_INT;
     lc->default_type = NULL;
     proxy_ssl_conf_init(&lc->proxy_ssl);
     cache_loc_conf_init(&lc->cache);
@@ -140,6 +141,15 @@ static void loc_conf_merge(struct loc_conf *c, const struct loc_conf *p)
     MERGE(server_name_in_redirect, CF_UNSET_FLAG);
     MERGE(realip_recursive, CF_UNSET_FLAG);
     MERGE(tcp_nodelay, CF_UNSET_FLAG);
+    if (c->expires == CF_UNSET_INT) {
+        c->expires = p->expires;
+        c->expires_sec = p->expires_sec;
+    }
+    if (!c->access_set) {
+        c->access = p->access;
+        c->naccess = p->naccess;
+        c->access_set = p->access_set;
+    }
     if (!c->realip_from_set) {
         c->realip_from = p->realip_from;
         c->nrealip_from = p->nrealip_from;
@@ -220,6 +230,7 @@ static void loc_conf_defaults(struct loc_conf *c)
         d.server_name_in_redirect = 0;
         d.realip_recursive = 0;
         d.tcp_nodelay = 1;
+        d.expires = EXPIRES_OFF;
         d.redirects = redirect_default_rules;
         d.nredirects = 1;
         d.redirect_set = true;
@@ -634,6 +645,53 @@ static int set_temp_path(struct cf_ctx *cx, const struct cf_node *n, const struc
     if (!slot)
         return cf_error(cx, n, "out of memory");
     *slot = n->args[0];
+    return 0;
+}
+
+/* expires [modified] time | @time | epoch | max | off */
+static int set_expires(struct cf_ctx *cx, const struct cf_node *n, const struct cf_directive *d,
+                       void *conf)
+{
+    struct loc_conf *lc = conf;
+    if (lc->expires != CF_UNSET_INT)
+        return cf_error(cx, n, "\"expires\" directive is duplicate");
+    const char *v = n->args[0];
+    bool modified = false;
+    if (n->nargs == 2) {
+        if (strcmp(v, "modified"))
+            return cf_error(cx, n, "invalid value \"%s\" in \"expires\" directive", v);
+        modified = true;
+        v = n->args[1];
+    }
+    if (!modified && !strcmp(v, "off")) {
+        lc->expires = EXPIRES_OFF;
+        return 0;
+    }
+    if (!modified && !strcmp(v, "epoch")) {
+        lc->expires = EXPIRES_EPOCH;
+        return 0;
+    }
+    if (!modified && !strcmp(v, "max")) {
+        lc->expires = EXPIRES_MAX;
+        return 0;
+    }
+    bool daily = v[0] == '@', negative = v[0] == '-';
+    if ((daily && modified) || (daily && negative))
+        return cf_error(cx, n, "daily time cannot be used with \"modified\" or be negative");
+    /* the time, with nginx's units, through the usual setter */
+    struct cf_node tn = *n;
+    char *arg = (char *)(v + (daily || negative));
+    tn.args = &arg;
+    tn.nargs = 1;
+    struct cf_directive td = *d;
+    td.offset = 0;
+    uint32_t sec = CF_UNSET_MSEC; /* the setter refuses a value already set */
+    if (cf_set_sec(cx, &tn, &td, &sec) < 0)
+        return -1;
+    if (daily && sec >= 86400)
+        return cf_error(cx, n, "daily time value must be less than 24 hours");
+    lc->expires = daily ? EXPIRES_DAILY : modified ? EXPIRES_MODIFIED : EXPIRES_ACCESS;
+    lc->expires_sec = negative ? -(int64_t)sec : (int64_t)sec;
     return 0;
 }
 
@@ -1212,6 +1270,11 @@ static const struct cf_directive http_directives[] = {
      OFF_LOC(pass_request_body), "on | off", "on", "forward the client's request body"},
     {"add_header", LOC_ANY, 2, 3, false, set_add_header, CONF_LOC, 0, "name value [always]", "-",
      "add a response header (to 2xx/3xx answers, or to all with always)"},
+    {"expires", LOC_ANY, 1, 2, false, set_expires, CONF_LOC, 0,
+     "[modified] time | @time-of-day | epoch | max | off", "off",
+     "set Expires and Cache-Control (max-age, or no-cache for a time in the past or epoch) on "
+     "200, 201, 204, 206, 301, 302, 303, 304, 307 and 308 answers, replacing the upstream's; "
+     "modified: from Last-Modified; @15h30m: the next such time of day"},
     {"server_tokens", LOC_ANY, 1, 1, false, cf_set_flag, CONF_LOC, OFF_LOC(server_tokens),
      "on | off", "on", "send the version in Server and error pages"},
     {"types_hash_max_size", LOC_ANY, 1, 1, false, set_hash_size, CONF_LOC, 0, "size", "-",
@@ -1267,6 +1330,11 @@ static const struct cf_directive http_directives[] = {
      OFF_LOC(request_buffering), "on | off", "on",
      "read the whole request body (memory, then a file) before connecting upstream; off: stream "
      "it"},
+    {"allow", LOC_ANY, 1, 1, false, access_set_rule, CONF_LOC, 0, "address | CIDR | all", "-",
+     "let clients from here in; allow and deny are checked in order, the first match decides "
+     "(none matches: allowed); the address is $remote_addr, after set_real_ip_from"},
+    {"deny", LOC_ANY, 1, 1, false, access_set_rule, CONF_LOC, 0, "address | CIDR | all", "-",
+     "answer 403 to clients from here (see allow)"},
     {"set_real_ip_from", LOC_ANY, 1, 1, false, realip_set_from, CONF_LOC, 0, "address | CIDR", "-",
      "trust this proxy: a request from it takes its client address from real_ip_header"},
     {"real_ip_header", LOC_ANY, 1, 1, false, set_real_ip_header, CONF_LOC, 0,

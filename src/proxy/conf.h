@@ -10,6 +10,7 @@
 #include <stdint.h>
 
 #include "config/config.h"
+#include "proxy/access.h"
 #include "proxy/cache_conf.h"
 #include "proxy/compress.h"
 #include "proxy/static.h"
@@ -99,6 +100,20 @@ struct map_def;
 struct rw_prog;
 struct redirect_rule;
 
+/* expires */
+enum expires_kind {
+    EXPIRES_OFF,
+    EXPIRES_EPOCH,
+    EXPIRES_MAX,
+    EXPIRES_ACCESS,
+    EXPIRES_MODIFIED,
+    EXPIRES_DAILY
+};
+
+/* Fields the location may add to a response beyond its own (add_header,
+ * and expires' Expires and Cache-Control): callers size arrays with it. */
+#define LOC_EXTRA_FIELDS(lc) ((lc)->add_headers.n + 2)
+
 /* Settings of http, server and location levels (one shape, merged down). */
 struct loc_conf {
     struct proxy_pass *pass;
@@ -106,9 +121,12 @@ struct loc_conf {
     const struct redirect_rule *redirects; /* proxy_redirect (redirect.h) */
     size_t nredirects;
     bool redirect_set, redirects_off;
-    int absolute_redirect;        /* relative Location made absolute (scheme://host[:port]) */
-    int port_in_redirect;         /* ... with the port when not the scheme's */
-    int server_name_in_redirect;  /* ... with the first server_name, not Host */
+    int absolute_redirect;       /* relative Location made absolute (scheme://host[:port]) */
+    int port_in_redirect;        /* ... with the port when not the scheme's */
+    int server_name_in_redirect; /* ... with the first server_name, not Host */
+    struct access_rule *access;  /* allow / deny, in order (access.h) */
+    size_t naccess, cap_access;
+    bool access_set;
     struct net_cidr *realip_from; /* set_real_ip_from (realip.h) */
     size_t nrealip_from;
     bool realip_from_set;
@@ -121,6 +139,8 @@ struct loc_conf {
     bool set_headers_set;
     struct hdr_rules add_headers;
     bool add_headers_set;
+    int expires;         /* enum expires_kind; -1 unset */
+    int64_t expires_sec; /* its time (seconds; of the day for EXPIRES_DAILY) */
     struct slice *hide_headers;
     size_t nhide;
     bool hide_set;
@@ -275,9 +295,9 @@ struct main_conf {
     uint32_t worker_shutdown_timeout_ms;
     int worker_connections;
     int worker_rlimit_nofile;
-    int multi_accept;     /* accept until EAGAIN in one go (else batches of ACCEPT_BATCH) */
-    const char *user;     /* `user`: drop to it after start when run as root; NULL none */
-    unsigned uid, gid;    /* ... resolved at load */
+    int multi_accept;  /* accept until EAGAIN in one go (else batches of ACCEPT_BATCH) */
+    const char *user;  /* `user`: drop to it after start when run as root; NULL none */
+    unsigned uid, gid; /* ... resolved at load */
 };
 
 struct snapshot {

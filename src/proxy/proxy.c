@@ -9,9 +9,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "admin/admin.h"
+#include "cache/rules.h"
 #include "core/fdio.h"
 #include "proxy/realip.h"
 #include "proxy/redirect.h"
@@ -270,13 +272,102 @@ static struct slice field_safe(struct exchange *ex, struct slice v)
     return slice_make(out, o);
 }
 
-/* Append add_header fields to `fields` (capacity must allow it). */
+/* expires: Expires and Cache-Control for these statuses (nginx's list). */
+static bool expires_applies(int status)
+{
+    switch (status) {
+    case 200:
+    case 201:
+    case 204:
+    case 206:
+    case 301:
+    case 302:
+    case 303:
+    case 304:
+    case 307:
+    case 308:
+        return true;
+    default:
+        return false;
+    }
+}
+
+/* Set (replacing what is there) Expires and Cache-Control per `expires`,
+ * as nginx: a time in the past or `epoch` means no-cache. */
+static size_t apply_expires(struct exchange *ex, struct http_field *fields, size_t n)
+{
+    const struct loc_conf *lc = ex->lc;
+    time_t now = time(NULL); /* (vDSO: no system call) */
+    time_t at = 0;
+    int64_t max_age = -1;
+    const char *cc = NULL;
+    switch (lc->expires) {
+    case EXPIRES_EPOCH:
+        at = 1, cc = "no-cache";
+        break;
+    case EXPIRES_MAX:
+        at = 2145916555, cc = "max-age=315360000"; /* Thu, 31 Dec 2037 23:55:55 GMT */
+        break;
+    case EXPIRES_ACCESS:
+        at = now + (time_t)lc->expires_sec, max_age = lc->expires_sec;
+        break;
+    case EXPIRES_MODIFIED: {
+        int64_t lm = -1;
+        for (size_t i = 0; i < n; i++)
+            if (slice_eq_lit_ci(fields[i].name, "last-modified"))
+                lm = http_date_parse(fields[i].value);
+        if (lm < 0)
+            return n; /* nothing to count from */
+        at = (time_t)(lm + lc->expires_sec), max_age = (int64_t)at - now;
+        break;
+    }
+    case EXPIRES_DAILY: {
+        struct tm tm;
+        localtime_r(&now, &tm);
+        tm.tm_hour = (int)(lc->expires_sec / 3600);
+        tm.tm_min = (int)(lc->expires_sec / 60 % 60);
+        tm.tm_sec = (int)(lc->expires_sec % 60);
+        at = mktime(&tm);
+        if (at <= now)
+            at += 86400;
+        max_age = (int64_t)at - now;
+        break;
+    }
+    default:
+        return n;
+    }
+    char *date = arena_alloc(&ex->arena, 30);
+    char *ccv = cc ? NULL : arena_alloc(&ex->arena, 32);
+    if (!date || (!cc && !ccv))
+        return n;
+    size_t dl = http_date_format(at, date);
+    struct slice ccs;
+    if (cc)
+        ccs = slice_cstr(cc);
+    else if (max_age < 0)
+        ccs = SLICE_LIT("no-cache");
+    else
+        ccs = slice_make(ccv, (size_t)snprintf(ccv, 32, "max-age=%lld", (long long)max_age));
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) /* drop what the response had */
+        if (!slice_eq_lit_ci(fields[i].name, "expires") &&
+            !slice_eq_lit_ci(fields[i].name, "cache-control"))
+            fields[k++] = fields[i];
+    fields[k++] = (struct http_field){SLICE_LIT("Expires"), slice_make(date, dl)};
+    fields[k++] = (struct http_field){SLICE_LIT("Cache-Control"), ccs};
+    return k;
+}
+
+/* Append expires' and add_header's fields to `fields` (capacity:
+ * LOC_EXTRA_FIELDS beyond n). */
 static size_t apply_add_headers(struct exchange *ex, int status, struct http_field *fields,
                                 size_t n)
 {
     const struct loc_conf *lc = ex->lc;
     if (!lc)
         return n;
+    if (lc->expires > EXPIRES_OFF && expires_applies(status))
+        n = apply_expires(ex, fields, n);
     bool applies = add_header_applies(status);
     for (size_t i = 0; i < lc->add_headers.n; i++) {
         const struct hdr_rule *r = &lc->add_headers.v[i];
@@ -296,7 +387,7 @@ static void send_local(struct exchange *ex, int status, struct slice ctype, stru
     struct fwd *f = F(ex);
     if (f && f->error_page_status)
         status = f->error_page_status;
-    size_t cap = 2 + (ex->lc ? ex->lc->add_headers.n : 0);
+    size_t cap = 2 + (ex->lc ? LOC_EXTRA_FIELDS(ex->lc) : 0);
     struct http_field *fields = arena_alloc(&ex->arena, cap * sizeof(*fields));
     size_t n = 0;
     if (!fields) {
@@ -1426,7 +1517,7 @@ size_t proxy_response_fields(struct exchange *ex, int status, const struct http_
 {
     const struct loc_conf *lc = ex->lc;
     size_t k = 0;
-    for (size_t i = 0; i < n && k + lc->add_headers.n < cap; i++) {
+    for (size_t i = 0; i < n && k + LOC_EXTRA_FIELDS(lc) < cap; i++) {
         struct slice name = in[i].name;
         if (hidden_by_default(name) && !in_list(lc->pass_headers, lc->npass, name))
             continue;
@@ -1483,7 +1574,7 @@ static int deliver_head(struct fwd *f)
         pcache_answer(f->pc);
         return 1;
     }
-    size_t cap = r->nfields + lc->add_headers.n + 2;
+    size_t cap = r->nfields + LOC_EXTRA_FIELDS(lc) + 2;
     struct http_field *in = arena_alloc(&ex->arena, cap * sizeof(*in));
     struct http_field *out = arena_alloc(&ex->arena, cap * sizeof(*out));
     if (!in || !out)
@@ -1548,7 +1639,7 @@ static int start_tunnel(struct fwd *f, struct http_field *fields)
         f->cur_try->header_ms = loop_now_ms(ex->loop) - f->try_start_ms;
     }
     ups_server_ok(f->srv);
-    size_t cap = r->nfields + ex->lc->add_headers.n + 2;
+    size_t cap = r->nfields + LOC_EXTRA_FIELDS(ex->lc) + 2;
     struct http_field *in = arena_alloc(&ex->arena, cap * sizeof(*in));
     struct http_field *out = arena_alloc(&ex->arena, cap * sizeof(*out));
     if (!in || !out) {
@@ -2138,6 +2229,15 @@ static void fetch(struct fwd *f)
 static void run_location(struct exchange *ex)
 {
     const struct loc_conf *lc = ex->lc;
+    if (lc->naccess && !ex->cache_background &&
+        !access_allowed(lc->access, lc->naccess, ex->peer)) {
+        char peer[64];
+        net_addr_ip(ex->peer, peer, sizeof(peer));
+        LOG(LOG_ERR, "*%llu access forbidden by rule, client: %s, request: \"%.*s\"",
+            (unsigned long long)ex->id, peer, (int)ex->request_line.len, ex->request_line.p);
+        respond_status(ex, 403);
+        return;
+    }
     if (lc->z.any)
         compress_install(ex);
     if (lc->api) {

@@ -476,7 +476,7 @@ static void serve_fd(struct exchange *ex, const char *path, int fd, const struct
     char *lm = arena_alloc(&ex->arena, 30);
     char *et = arena_alloc(&ex->arena, 48);
     char *cr = arena_alloc(&ex->arena, 80);
-    size_t cap = 8 + lc->add_headers.n;
+    size_t cap = 8 + LOC_EXTRA_FIELDS(lc);
     struct http_field *in = arena_alloc(&ex->arena, cap * sizeof(*in));
     struct http_field *out = arena_alloc(&ex->arena, cap * sizeof(*out));
     struct sfile *sf = arena_calloc(&ex->arena, sizeof(*sf));

@@ -279,7 +279,8 @@ def test_static_files(example, tmp_path):
     assert r.header("Content-Type") == "text/html" and r.header("ETag")
     r = get(port(8090), "/assets/site.css")
     assert r.header("Content-Type") == "text/css"
-    assert r.header("Cache-Control") == "public, max-age=3600"
+    assert r.header("Cache-Control") == "max-age=3600" and r.header("Expires")
+    assert get(port(8090), "/staff/").status == 403
     r = get(port(8090), "/assets/site.css", headers=[("Range", "bytes=0-3")])
     assert r.status == 206 and r.body == b"body"
     import gzip
