@@ -8,7 +8,7 @@ PKGS=(
   build-essential meson ninja-build pkg-config clang lld
   libclang-rt-14-dev llvm
   # libraries
-  libssl-dev libnghttp2-dev libpcre2-dev zlib1g-dev libbrotli-dev libzstd-dev
+  libssl-dev libnghttp2-dev libpcre2-dev zlib1g-dev libbrotli-dev libzstd-dev libcrypt-dev
   # tests
   libcriterion-dev python3 python3-pytest python3-h2 python3-brotli python3-zstandard curl testssl.sh
   # benchmark peers and load generators

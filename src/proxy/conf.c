@@ -96,6 +96,7 @@ static void loc_conf_init(struct loc_conf *lc)
     lc->realip_recursive = CF_UNSET_FLAG;
     lc->tcp_nodelay = CF_UNSET_FLAG;
     lc->expires = CF_UNSET_INT;
+    lc->satisfy_any = CF_UNSET_INT;
     lc->default_type = NULL;
     proxy_ssl_conf_init(&lc->proxy_ssl);
     cache_loc_conf_init(&lc->cache);
@@ -145,6 +146,13 @@ static void loc_conf_merge(struct loc_conf *c, const struct loc_conf *p)
         c->expires = p->expires;
         c->expires_sec = p->expires_sec;
     }
+    MERGE(satisfy_any, CF_UNSET_INT);
+    if (!c->auth.set) {
+        c->auth.realm = p->auth.realm;
+        c->auth.set = p->auth.set;
+    }
+    if (!c->auth.user_file)
+        c->auth.user_file = p->auth.user_file;
     if (!c->access_set) {
         c->access = p->access;
         c->naccess = p->naccess;
@@ -231,6 +239,7 @@ static void loc_conf_defaults(struct loc_conf *c)
         d.realip_recursive = 0;
         d.tcp_nodelay = 1;
         d.expires = EXPIRES_OFF;
+        d.satisfy_any = 0;
         d.redirects = redirect_default_rules;
         d.nredirects = 1;
         d.redirect_set = true;
@@ -645,6 +654,20 @@ static int set_temp_path(struct cf_ctx *cx, const struct cf_node *n, const struc
     if (!slot)
         return cf_error(cx, n, "out of memory");
     *slot = n->args[0];
+    return 0;
+}
+
+static int set_satisfy(struct cf_ctx *cx, const struct cf_node *n, const struct cf_directive *d,
+                       void *conf)
+{
+    (void)d;
+    struct loc_conf *lc = conf;
+    if (lc->satisfy_any != CF_UNSET_INT)
+        return cf_error(cx, n, "\"satisfy\" directive is duplicate");
+    if (strcmp(n->args[0], "all") && strcmp(n->args[0], "any"))
+        return cf_error(cx, n, "invalid value \"%s\" in \"satisfy\" directive (all or any)",
+                        n->args[0]);
+    lc->satisfy_any = n->args[0][1] == 'n';
     return 0;
 }
 
@@ -1335,6 +1358,14 @@ static const struct cf_directive http_directives[] = {
      "(none matches: allowed); the address is $remote_addr, after set_real_ip_from"},
     {"deny", LOC_ANY, 1, 1, false, access_set_rule, CONF_LOC, 0, "address | CIDR | all", "-",
      "answer 403 to clients from here (see allow)"},
+    {"auth_basic", LOC_ANY, 1, 1, false, auth_set_basic, CONF_LOC, 0, "realm | off", "off",
+     "ask for a user name and password (HTTP Basic, 401 with WWW-Authenticate) checked against "
+     "auth_basic_user_file; the realm may hold variables"},
+    {"auth_basic_user_file", LOC_ANY, 1, 1, false, auth_set_user_file, CONF_LOC, 0, "file", "-",
+     "htpasswd file, read on each request (changes apply at once): user:password lines; "
+     "crypt(3) ($1$, $5$, $6$, bcrypt $2y$, yescrypt), $apr1$, {SHA}, {SSHA}, {PLAIN}"},
+    {"satisfy", LOC_ANY, 1, 1, false, set_satisfy, CONF_LOC, 0, "all | any", "all",
+     "all: allow/deny and auth_basic must both let the request in; any: either suffices"},
     {"set_real_ip_from", LOC_ANY, 1, 1, false, realip_set_from, CONF_LOC, 0, "address | CIDR", "-",
      "trust this proxy: a request from it takes its client address from real_ip_header"},
     {"real_ip_header", LOC_ANY, 1, 1, false, set_real_ip_header, CONF_LOC, 0,

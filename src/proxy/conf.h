@@ -11,6 +11,7 @@
 
 #include "config/config.h"
 #include "proxy/access.h"
+#include "proxy/auth.h"
 #include "proxy/cache_conf.h"
 #include "proxy/compress.h"
 #include "proxy/static.h"
@@ -127,6 +128,8 @@ struct loc_conf {
     struct access_rule *access;  /* allow / deny, in order (access.h) */
     size_t naccess, cap_access;
     bool access_set;
+    struct auth_conf auth;        /* auth_basic (auth.h) */
+    int satisfy_any;              /* satisfy any: allow/deny or auth_basic suffices */
     struct net_cidr *realip_from; /* set_real_ip_from (realip.h) */
     size_t nrealip_from;
     bool realip_from_set;

@@ -168,6 +168,7 @@ struct exchange {
     bool redirected;          /* went through error_page already */
     uint8_t internal_redirects; /* error_page and try_files hops (500 after 10) */
     const char *error_detail; /* a line for the built-in error page, or NULL */
+    struct slice www_authenticate; /* the challenge of a 401 from auth_basic */
     struct tls_conn *tls;     /* the client's TLS connection, or NULL */
     int error_status;         /* status error_page imposes (0: the target's) */
     uint64_t body_bytes_sent;

@@ -18,6 +18,7 @@
 #include "proxy/realip.h"
 #include "proxy/redirect.h"
 #include "proxy/rewrite.h"
+#include "proxy/auth.h"
 #include "proxy/compress.h"
 #include "proxy/static.h"
 #include "core/log.h"
@@ -387,7 +388,7 @@ static void send_local(struct exchange *ex, int status, struct slice ctype, stru
     struct fwd *f = F(ex);
     if (f && f->error_page_status)
         status = f->error_page_status;
-    size_t cap = 2 + (ex->lc ? LOC_EXTRA_FIELDS(ex->lc) : 0);
+    size_t cap = 3 + (ex->lc ? LOC_EXTRA_FIELDS(ex->lc) : 0);
     struct http_field *fields = arena_alloc(&ex->arena, cap * sizeof(*fields));
     size_t n = 0;
     if (!fields) {
@@ -398,6 +399,8 @@ static void send_local(struct exchange *ex, int status, struct slice ctype, stru
         fields[n++] = (struct http_field){SLICE_LIT("Content-Type"), ctype};
     if (location.len) /* (a Location can only get a space from a capture) */
         fields[n++] = (struct http_field){SLICE_LIT("Location"), field_safe(ex, location)};
+    if (ex->www_authenticate.len && status == 401)
+        fields[n++] = (struct http_field){SLICE_LIT("WWW-Authenticate"), ex->www_authenticate};
     n = apply_add_headers(ex, status, fields, n);
     struct resp_head h = {
         .status = status,
@@ -2226,18 +2229,48 @@ static void fetch(struct fwd *f)
     fwd_run(f);
 }
 
-static void run_location(struct exchange *ex)
+/* allow/deny and auth_basic, combined by `satisfy` (all: both must let the
+ * request in; any: one is enough). 1 when answered (403, 401, 500), 0 to go
+ * on. */
+static int access_phase(struct exchange *ex)
 {
     const struct loc_conf *lc = ex->lc;
-    if (lc->naccess && !ex->cache_background &&
-        !access_allowed(lc->access, lc->naccess, ex->peer)) {
+    bool addr_ok = !lc->naccess || access_allowed(lc->access, lc->naccess, ex->peer);
+    bool auth_on = lc->auth.realm && lc->auth.user_file;
+    if (addr_ok && (!auth_on || (lc->satisfy_any && lc->naccess)))
+        return 0;
+    if (!addr_ok && !(lc->satisfy_any && auth_on)) {
         char peer[64];
         net_addr_ip(ex->peer, peer, sizeof(peer));
         LOG(LOG_ERR, "*%llu access forbidden by rule, client: %s, request: \"%.*s\"",
             (unsigned long long)ex->id, peer, (int)ex->request_line.len, ex->request_line.p);
         respond_status(ex, 403);
-        return;
+        return 1;
     }
+    switch (auth_check(ex)) {
+    case AUTH_OK:
+        return 0;
+    case AUTH_FORBIDDEN:
+        respond_status(ex, 403);
+        return 1;
+    case AUTH_ERROR:
+        respond_status(ex, 500);
+        return 1;
+    default: {
+        struct slice realm = tmpl_eval(ex, lc->auth.realm, ESC_NONE);
+        char *v = arena_printf(&ex->arena, "Basic realm=\"%.*s\"", (int)realm.len, realm.p);
+        ex->www_authenticate = v ? field_safe(ex, slice_cstr(v)) : SLICE_NULL;
+        respond_status(ex, 401);
+        return 1;
+    }
+    }
+}
+
+static void run_location(struct exchange *ex)
+{
+    const struct loc_conf *lc = ex->lc;
+    if ((lc->naccess || lc->auth.realm) && !ex->cache_background && access_phase(ex))
+        return;
     if (lc->z.any)
         compress_install(ex);
     if (lc->api) {

@@ -280,7 +280,13 @@ def test_static_files(example, tmp_path):
     r = get(port(8090), "/assets/site.css")
     assert r.header("Content-Type") == "text/css"
     assert r.header("Cache-Control") == "max-age=3600" and r.header("Expires")
-    assert get(port(8090), "/staff/").status == 403
+    r = get(port(8090), "/staff/")
+    assert r.status == 401 and r.header("WWW-Authenticate") == 'Basic realm="Staff"'
+    (tmp_path / "portico-htpasswd").write_text("ann:{PLAIN}s3cret\n")
+    import base64
+    cred = base64.b64encode(b"ann:s3cret").decode()
+    r = get(port(8090), "/staff/", headers=[("Authorization", "Basic " + cred)])
+    assert r.status == 200 and r.body == b"app saw GET /staff/\n"
     r = get(port(8090), "/assets/site.css", headers=[("Range", "bytes=0-3")])
     assert r.status == 206 and r.body == b"body"
     import gzip

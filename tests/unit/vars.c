@@ -12,6 +12,7 @@
 #include "proxy/map.h"
 #include "proxy/realip.h"
 #include "proxy/rewrite.h"
+#include "proxy/auth.h"
 #include "proxy/compress.h"
 #include "proxy/static.h"
 #include "proxy/vars.h"
@@ -645,4 +646,25 @@ Test(compress, accept_encoding_q_values)
     cr_assert_eq(compress_accept_q(SLICE_LIT("gzip;q=0.0001"), "gzip"), 0, "3 decimals at most");
     cr_assert_eq(compress_accept_q(SLICE_LIT("gzip;level=1;q=0.5"), "gzip"), 500);
     cr_assert_eq(compress_accept_q(SLICE_LIT(",,gzip,,"), "gzip"), 1000);
+}
+
+/* ---- auth_basic: password forms ---- */
+
+Test(auth, password_forms)
+{
+    struct slice pw = SLICE_LIT("secret");
+    /* openssl passwd -apr1 -salt abcdefgh secret / -1 */
+    cr_assert(auth_password_ok(pw, "$apr1$abcdefgh$h9FWgUz3n9YxylKLlR5SQ/"));
+    cr_assert_not(auth_password_ok(SLICE_LIT("Secret"), "$apr1$abcdefgh$h9FWgUz3n9YxylKLlR5SQ/"));
+    cr_assert_not(auth_password_ok(pw, "$apr1$abcdefgi$h9FWgUz3n9YxylKLlR5SQ/"), "salt counts");
+    cr_assert(auth_password_ok(pw, "$1$abcdefgh$cHJi5PXp/ki/ktXzqlk6I1"));
+    /* {SHA}: base64(sha1("secret")) */
+    cr_assert(auth_password_ok(pw, "{SHA}5en6G6MezRroT3XKqkdPOmY/BfQ="));
+    cr_assert_not(auth_password_ok(SLICE_LIT("secreT"), "{SHA}5en6G6MezRroT3XKqkdPOmY/BfQ="));
+    cr_assert_not(auth_password_ok(pw, "{SHA}5en6G6MezRroT3XKqkdPOmY/BfQ"), "bad base64");
+    cr_assert(auth_password_ok(pw, "{PLAIN}secret"));
+    cr_assert_not(auth_password_ok(pw, "{PLAIN}secre"));
+    cr_assert_not(auth_password_ok(pw, ""), "an empty hash never matches");
+    cr_assert_not(auth_password_ok(pw, "*"), "a locked entry never matches");
+    cr_assert_not(auth_password_ok(SLICE_LIT(""), "$apr1$x$"));
 }
