@@ -102,6 +102,7 @@ static void loc_conf_init(struct loc_conf *lc)
     cache_loc_conf_init(&lc->cache);
     static_conf_init(&lc->st);
     compress_conf_init(&lc->z);
+    limit_conf_init(&lc->limits);
 }
 
 #define MERGE(f, unset)                                                                            \
@@ -183,6 +184,7 @@ static void loc_conf_merge(struct loc_conf *c, const struct loc_conf *p)
     cache_loc_conf_merge(&c->cache, &p->cache);
     static_conf_merge(&c->st, &p->st);
     compress_conf_merge(&c->z, &p->z);
+    limit_conf_merge(&c->limits, &p->limits);
     /* arrays are inherited whole, only when this level has none (nginx) */
     if (!c->set_headers_set)
         c->set_headers = p->set_headers, c->set_headers_set = p->set_headers_set;
@@ -252,6 +254,8 @@ static void loc_conf_defaults(struct loc_conf *c)
         static_conf_defaults(&d.st);
         compress_conf_init(&d.z);
         compress_conf_defaults(&d.z);
+        limit_conf_init(&d.limits);
+        limit_conf_defaults(&d.limits);
         init = true;
     }
     loc_conf_merge(c, &d);
@@ -1450,7 +1454,7 @@ void conf_register_all(void)
     static const struct cf_module *const mods[] = {
         &core_cf_module,     &http_cf_module,  &ssl_cf_module,   &h2_cf_module,
         &ups_cf_module,      &check_cf_module, &cache_cf_module, &static_cf_module,
-        &compress_cf_module, &admin_cf_module,
+        &compress_cf_module, &limit_cf_module, &admin_cf_module,
     };
     cf_register(mods, sizeof(mods) / sizeof(mods[0]));
 }
@@ -1678,6 +1682,8 @@ static int finalize(struct snapshot *s, struct load_state *ls, char *err, size_t
         m->worker_processes = 1;
     if (m->multi_accept == CF_UNSET_FLAG)
         m->multi_accept = 0;
+    if (limits_finish(s, err, errlen) < 0)
+        return -1;
     loc_conf_defaults(s->http_lc);
     for (size_t i = 0; i < ls->nservers; i++) {
         struct srv_conf *sc = ls->servers[i];
@@ -1825,6 +1831,7 @@ fail:
     vars_set_user_names(NULL);
     maps_free(s);
     rw_free(s);
+    limits_free(s);
     conf_tls_free(s);
     if (s->http_lc)
         cache_conf_release(&s->http_lc->cache);
@@ -1858,6 +1865,7 @@ void snapshot_unref(struct snapshot *s)
     accesslog_close_all(s, NULL);
     maps_free(s);
     rw_free(s);
+    limits_free(s);
     conf_tls_free(s);
     cache_conf_release(&s->http_lc->cache);
     for (size_t i = 0; i < s->ngroups; i++)

@@ -12,6 +12,7 @@
 #include "config/config.h"
 #include "proxy/access.h"
 #include "proxy/auth.h"
+#include "proxy/limit.h"
 #include "proxy/cache_conf.h"
 #include "proxy/compress.h"
 #include "proxy/static.h"
@@ -129,6 +130,7 @@ struct loc_conf {
     size_t naccess, cap_access;
     bool access_set;
     struct auth_conf auth;        /* auth_basic (auth.h) */
+    struct limit_conf limits;     /* limit_req, limit_conn (limit.h) */
     int satisfy_any;              /* satisfy any: allow/deny or auth_basic suffices */
     struct net_cidr *realip_from; /* set_real_ip_from (realip.h) */
     size_t nrealip_from;
@@ -318,6 +320,8 @@ struct snapshot {
     size_t nlistens;
     struct log_format **formats;
     size_t nformats;
+    struct limit_zone_decl **limit_zones; /* limit_req_zone / limit_conn_zone (limit.h) */
+    size_t nlimit_zones, cap_limit_zones;
     const char **dirs; /* directories this config made or writes in (temp paths), chowned
                         * to `user` when privileges are dropped */
     size_t ndirs, cap_dirs;

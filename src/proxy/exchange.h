@@ -19,6 +19,7 @@
 
 struct exchange;
 struct worker;
+struct limit_hold;
 
 /* Body data handed from one side to the other: a slice of a segment. */
 struct body_piece {
@@ -164,13 +165,17 @@ struct exchange {
     struct http_field *ups_fields; /* as received ($upstream_http_) */
     size_t nups_fields;
     bool head_sent;
-    bool close_conn;          /* the client connection cannot be reused */
-    bool redirected;          /* went through error_page already */
-    uint8_t internal_redirects; /* error_page and try_files hops (500 after 10) */
-    const char *error_detail; /* a line for the built-in error page, or NULL */
-    struct slice www_authenticate; /* the challenge of a 401 from auth_basic */
-    struct tls_conn *tls;     /* the client's TLS connection, or NULL */
-    int error_status;         /* status error_page imposes (0: the target's) */
+    bool close_conn;                /* the client connection cannot be reused */
+    bool redirected;                /* went through error_page already */
+    uint8_t internal_redirects;     /* error_page and try_files hops (500 after 10) */
+    const char *error_detail;       /* a line for the built-in error page, or NULL */
+    struct slice www_authenticate;  /* the challenge of a 401 from auth_basic */
+    struct limit_hold *limit_holds; /* limit_conn places taken (limit.c) */
+    size_t nlimit_holds;
+    bool limit_req_done;  /* limit_req counts a request once (not again after a redirect) */
+    bool in_redirect;     /* proxy_release inside an internal redirect: keep the holds */
+    struct tls_conn *tls; /* the client's TLS connection, or NULL */
+    int error_status;     /* status error_page imposes (0: the target's) */
     uint64_t body_bytes_sent;
     uint64_t bytes_sent;
 

@@ -20,6 +20,7 @@
 #include "proxy/rewrite.h"
 #include "proxy/auth.h"
 #include "proxy/compress.h"
+#include "proxy/limit.h"
 #include "proxy/static.h"
 #include "core/log.h"
 #include "http1/h1.h"
@@ -2266,10 +2267,63 @@ static int access_phase(struct exchange *ex)
     }
 }
 
+static void run_location(struct exchange *ex);
+
+/* limit_req waits out its delay here, then the location runs on. */
+struct limit_delay {
+    struct timer t;
+    struct exchange *ex;
+};
+
+static void limit_delay_release(void *ctx)
+{
+    struct limit_delay *d = ctx;
+    timer_cancel(&d->t);
+}
+
+static void limit_delay_done(struct timer *t)
+{
+    struct limit_delay *d = t->data;
+    proxy_attach(d->ex, NULL, NULL, NULL);
+    run_location(d->ex);
+}
+
+/* limit_conn, then limit_req. 1 when answered or delayed, 0 to go on. */
+static int limit_phase(struct exchange *ex)
+{
+    const struct loc_conf *lc = ex->lc;
+    if (lc->limits.nconn && limit_conn_take(ex) == LIMIT_REJECT) {
+        respond_status(ex, lc->limits.conn_status);
+        return 1;
+    }
+    if (!lc->limits.nreq || ex->limit_req_done)
+        return 0;
+    ex->limit_req_done = true;
+    uint64_t delay = 0;
+    switch (limit_req_check(ex, &delay)) {
+    case LIMIT_REJECT:
+        respond_status(ex, lc->limits.req_status);
+        return 1;
+    case LIMIT_DELAY: {
+        struct limit_delay *d = arena_calloc(&ex->arena, sizeof(*d));
+        if (!d || proxy_attach(ex, NULL, limit_delay_release, d) < 0)
+            return 0; /* no memory to wait: go on at once */
+        d->ex = ex;
+        timer_init(&d->t, limit_delay_done, d);
+        timer_set(ex->loop, &d->t, delay);
+        return 1;
+    }
+    default:
+        return 0;
+    }
+}
+
 static void run_location(struct exchange *ex)
 {
     const struct loc_conf *lc = ex->lc;
     if ((lc->naccess || lc->auth.realm) && !ex->cache_background && access_phase(ex))
+        return;
+    if ((lc->limits.nreq || lc->limits.nconn) && !ex->cache_background && limit_phase(ex))
         return;
     if (lc->z.any)
         compress_install(ex);
@@ -2310,7 +2364,9 @@ static void internal_redirect(struct exchange *ex, struct slice uri)
 void proxy_internal_redirect(struct exchange *ex, struct slice uri, bool keep_request)
 {
     int forced = F(ex) ? F(ex)->error_page_status : 0;
+    ex->in_redirect = true; /* limit_conn places stay with the request */
     proxy_release(ex);
+    ex->in_redirect = false;
     ex->proxy = NULL;
     if (++ex->internal_redirects > 10) {
         log_write(LOG_ERR,
@@ -2435,6 +2491,8 @@ void proxy_release(struct exchange *ex)
 {
     if (ex->compress)
         compress_release(ex);
+    if (ex->nlimit_holds && !ex->in_redirect)
+        limit_conn_release(ex);
     struct fwd *f = F(ex);
     if (!f)
         return;
