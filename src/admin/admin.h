@@ -11,10 +11,15 @@ struct exchange;
 extern const struct cf_module admin_cf_module;
 
 /* Answer an exchange routed to an `api` location (ends the exchange):
- *   <location>                      {"portico": version, "upstreams": {...}}
+ *   <location>                      {"portico": version, "connections": {...},
+ *                                    "requests", "responses", "bytes", "upstreams",
+ *                                    "caches"}
+ *   <location>/metrics              the same in the Prometheus text format
  *   <location>/upstreams            {"NAME": group, ...}
  *   <location>/upstreams/NAME       one group
  * 404 for anything else, 405 for methods other than GET and HEAD. */
 void admin_answer(struct exchange *ex);
+/* Answer a `stub_status` location: nginx's plain-text status. */
+void admin_stub_status(struct exchange *ex);
 
 #endif

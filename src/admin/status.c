@@ -10,6 +10,7 @@
 
 #include "proxy/exchange.h"
 #include "proxy/proxy.h"
+#include "proxy/stats.h"
 #include "upstream/check.h"
 
 static int set_api(struct cf_ctx *cx, const struct cf_node *n, const struct cf_directive *d,
@@ -29,11 +30,33 @@ static int set_api(struct cf_ctx *cx, const struct cf_node *n, const struct cf_d
     return 0;
 }
 
+/* src/admin/dashboard.html, embedded by the build (scripts/embed.py) */
+extern const char admin_dashboard_html[];
+extern const unsigned long admin_dashboard_html_len;
+
+static int set_stub_status(struct cf_ctx *cx, const struct cf_node *n, const struct cf_directive *d,
+                           void *conf)
+{
+    (void)d;
+    struct loc_conf *lc = conf;
+    if (lc->stub_status)
+        return cf_error(cx, n, "\"stub_status\" directive is duplicate");
+    if (lc->pass || lc->api)
+        return cf_error(cx, n, "\"stub_status\" cannot be used with \"proxy_pass\" or \"api\"");
+    lc->stub_status = 1;
+    return 0;
+}
+
 static const struct cf_directive admin_directives[] = {
+    {"stub_status", CF_LOCATION, 0, 1, false, set_stub_status, CONF_LOC, 0, "", "-",
+     "this location answers with nginx's basic status page (active connections, accepts, "
+     "handled, requests, reading, writing, waiting), which monitoring agents read as they "
+     "read nginx's"},
     {"api", CF_LOCATION, 0, 1, false, set_api, CONF_LOC, 0, "[write=off]", "-",
-     "this location answers itself with the JSON state of the upstream groups: GET "
-     "<location>, <location>/upstreams, <location>/upstreams/NAME, <location>/caches; read-only "
-     "(write=off)"},
+     "this location answers itself with the JSON state of the proxy: GET <location> "
+     "(connections, requests, responses by class, bytes, upstreams, caches), "
+     "<location>/upstreams, <location>/upstreams/NAME, <location>/caches, and "
+     "<location>/metrics in the Prometheus text format; read-only (write=off)"},
     {NULL, 0, 0, 0, false, NULL, 0, 0, NULL, NULL, NULL},
 };
 
@@ -226,6 +249,168 @@ static void json_caches(struct jbuf *j, const struct snapshot *s)
     jraw(j, "}", 1);
 }
 
+static void json_traffic(struct jbuf *j, const struct stats_total *t)
+{
+    jf(j,
+       "\"connections\":{\"active\":%llu,\"reading\":%llu,\"writing\":%llu,\"waiting\":%llu,"
+       "\"accepted\":%llu,\"handled\":%llu},\"requests\":{\"total\":%llu,\"current\":%llu},",
+       (unsigned long long)t->active, (unsigned long long)t->reading,
+       (unsigned long long)t->writing, (unsigned long long)t->waiting,
+       (unsigned long long)t->accepted, (unsigned long long)t->handled,
+       (unsigned long long)t->requests, (unsigned long long)t->writing);
+    jf(j,
+       "\"responses\":{\"1xx\":%llu,\"2xx\":%llu,\"3xx\":%llu,\"4xx\":%llu,\"5xx\":%llu,"
+       "\"other\":%llu},\"bytes\":{\"received\":%llu,\"sent\":%llu},",
+       (unsigned long long)t->responses[0], (unsigned long long)t->responses[1],
+       (unsigned long long)t->responses[2], (unsigned long long)t->responses[3],
+       (unsigned long long)t->responses[4], (unsigned long long)t->responses[5],
+       (unsigned long long)t->bytes_in, (unsigned long long)t->bytes_out);
+}
+
+/* ---- Prometheus text format ---- */
+
+static void plabel(struct jbuf *j, const char *v)
+{
+    for (const char *p = v; *p; p++) {
+        if (*p == '\\' || *p == '"')
+            jf(j, "\\%c", *p);
+        else if (*p == '\n')
+            jraw(j, "\\n", 2);
+        else
+            jraw(j, p, 1);
+    }
+}
+
+static void phead(struct jbuf *j, const char *name, const char *type, const char *help)
+{
+    jf(j, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+static void prometheus(struct jbuf *j, const struct snapshot *s, uint64_t now_ms)
+{
+    struct stats_total t;
+    stats_total(&t);
+    phead(j, "portico_info", "gauge", "Portico's version (the value is 1).");
+    jf(j, "portico_info{version=\"%s\"} 1\n", PORTICO_VERSION);
+    phead(j, "portico_config_generation", "gauge", "Configuration loads since start.");
+    jf(j, "portico_config_generation %llu\n", (unsigned long long)s->generation);
+    phead(j, "portico_connections_accepted_total", "counter", "Client connections accepted.");
+    jf(j, "portico_connections_accepted_total %llu\n", (unsigned long long)t.accepted);
+    phead(j, "portico_connections_handled_total", "counter",
+          "Client connections served (accepted and within worker_connections).");
+    jf(j, "portico_connections_handled_total %llu\n", (unsigned long long)t.handled);
+    phead(j, "portico_connections", "gauge", "Client connections now, by state.");
+    jf(j,
+       "portico_connections{state=\"active\"} %llu\nportico_connections{state=\"reading\"} "
+       "%llu\nportico_connections{state=\"writing\"} %llu\nportico_connections{state="
+       "\"waiting\"} %llu\n",
+       (unsigned long long)t.active, (unsigned long long)t.reading, (unsigned long long)t.writing,
+       (unsigned long long)t.waiting);
+    phead(j, "portico_http_requests_total", "counter", "Requests started.");
+    jf(j, "portico_http_requests_total %llu\n", (unsigned long long)t.requests);
+    phead(j, "portico_http_responses_total", "counter", "Responses by status class.");
+    static const char *const cls[6] = {"1xx", "2xx", "3xx", "4xx", "5xx", "other"};
+    for (int i = 0; i < 6; i++)
+        jf(j, "portico_http_responses_total{code=\"%s\"} %llu\n", cls[i],
+           (unsigned long long)t.responses[i]);
+    phead(j, "portico_http_received_bytes_total", "counter", "Request bytes (heads and bodies).");
+    jf(j, "portico_http_received_bytes_total %llu\n", (unsigned long long)t.bytes_in);
+    phead(j, "portico_http_sent_bytes_total", "counter", "Response bytes sent to clients.");
+    jf(j, "portico_http_sent_bytes_total %llu\n", (unsigned long long)t.bytes_out);
+
+    static const struct {
+        const char *name, *type, *help;
+    } peer[] = {
+        {"portico_upstream_peer_up", "gauge", "1 when the peer takes requests (state up)."},
+        {"portico_upstream_peer_active", "gauge", "Requests in progress on the peer."},
+        {"portico_upstream_peer_requests_total", "counter", "Requests sent to the peer."},
+        {"portico_upstream_peer_fails", "gauge", "Failures counted toward max_fails now."},
+        {"portico_upstream_peer_health_checks_total", "counter", "Active health checks run."},
+        {"portico_upstream_peer_health_check_fails_total", "counter",
+         "Active health checks failed."},
+    };
+    for (size_t m = 0; m < sizeof(peer) / sizeof(peer[0]); m++) {
+        phead(j, peer[m].name, peer[m].type, peer[m].help);
+        for (size_t gi = 0; gi < s->ngroups; gi++) {
+            const struct ups_group *g = s->groups[gi];
+            if (g->implicit)
+                continue;
+            for (size_t i = 0; i < g->nservers; i++) {
+                const struct ups_server *sv = &g->servers[i];
+                unsigned long long v = 0;
+                switch (m) {
+                case 0:
+                    v = strcmp(server_state(sv, now_ms), "up") == 0;
+                    break;
+                case 1:
+                    v = (unsigned long long)atomic_load(&sv->active);
+                    break;
+                case 2:
+                    v = (unsigned long long)atomic_load(&sv->requests);
+                    break;
+                case 3:
+                    v = (unsigned long long)atomic_load(&sv->fails);
+                    break;
+                case 4:
+                    v = atomic_load(&sv->hc.checks);
+                    break;
+                default:
+                    v = atomic_load(&sv->hc.fails);
+                    break;
+                }
+                jf(j, "%s{upstream=\"", peer[m].name);
+                plabel(j, g->name);
+                jraw(j, "\",peer=\"", 8);
+                plabel(j, sv->addr_text);
+                jf(j, "\"} %llu\n", v);
+            }
+        }
+    }
+    static const struct {
+        const char *name, *type, *help;
+    } cm[] = {
+        {"portico_cache_hits_total", "counter", "Cache hits."},
+        {"portico_cache_misses_total", "counter", "Cache misses."},
+        {"portico_cache_stores_total", "counter", "Responses stored."},
+        {"portico_cache_evictions_total", "counter", "Entries evicted."},
+        {"portico_cache_entries", "gauge", "Entries in the zone."},
+        {"portico_cache_disk_bytes", "gauge", "Bytes on disk."},
+        {"portico_cache_memory_bytes", "gauge", "Bytes in the memory tier."},
+    };
+    for (size_t m = 0; m < sizeof(cm) / sizeof(cm[0]); m++) {
+        phead(j, cm[m].name, cm[m].type, cm[m].help);
+        for (const struct cache_path_decl *d = s->http_lc->cache.paths; d; d = d->next) {
+            if (!d->zone)
+                continue;
+            struct cache_stats st;
+            cache_zone_stats(d->zone, &st);
+            uint64_t v[] = {st.hits,    st.misses,     st.stores,   st.evictions,
+                            st.entries, st.disk_bytes, st.mem_bytes};
+            jf(j, "%s{zone=\"", cm[m].name);
+            plabel(j, d->zc.name);
+            jf(j, "\"} %llu\n", (unsigned long long)v[m]);
+        }
+    }
+}
+
+void admin_stub_status(struct exchange *ex)
+{
+    struct stats_total t;
+    stats_total(&t);
+    struct jbuf j = {.a = &ex->arena};
+    jf(&j,
+       "Active connections: %llu \nserver accepts handled requests\n %llu %llu %llu \nReading: "
+       "%llu Writing: %llu Waiting: %llu \n",
+       (unsigned long long)t.active, (unsigned long long)t.accepted, (unsigned long long)t.handled,
+       (unsigned long long)t.requests, (unsigned long long)t.reading, (unsigned long long)t.writing,
+       (unsigned long long)t.waiting);
+    if (j.oom) {
+        proxy_answer(ex, 500, SLICE_NULL, SLICE_NULL);
+        return;
+    }
+    proxy_answer(ex, 200, SLICE_LIT("text/plain"), slice_make(j.p, j.len));
+}
+
 static void answer_error(struct exchange *ex, int status, const char *text)
 {
     struct jbuf j = {.a = &ex->arena};
@@ -259,10 +444,28 @@ void admin_answer(struct exchange *ex)
     uint64_t now_ms = loop_now_ms(ex->loop);
     struct jbuf j = {.a = &ex->arena};
     struct slice up = SLICE_LIT("upstreams");
+    if (slice_eq(rest, SLICE_LIT("dashboard"))) {
+        proxy_answer(ex, 200, SLICE_LIT("text/html; charset=utf-8"),
+                     slice_make(admin_dashboard_html, admin_dashboard_html_len));
+        return;
+    }
+    if (slice_eq(rest, SLICE_LIT("metrics"))) {
+        prometheus(&j, s, now_ms);
+        if (j.oom) {
+            proxy_answer(ex, 500, SLICE_NULL, SLICE_NULL);
+            return;
+        }
+        proxy_answer(ex, 200, SLICE_LIT("text/plain; version=0.0.4"), slice_make(j.p, j.len));
+        return;
+    }
     if (rest.len == 0) {
+        struct stats_total t;
+        stats_total(&t);
         jraw(&j, "{\"portico\":", 11);
         jstr(&j, PORTICO_VERSION);
-        jf(&j, ",\"generation\":%llu,\"upstreams\":", (unsigned long long)s->generation);
+        jf(&j, ",\"generation\":%llu,", (unsigned long long)s->generation);
+        json_traffic(&j, &t);
+        jraw(&j, "\"upstreams\":", 12);
         json_groups(&j, s, now_ms);
         jraw(&j, ",\"caches\":", 10);
         json_caches(&j, s);

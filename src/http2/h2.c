@@ -649,6 +649,8 @@ static void stream_start(struct h2_stream *st, bool end_stream)
     ex->session = s;
     ex->loop = s->w->loop;
     ex->id = ++s->w->next_exchange_id;
+    STAT_ADD(s->w->stats.requests, 1);
+    ex->stat_counted = true;
     ex->peer = &s->peer;
     ex->local = &s->local;
     if (s->pp.has_addr) {
@@ -1373,8 +1375,10 @@ static void sess_close(struct h2_session *s)
         tls_shutdown(s->tls);
         tls_conn_free(s->tls);
     }
-    if (s->io.fd >= 0)
+    if (s->io.fd >= 0) {
         close(s->io.fd);
+        STAT_ADD(s->w->stats.closed, 1);
+    }
     s->io.fd = -1;
     pq_clear(&s->wq);
     if (s->rseg)

@@ -1,4 +1,5 @@
 #include "proxy/accesslog.h"
+#include "proxy/stats.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -191,6 +192,7 @@ static void write_buffered(const struct access_log *al, int fd, struct slice lin
 
 void accesslog_write(struct exchange *ex)
 {
+    stats_exchange_end(ex); /* the log phase counts every answer, logged or not */
     const struct loc_conf *lc = ex->lc;
     if (!lc)
         lc = ex->srv ? ex->srv->lc : ex->snap->http_lc;

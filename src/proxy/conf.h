@@ -187,6 +187,7 @@ struct loc_conf {
     struct ups_check *health_check;    /* health_check (proxy/check_conf.c), not inherited */
     struct check_match *check_matches; /* http level: the match blocks */
     int api;                           /* api: answered by admin/ (not inherited) */
+    int stub_status;                   /* stub_status: answered by admin/ (not inherited) */
     struct cache_loc_conf cache;       /* proxy_cache* (cache_conf.c) */
     struct static_conf st;             /* root, alias, index, try_files, types (static.c) */
     struct compress_conf z;            /* gzip, brotli, zstd (compress.c) */

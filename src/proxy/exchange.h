@@ -174,6 +174,7 @@ struct exchange {
     size_t nlimit_holds;
     bool limit_req_done;  /* limit_req counts a request once (not again after a redirect) */
     bool in_redirect;     /* proxy_release inside an internal redirect: keep the holds */
+    bool stat_counted;    /* counted in the worker's requests (stats.h) */
     struct tls_conn *tls; /* the client's TLS connection, or NULL */
     int error_status;     /* status error_page imposes (0: the target's) */
     uint64_t body_bytes_sent;

@@ -2331,6 +2331,10 @@ static void run_location(struct exchange *ex)
         admin_answer(ex);
         return;
     }
+    if (lc->stub_status) {
+        admin_stub_status(ex);
+        return;
+    }
     if (lc->cache.purge && pcache_is_purge(ex)) {
         pcache_purge(ex);
         return;

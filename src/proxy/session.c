@@ -70,6 +70,7 @@ struct h1_session {
     bool post_flush;       /* write what is queued */
     bool post_resume;      /* read the next (pipelined) head */
     bool head_started;     /* bytes of the next head have arrived */
+    bool stat_reading;     /* counted as reading a head (stats.h) */
     bool checked_line_limit;
     bool close_after; /* close once the output is written */
     bool linger;      /* ... after draining what the client may still send */
@@ -680,6 +681,10 @@ static void read_head(struct h1_session *s)
             /* client_header_timeout bounds the whole head, as in nginx: armed
              * when its first bytes arrive (the keep-alive timer ran before),
              * not pushed back by every trickle of bytes */
+            if (!s->stat_reading && !s->active) { /* part of a head: "Reading" */
+                s->stat_reading = true;
+                STAT_ADD(s->w->stats.reading, 1);
+            }
             if (!s->head_started) {
                 s->head_started = true;
                 timer_set(s->w->loop, &s->rtimer, hdr_timeout(s));
@@ -756,6 +761,12 @@ static void start_exchange(struct h1_session *s, struct h1_request *req)
     s->head_started = false;
     s->state = S_EXCHANGE;
     s->w->nactive++;
+    STAT_ADD(s->w->stats.requests, 1);
+    ex->stat_counted = true;
+    if (s->stat_reading) {
+        s->stat_reading = false;
+        STAT_ADD(s->w->stats.reading, -1);
+    }
     s->b->head_seg = buf_ref(s->rseg);
 
     const char *base = s->rseg->data + s->rstart;
@@ -1339,9 +1350,15 @@ static void sess_close(struct h1_session *s)
         tls_conn_free(s->tls);
         s->tls = NULL;
     }
-    if (s->io.fd >= 0)
+    if (s->io.fd >= 0) {
         close(s->io.fd);
+        STAT_ADD(s->w->stats.closed, 1);
+    }
     s->io.fd = -1;
+    if (s->stat_reading) {
+        s->stat_reading = false;
+        STAT_ADD(s->w->stats.reading, -1);
+    }
     timer_cancel(&s->rtimer);
     posted_cancel(l, &s->post);
     if (s->b)

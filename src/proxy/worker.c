@@ -12,6 +12,7 @@
 #include "core/buf.h"
 #include "core/log.h"
 #include "proxy/accesslog.h"
+#include "proxy/exchange.h"
 #include "proxy/pcache.h"
 #include "proxy/session.h"
 #include "router/router.h"
@@ -76,6 +77,7 @@ static void accept_cb(struct io *io, uint32_t events)
             /* EMFILE and friends: leave it readable; we come back next round */
             return;
         }
+        STAT_ADD(w->stats.accepted, 1);
         if ((size_t)w->snap->main.worker_connections <= w->nsessions) {
             LOG(LOG_WARN, "%d worker_connections are not enough", w->snap->main.worker_connections);
             close(fd);
@@ -88,6 +90,7 @@ static void accept_cb(struct io *io, uint32_t events)
             if (getsockname(fd, (struct sockaddr *)&local.in6, &local.len) < 0)
                 local = l->addr;
         }
+        STAT_ADD(w->stats.handled, 1);
         h1_session_start(w, fd, &peer, &local);
     }
     /* more may be waiting: finish the batch next loop round */
@@ -333,6 +336,53 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
+/* For stats_total: the workers, from start to exit. */
+static struct worker *all_workers;
+static int nall_workers;
+
+void stats_exchange_end(struct exchange *ex)
+{
+    if (ex->cache_background || !ex->worker)
+        return;
+    struct worker_stats *st = &ex->worker->stats;
+    int s = ex->status;
+    STAT_ADD(st->responses[s >= 100 && s < 600 ? s / 100 - 1 : 5], 1);
+    STAT_ADD(st->bytes_in, ex->request_length);
+    STAT_ADD(st->bytes_out, ex->bytes_sent);
+    if (ex->stat_counted)
+        STAT_ADD(st->ended, 1);
+}
+
+void stats_total(struct stats_total *t)
+{
+    memset(t, 0, sizeof(*t));
+    uint64_t closed = 0, ended = 0;
+    for (int i = 0; i < nall_workers; i++) {
+        const struct worker_stats *st = &all_workers[i].stats;
+#define SUM(x) atomic_load_explicit(&st->x, memory_order_relaxed)
+        t->accepted += SUM(accepted);
+        t->handled += SUM(handled);
+        closed += SUM(closed);
+        t->requests += SUM(requests);
+        ended += SUM(ended);
+        t->reading += SUM(reading);
+        for (int k = 0; k < 6; k++)
+            t->responses[k] += SUM(responses[k]);
+        t->bytes_in += SUM(bytes_in);
+        t->bytes_out += SUM(bytes_out);
+#undef SUM
+    }
+    /* counters read one after the other: keep the differences sane */
+    t->active = t->handled > closed ? t->handled - closed : 0;
+    t->writing = t->requests > ended ? t->requests - ended : 0;
+    if (t->reading > t->active)
+        t->reading = t->active;
+    if (t->writing > t->active)
+        t->writing = t->active; /* HTTP/2 streams: more requests than connections */
+    t->waiting = t->active - t->reading -
+                 (t->writing < t->active - t->reading ? t->writing : t->active - t->reading);
+}
+
 int workers_start(struct worker **out, int n, struct snapshot *s)
 {
     struct worker *ws = calloc((size_t)n, sizeof(*ws));
@@ -366,6 +416,8 @@ int workers_start(struct worker **out, int n, struct snapshot *s)
         }
     }
     *out = ws;
+    all_workers = ws;
+    nall_workers = n;
     return 0;
 }
 
@@ -391,6 +443,8 @@ void workers_stop(struct worker *ws, int n)
         snapshot_unref(ws[i].snap);
         loop_free(ws[i].loop);
     }
+    all_workers = NULL; /* the workers have exited: nobody reads them now */
+    nall_workers = 0;
     free(ws);
 }
 

@@ -12,6 +12,7 @@
 #include "core/loop.h"
 #include "net/net.h"
 #include "proxy/conf.h"
+#include "proxy/stats.h"
 #include "upstream/upstream.h"
 
 struct h1_session;
@@ -49,6 +50,7 @@ struct worker {
     struct timer trim_timer; /* spare memory back to malloc (worker.c) */
     _Atomic bool started;
     _Atomic int start_error; /* errno of a failed start */
+    struct worker_stats stats;
 };
 
 /* The snapshot every new request uses; swapped by the main thread. */

@@ -156,6 +156,13 @@ def test_health_checks_and_api(example):
     assert doc["upstreams"]["app"]["health_checks"][0]["match"] == "healthy"
     sick = api()["peers"][2]["health_checks"]
     assert sick["last_status"] == 503 and sick["last_passed"] is False
+    assert doc["responses"]["2xx"] >= 12
+    metrics = get(port(8082), "/api/metrics").text
+    up = re.findall(r'portico_upstream_peer_up\{upstream="app",peer="127\.0\.0\.1:\d+"\} (\d)',
+                    metrics)
+    assert up == ["1", "1", "0"]
+    assert get(port(8082), "/api/dashboard").header("Content-Type").startswith("text/html")
+    assert get(port(8082), "/basic_status").text.startswith("Active connections: ")
 
 
 def make_example_certs(d):
