@@ -10,7 +10,8 @@ PKGS=(
   # libraries
   libssl-dev libnghttp2-dev libpcre2-dev zlib1g-dev libbrotli-dev libzstd-dev libcrypt-dev
   # tests
-  libcriterion-dev python3 python3-pytest python3-h2 python3-brotli python3-zstandard curl testssl.sh
+  libcriterion-dev python3 python3-pytest python3-h2 python3-brotli python3-zstandard
+  python3-jwt python3-cryptography curl testssl.sh
   nodejs
   # benchmark peers and load generators
   nginx-light haproxy wrk nghttp2-client

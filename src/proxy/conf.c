@@ -103,6 +103,7 @@ static void loc_conf_init(struct loc_conf *lc)
     static_conf_init(&lc->st);
     compress_conf_init(&lc->z);
     limit_conf_init(&lc->limits);
+    lc->jwt.leeway_s = CF_UNSET_MSEC;
 }
 
 #define MERGE(f, unset)                                                                            \
@@ -185,6 +186,21 @@ static void loc_conf_merge(struct loc_conf *c, const struct loc_conf *p)
     static_conf_merge(&c->st, &p->st);
     compress_conf_merge(&c->z, &p->z);
     limit_conf_merge(&c->limits, &p->limits);
+    if (!c->jwt.set) {
+        c->jwt.realm = p->jwt.realm;
+        c->jwt.token = p->jwt.token;
+        c->jwt.set = p->jwt.set;
+    }
+    if (!c->jwt.keys)
+        c->jwt.keys = p->jwt.keys;
+    if (c->jwt.leeway_s == CF_UNSET_MSEC)
+        c->jwt.leeway_s = p->jwt.leeway_s;
+    if (!c->jwt.require_set) {
+        c->jwt.require = p->jwt.require;
+        c->jwt.nrequire = p->jwt.nrequire;
+        c->jwt.require_error = p->jwt.require_error;
+        c->jwt.require_set = p->jwt.require_set;
+    }
     /* arrays are inherited whole, only when this level has none (nginx) */
     if (!c->set_headers_set)
         c->set_headers = p->set_headers, c->set_headers_set = p->set_headers_set;
@@ -1368,6 +1384,22 @@ static const struct cf_directive http_directives[] = {
     {"auth_basic_user_file", LOC_ANY, 1, 1, false, auth_set_user_file, CONF_LOC, 0, "file", "-",
      "htpasswd file, read on each request (changes apply at once): user:password lines; "
      "crypt(3) ($1$, $5$, $6$, bcrypt $2y$, yescrypt), $apr1$, {SHA}, {SSHA}, {PLAIN}"},
+    {"auth_jwt", LOC_ANY, 1, 2, false, jwt_set_auth, CONF_LOC, 0, "realm [token=$variable] | off",
+     "off",
+     "require a signed JSON Web Token (Authorization: Bearer, or the variable), verified "
+     "against auth_jwt_key_file, exp and nbf checked; 401 with WWW-Authenticate: Bearer "
+     "otherwise; $jwt_claim_NAME and $jwt_header_NAME then hold its fields"},
+    {"auth_jwt_key_file", LOC_ANY, 1, 1, false, jwt_set_key_file, CONF_LOC, 0, "file", "-",
+     "a JWK set (read at load): oct keys for HS256/384/512, RSA for RS* and PS*, EC P-256/"
+     "384/521 for ES*, OKP Ed25519 for EdDSA; a token's kid picks the key"},
+    {"auth_jwt_leeway", LOC_ANY, 1, 1, false, jwt_set_leeway, CONF_LOC, 0, "time", "0s",
+     "clock skew allowed on exp and nbf"},
+    {"auth_jwt_require", LOC_ANY, 1, CF_ARGS_ANY, false, jwt_set_require, CONF_LOC, 0,
+     "value ... [error=401|403]", "-",
+     "more conditions on a valid token: every value (variables, e.g. a map of "
+     "$jwt_claim_role) must be non-empty and not \"0\", else 401 (or 403)"},
+    {"auth_jwt_type", LOC_ANY, 1, 1, false, jwt_set_type, CONF_LOC, 0, "signed", "signed",
+     "only signed tokens (JWS) are supported"},
     {"satisfy", LOC_ANY, 1, 1, false, set_satisfy, CONF_LOC, 0, "all | any", "all",
      "all: allow/deny and auth_basic must both let the request in; any: either suffices"},
     {"set_real_ip_from", LOC_ANY, 1, 1, false, realip_set_from, CONF_LOC, 0, "address | CIDR", "-",
@@ -1832,6 +1864,7 @@ fail:
     maps_free(s);
     rw_free(s);
     limits_free(s);
+    jwt_free(s);
     conf_tls_free(s);
     if (s->http_lc)
         cache_conf_release(&s->http_lc->cache);
@@ -1866,6 +1899,7 @@ void snapshot_unref(struct snapshot *s)
     maps_free(s);
     rw_free(s);
     limits_free(s);
+    jwt_free(s);
     conf_tls_free(s);
     cache_conf_release(&s->http_lc->cache);
     for (size_t i = 0; i < s->ngroups; i++)

@@ -12,6 +12,7 @@
 #include "config/config.h"
 #include "proxy/access.h"
 #include "proxy/auth.h"
+#include "proxy/jwt.h"
 #include "proxy/limit.h"
 #include "proxy/cache_conf.h"
 #include "proxy/compress.h"
@@ -131,6 +132,7 @@ struct loc_conf {
     bool access_set;
     struct auth_conf auth;        /* auth_basic (auth.h) */
     struct limit_conf limits;     /* limit_req, limit_conn (limit.h) */
+    struct jwt_conf jwt;          /* auth_jwt (jwt.h) */
     int satisfy_any;              /* satisfy any: allow/deny or auth_basic suffices */
     struct net_cidr *realip_from; /* set_real_ip_from (realip.h) */
     size_t nrealip_from;
@@ -321,6 +323,8 @@ struct snapshot {
     size_t nlistens;
     struct log_format **formats;
     size_t nformats;
+    struct jwt_keyset **jwt_keys; /* auth_jwt_key_file sets, freed with the snapshot */
+    size_t njwt_keys, cap_jwt_keys;
     struct limit_zone_decl **limit_zones; /* limit_req_zone / limit_conn_zone (limit.h) */
     size_t nlimit_zones, cap_limit_zones;
     const char **dirs; /* directories this config made or writes in (temp paths), chowned

@@ -165,12 +165,13 @@ struct exchange {
     struct http_field *ups_fields; /* as received ($upstream_http_) */
     size_t nups_fields;
     bool head_sent;
-    bool close_conn;                /* the client connection cannot be reused */
-    bool redirected;                /* went through error_page already */
-    uint8_t internal_redirects;     /* error_page and try_files hops (500 after 10) */
-    const char *error_detail;       /* a line for the built-in error page, or NULL */
-    struct slice www_authenticate;  /* the challenge of a 401 from auth_basic */
-    struct limit_hold *limit_holds; /* limit_conn places taken (limit.c) */
+    bool close_conn;                      /* the client connection cannot be reused */
+    bool redirected;                      /* went through error_page already */
+    uint8_t internal_redirects;           /* error_page and try_files hops (500 after 10) */
+    const char *error_detail;             /* a line for the built-in error page, or NULL */
+    struct slice www_authenticate;        /* the challenge of a 401 from auth_basic / auth_jwt */
+    struct slice jwt_header, jwt_payload; /* a verified token's JSON ($jwt_*) */
+    struct limit_hold *limit_holds;       /* limit_conn places taken (limit.c) */
     size_t nlimit_holds;
     bool limit_req_done;  /* limit_req counts a request once (not again after a redirect) */
     bool in_redirect;     /* proxy_release inside an internal redirect: keep the holds */

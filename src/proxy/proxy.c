@@ -20,6 +20,7 @@
 #include "proxy/rewrite.h"
 #include "proxy/auth.h"
 #include "proxy/compress.h"
+#include "proxy/jwt.h"
 #include "proxy/limit.h"
 #include "proxy/static.h"
 #include "core/log.h"
@@ -2237,7 +2238,8 @@ static int access_phase(struct exchange *ex)
 {
     const struct loc_conf *lc = ex->lc;
     bool addr_ok = !lc->naccess || access_allowed(lc->access, lc->naccess, ex->peer);
-    bool auth_on = lc->auth.realm && lc->auth.user_file;
+    bool basic_on = lc->auth.realm && lc->auth.user_file, jwt_on = lc->jwt.realm != NULL;
+    bool auth_on = basic_on || jwt_on;
     if (addr_ok && (!auth_on || (lc->satisfy_any && lc->naccess)))
         return 0;
     if (!addr_ok && !(lc->satisfy_any && auth_on)) {
@@ -2248,23 +2250,41 @@ static int access_phase(struct exchange *ex)
         respond_status(ex, 403);
         return 1;
     }
-    switch (auth_check(ex)) {
-    case AUTH_OK:
-        return 0;
-    case AUTH_FORBIDDEN:
-        respond_status(ex, 403);
-        return 1;
-    case AUTH_ERROR:
-        respond_status(ex, 500);
-        return 1;
-    default: {
-        struct slice realm = tmpl_eval(ex, lc->auth.realm, ESC_NONE);
-        char *v = arena_printf(&ex->arena, "Basic realm=\"%.*s\"", (int)realm.len, realm.p);
+    if (basic_on) {
+        switch (auth_check(ex)) {
+        case AUTH_OK:
+            break;
+        case AUTH_FORBIDDEN:
+            respond_status(ex, 403);
+            return 1;
+        case AUTH_ERROR:
+            respond_status(ex, 500);
+            return 1;
+        default: {
+            struct slice realm = tmpl_eval(ex, lc->auth.realm, ESC_NONE);
+            char *v = arena_printf(&ex->arena, "Basic realm=\"%.*s\"", (int)realm.len, realm.p);
+            ex->www_authenticate = v ? field_safe(ex, slice_cstr(v)) : SLICE_NULL;
+            respond_status(ex, 401);
+            return 1;
+        }
+        }
+    }
+    if (jwt_on) {
+        enum jwt_result r = jwt_check(ex);
+        if (r == JWT_OK)
+            return 0;
+        if (r == JWT_REQUIRE_FAILED && lc->jwt.require_error == 403) {
+            respond_status(ex, 403);
+            return 1;
+        }
+        struct slice realm = tmpl_eval(ex, lc->jwt.realm, ESC_NONE);
+        char *v = arena_printf(&ex->arena, "Bearer realm=\"%.*s\"%s", (int)realm.len, realm.p,
+                               r == JWT_NONE ? "" : ",error=\"invalid_token\"");
         ex->www_authenticate = v ? field_safe(ex, slice_cstr(v)) : SLICE_NULL;
         respond_status(ex, 401);
         return 1;
     }
-    }
+    return 0;
 }
 
 static void run_location(struct exchange *ex);
@@ -2321,7 +2341,8 @@ static int limit_phase(struct exchange *ex)
 static void run_location(struct exchange *ex)
 {
     const struct loc_conf *lc = ex->lc;
-    if ((lc->naccess || lc->auth.realm) && !ex->cache_background && access_phase(ex))
+    if ((lc->naccess || lc->auth.realm || lc->jwt.realm) && !ex->cache_background &&
+        access_phase(ex))
         return;
     if ((lc->limits.nreq || lc->limits.nconn) && !ex->cache_background && limit_phase(ex))
         return;

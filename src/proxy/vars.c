@@ -1,5 +1,7 @@
 #include "proxy/vars.h"
 
+#include "proxy/jwt.h"
+
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,6 +21,8 @@ enum var_id {
     V_HTTP_,
     V_COOKIE_,
     V_ARG_,
+    V_JWT_CLAIM_,
+    V_JWT_HEADER_,
     V_SENT_HTTP_,
     V_UPSTREAM_HTTP_,
     V_ARGS,
@@ -91,6 +95,8 @@ static const struct var_def var_defs[] = {
     {"http_", V_HTTP_, true},
     {"cookie_", V_COOKIE_, true},
     {"arg_", V_ARG_, true},
+    {"jwt_claim_", V_JWT_CLAIM_, true},
+    {"jwt_header_", V_JWT_HEADER_, true},
     {"sent_http_", V_SENT_HTTP_, true},
     {"upstream_http_", V_UPSTREAM_HTTP_, true},
     {"args", V_ARGS, false},
@@ -580,6 +586,10 @@ struct slice var_value(struct exchange *ex, int var, struct slice arg)
         return vars_cookie(ex, arg);
     case V_ARG_:
         return pair_value(ex->args, arg, '&', true);
+    case V_JWT_CLAIM_:
+        return jwt_json_member(&ex->arena, ex->jwt_payload, arg);
+    case V_JWT_HEADER_:
+        return jwt_json_member(&ex->arena, ex->jwt_header, arg);
     case V_SENT_HTTP_:
         return field_joined(ex, ex->resp_fields, ex->nresp_fields, arg);
     case V_UPSTREAM_HTTP_:

@@ -309,3 +309,40 @@ def test_static_files(example, tmp_path):
     assert r.status == 200 and r.body == b"<h1>hello</h1>\n"
     r = get(port(8090), "/missing")
     assert r.status == 404 and r.body == b"nothing here\n"
+
+
+def test_api_gateway(example, tmp_path):
+    import base64
+    import hashlib
+    import hmac
+    import json
+    import time
+    secret = b"a-demo-secret-of-32-bytes-long!!"
+
+    def b64u(b):
+        return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+
+    (tmp_path / "portico-jwks.json").write_text(
+        json.dumps({"keys": [{"kty": "oct", "kid": "demo", "k": b64u(secret)}]}))
+
+    def token(**claims):
+        h = b64u(json.dumps({"alg": "HS256", "typ": "JWT", "kid": "demo"}).encode())
+        p = b64u(json.dumps(dict(claims, exp=int(time.time()) + 60)).encode())
+        sig = hmac.new(secret, f"{h}.{p}".encode(), hashlib.sha256).digest()
+        return f"{h}.{p}.{b64u(sig)}"
+
+    port = example("api_gateway.conf")
+    r = get(port(8095), "/v1/orders")
+    assert r.status == 401 and r.header("WWW-Authenticate") == 'Bearer realm="orders"'
+    auth = [("Authorization", "Bearer " + token(sub="ann", scope="read"))]
+    r = get(port(8095), "/v1/orders", headers=auth)
+    assert r.status == 200 and r.body == b"orders: user=ann scope=read uri=/v1/orders\n"
+    assert get(port(8095), "/v1/admin/", headers=auth).status == 403
+    admin = [("Authorization", "Bearer " + token(sub="root", role="admin"))]
+    assert get(port(8095), "/v1/admin/", headers=admin).status == 200
+    # 20 more than the rate in a burst, then 429, per subject
+    codes = [get(port(8095), "/v1/orders", headers=auth).status for _ in range(25)]
+    assert 429 in codes and codes.count(200) >= 20
+    assert get(port(8095), "/v1/orders", headers=admin).status == 200  # another subject
+    m = get(port(8095), "/status/metrics").text
+    assert 'portico_http_responses_total{code="4xx"}' in m

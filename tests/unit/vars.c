@@ -13,6 +13,7 @@
 #include "proxy/realip.h"
 #include "proxy/rewrite.h"
 #include "proxy/auth.h"
+#include "proxy/jwt.h"
 #include "proxy/compress.h"
 #include "proxy/static.h"
 #include "proxy/vars.h"
@@ -667,4 +668,48 @@ Test(auth, password_forms)
     cr_assert_not(auth_password_ok(pw, ""), "an empty hash never matches");
     cr_assert_not(auth_password_ok(pw, "*"), "a locked entry never matches");
     cr_assert_not(auth_password_ok(SLICE_LIT(""), "$apr1$x$"));
+}
+
+/* ---- auth_jwt ---- */
+
+/* RFC 7515 appendix A.1: HS256 */
+static const char rfc_jwk[] = "{\"keys\":[{\"kty\":\"oct\",\"k\":\"AyM1SysPpbyDfgZld3umj1qzKObwVMkoq"
+                              "Q-EstJQLr_T-1qS0gZH75aKtMN3Yj0iPS4hcgUuTwjAzZr1Z9CAow\"}]}";
+static const char rfc_jws[] =
+    "eyJ0eXAiOiJKV1QiLA0KICJhbGciOiJIUzI1NiJ9.eyJpc3MiOiJqb2UiLA0KICJleHAiOjEzMDA4MTkzODAsDQo"
+    "gImh0dHA6Ly9leGFtcGxlLmNvbS9pc19yb290Ijp0cnVlfQ.dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
+
+Test(jwt, rfc7515_hs256)
+{
+    struct slice tok = slice_cstr(rfc_jws);
+    cr_assert_eq(jwt_verify_text(rfc_jwk, strlen(rfc_jwk), tok, 1300819000, 0), 0);
+    cr_assert_eq(jwt_verify_text(rfc_jwk, strlen(rfc_jwk), tok, 1300819381, 0), -1, "expired");
+    cr_assert_eq(jwt_verify_text(rfc_jwk, strlen(rfc_jwk), tok, 1300819381, 60), 0, "leeway");
+    char bad[sizeof(rfc_jws)];
+    memcpy(bad, rfc_jws, sizeof(bad));
+    bad[sizeof(bad) - 2] = bad[sizeof(bad) - 2] == 'k' ? 'j' : 'k';
+    cr_assert_eq(jwt_verify_text(rfc_jwk, strlen(rfc_jwk), slice_cstr(bad), 1300819000, 0), -1);
+    /* alg none is never accepted, whatever the key set */
+    const char *none = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0.";
+    cr_assert_eq(jwt_verify_text(rfc_jwk, strlen(rfc_jwk), slice_cstr(none), 0, 0), -1);
+}
+
+Test(jwt, json_members)
+{
+    struct arena a;
+    arena_init(&a, 1024, 0);
+    struct slice obj = SLICE_LIT("{\"sub\":\"ann\\u00e9\\n\",\"n\":42,\"ok\":true,\"r\":[1,{\"x\":\"}\"}],"
+                                 "\"o\":{\"k\":1},\"e\":\"a\\\"b\"}");
+    struct slice v = jwt_json_member(&a, obj, SLICE_LIT("sub"));
+    cr_assert(slice_eq(v, SLICE_LIT("ann\xc3\xa9\n")));
+    cr_assert(slice_eq(jwt_json_member(&a, obj, SLICE_LIT("n")), SLICE_LIT("42")));
+    cr_assert(slice_eq(jwt_json_member(&a, obj, SLICE_LIT("ok")), SLICE_LIT("true")));
+    cr_assert(slice_eq(jwt_json_member(&a, obj, SLICE_LIT("r")), SLICE_LIT("[1,{\"x\":\"}\"}]")));
+    cr_assert(slice_eq(jwt_json_member(&a, obj, SLICE_LIT("o")), SLICE_LIT("{\"k\":1}")));
+    cr_assert(slice_eq(jwt_json_member(&a, obj, SLICE_LIT("e")), SLICE_LIT("a\"b")));
+    cr_assert_eq(jwt_json_member(&a, obj, SLICE_LIT("x")).len, 0, "nested keys are not members");
+    cr_assert_eq(jwt_json_member(&a, SLICE_LIT("{\"a\":1,}"), SLICE_LIT("a")).len, 1);
+    cr_assert_eq(jwt_json_member(&a, SLICE_LIT("{\"a\":\"\\u0000\"}"), SLICE_LIT("a")).len, 0,
+                 "no NUL");
+    arena_deinit(&a);
 }
