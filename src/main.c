@@ -120,6 +120,17 @@ static int drop_privileges(const struct snapshot *s)
         if (chown(s->dirs[i], m->uid, m->gid) < 0)
             log_write(LOG_WARN, "chown(\"%s\", %s) failed: %s", s->dirs[i], m->user,
                       strerror(errno));
+    /* the log files too, so that a reopen (SIGUSR1) as the user works, and
+     * the pid file (which only root may remove from /run at exit) */
+    const char *elog = s->main.error_log_path;
+    if (elog && strcmp(elog, "stderr") && chown(elog, m->uid, m->gid) < 0)
+        log_write(LOG_WARN, "chown(\"%s\", %s) failed: %s", elog, m->user, strerror(errno));
+    for (size_t i = 0; i < s->nall_logs; i++)
+        if (chown(s->all_logs[i]->path, m->uid, m->gid) < 0)
+            log_write(LOG_WARN, "chown(\"%s\", %s) failed: %s", s->all_logs[i]->path, m->user,
+                      strerror(errno));
+    if (chown(pid_path(s), m->uid, m->gid) < 0)
+        log_write(LOG_WARN, "chown(\"%s\", %s) failed: %s", pid_path(s), m->user, strerror(errno));
     if (s->http_lc)
         for (const struct cache_path_decl *d = s->http_lc->cache.paths; d; d = d->next)
             if (chown(d->zc.path, m->uid, m->gid) < 0)

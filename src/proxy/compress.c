@@ -378,8 +378,15 @@ struct zfilter {
     bool gz_live;
     BrotliEncoderState *br;
     ZSTD_CCtx *zs;
-    struct buf *seg; /* output being filled */
+    /* Encoded output not yet handed on, as ONE piece: the client side has
+     * room for one piece per send (its pending() says when), so a burst of
+     * output never needs more queue slots than an uncompressed piece. */
+    struct buf *seg;
     size_t used;
+    bool failed;       /* the encoder failed: nothing more is sent, the connection is cut */
+    bool end_pending;  /* send_end asked while output was still held */
+    bool done_pending; /* ... and done, which waits for it */
+    struct slice trailers;
 };
 
 static struct zfilter *ZF(struct exchange *ex)
@@ -401,7 +408,9 @@ static void encoder_free(struct zfilter *zf)
     if (zf->seg)
         buf_unref(zf->seg);
     zf->seg = NULL;
+    zf->used = 0;
     zf->coding = -1;
+    zf->end_pending = zf->done_pending = zf->failed = false;
 }
 
 void compress_release(struct exchange *ex)
@@ -557,30 +566,52 @@ static int encoder_start(struct zfilter *zf, struct exchange *ex, int coding, in
     return 0;
 }
 
-static int send_seg(struct zfilter *zf, struct exchange *ex)
+#define ROOM_FULL ((size_t)1 << 30) /* what a client side's pending() adds when its queue is full  \
+                                     */
+
+/* Hand the held output on if the client side has room. 1 when nothing is
+ * held any more, 0 when it must wait for a drain, -1 when the client is gone. */
+static int deliver(struct zfilter *zf, struct exchange *ex)
 {
     if (!zf->seg || !zf->used)
+        return 1;
+    if (zf->inner->pending(ex) >= ROOM_FULL)
         return 0;
     struct body_piece piece = {zf->seg, zf->seg->data, zf->used};
     int r = zf->inner->send_body(ex, &piece);
     buf_unref(zf->seg);
     zf->seg = NULL;
     zf->used = 0;
-    return r;
+    return r < 0 ? -1 : 1;
 }
 
-/* Encode `len` bytes; mode 0 go on, 1 flush what is encoded, 2 finish.
- * Full segments go to the client side at once. 0, or -1 (client gone or
- * encoder error). */
+/* Room for n more output bytes in the held piece (one buffer, grown). */
+static int reserve(struct zfilter *zf, size_t n)
+{
+    if (zf->seg && zf->seg->cap - zf->used >= n)
+        return 0;
+    size_t cap = zf->seg ? zf->seg->cap : BUF_SEG_SIZE;
+    while (cap - zf->used < n)
+        cap *= 2;
+    struct buf *b = buf_new(cap);
+    if (!b)
+        return -1;
+    if (zf->seg) {
+        memcpy(b->data, zf->seg->data, zf->used);
+        buf_unref(zf->seg);
+    }
+    zf->seg = b;
+    return 0;
+}
+
+/* Encode `len` bytes into the held piece; mode 0 go on, 1 flush what is
+ * encoded, 2 finish. 0, or -1 (encoder error, out of memory). */
 static int encode(struct zfilter *zf, struct exchange *ex, const char *in, size_t len, int mode)
 {
+    (void)ex;
     for (;;) {
-        if (!zf->seg) {
-            zf->seg = buf_new(BUF_SEG_SIZE);
-            zf->used = 0;
-            if (!zf->seg)
-                return -1;
-        }
+        if (reserve(zf, 4096) < 0)
+            return -1;
         size_t room = zf->seg->cap - zf->used;
         uint8_t *out = (uint8_t *)zf->seg->data + zf->used;
         size_t produced = 0;
@@ -635,14 +666,43 @@ static int encode(struct zfilter *zf, struct exchange *ex, const char *in, size_
             return -1;
         }
         zf->used += produced;
-        if (zf->used == zf->seg->cap && send_seg(zf, ex) < 0)
-            return -1;
         if (done)
-            break;
+            return 0;
     }
-    if (mode && send_seg(zf, ex) < 0)
-        return -1;
-    return 0;
+}
+
+/* After send_end: once the held output and the end are out, let a waiting
+ * done through. 1 when the filter has finished with the exchange. */
+static int try_finish(struct zfilter *zf, struct exchange *ex)
+{
+    if (!zf->end_pending)
+        return 1;
+    int d = deliver(zf, ex);
+    if (d < 0) {
+        zf->end_pending = false;
+        return 1; /* the client is gone: the session ends it */
+    }
+    if (d == 0 || zf->inner->pending(ex) >= ROOM_FULL)
+        return 0;
+    bool done = zf->done_pending;
+    encoder_free(zf); /* (clears end_pending and done_pending) */
+    zf->inner->send_end(ex, zf->trailers);
+    if (done)
+        zf->inner->done(ex, false);
+    return 1;
+}
+
+bool compress_drained(struct exchange *ex)
+{
+    struct zfilter *zf = ZF(ex);
+    if (!zf || zf->coding < 0)
+        return false;
+    if (zf->end_pending) {
+        bool waiting_done = zf->done_pending;
+        try_finish(zf, ex);
+        return waiting_done; /* the producer is finished: the event was ours */
+    }
+    return deliver(zf, ex) == 0; /* still holding: the producer waits too */
 }
 
 static int z_send_head(struct exchange *ex, const struct resp_head *h)
@@ -722,10 +782,18 @@ static int z_send_body(struct exchange *ex, const struct body_piece *piece)
     struct zfilter *zf = ZF(ex);
     if (zf->coding < 0)
         return zf->inner->send_body(ex, piece);
+    if (zf->failed)
+        return 0; /* dropped: the connection is cut at done */
     if (encode(zf, ex, piece->p, piece->len, zf->flush_each) < 0) {
-        encoder_free(zf);
-        return -1;
+        log_write(LOG_ERR, "*%llu %s encoder failed: the connection will be cut",
+                  (unsigned long long)ex->id, coding_name[zf->coding]);
+        zf->failed = true;
+        return 0;
     }
+    /* hand on what there is once it is worth a write (or at every piece when
+     * streaming); a full client queue keeps it here until the drain */
+    if (zf->used >= BUF_SEG_SIZE || zf->flush_each)
+        return deliver(zf, ex) < 0 ? -1 : 0;
     return 0;
 }
 
@@ -740,13 +808,16 @@ static int z_send_file(struct exchange *ex, struct buf *token, int fd, uint64_t 
 static int z_send_end(struct exchange *ex, struct slice trailers)
 {
     struct zfilter *zf = ZF(ex);
-    if (zf->coding >= 0) {
-        int r = encode(zf, ex, NULL, 0, 2);
-        encoder_free(zf);
-        if (r < 0)
-            return -1;
+    if (zf->coding < 0)
+        return zf->inner->send_end(ex, trailers);
+    if (zf->failed || encode(zf, ex, NULL, 0, 2) < 0) {
+        zf->failed = true;
+        return -1;
     }
-    return zf->inner->send_end(ex, trailers);
+    zf->trailers = trailers; /* they live in the exchange's arena */
+    zf->end_pending = true;
+    try_finish(zf, ex);
+    return 0;
 }
 
 static int z_send_interim(struct exchange *ex, int status, struct http_field *f, size_t n)
@@ -756,7 +827,12 @@ static int z_send_interim(struct exchange *ex, int status, struct http_field *f,
 
 static size_t z_pending(struct exchange *ex)
 {
-    return ZF(ex)->inner->pending(ex);
+    struct zfilter *zf = ZF(ex);
+    if (zf->coding >= 0 && zf->used) {
+        deliver(zf, ex);
+        return zf->inner->pending(ex) + zf->used;
+    }
+    return zf->inner->pending(ex);
 }
 
 static enum body_status z_body_read(struct exchange *ex, struct body_piece *piece)
@@ -772,6 +848,12 @@ static void z_continue_100(struct exchange *ex)
 static void z_done(struct exchange *ex, bool broken)
 {
     struct zfilter *zf = ZF(ex);
+    broken |= zf->failed;
+    if (!broken && zf->end_pending) {
+        zf->done_pending = true; /* the rest goes out on the drain (compress_drained) */
+        return;
+    }
+    zf->end_pending = zf->done_pending = false;
     encoder_free(zf);
     zf->inner->done(ex, broken);
 }

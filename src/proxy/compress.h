@@ -61,6 +61,10 @@ void compress_conf_defaults(struct compress_conf *c);
 void compress_install(struct exchange *ex);
 /* Free the encoder (the exchange ends or starts over). */
 void compress_release(struct exchange *ex);
+/* The client side drained: hand on held output, finish a waiting end.
+ * true when the event was the filter's alone (the producer has finished or
+ * must keep waiting). */
+bool compress_drained(struct exchange *ex);
 
 /* The q-value (0..1000) Accept-Encoding gives `coding` ("*" counts). */
 int compress_accept_q(struct slice accept_encoding, const char *coding);

@@ -60,6 +60,11 @@ struct snapshot *conf_snapshot(struct cf_ctx *cx)
     return LS(cx)->snap;
 }
 
+const struct location *conf_current_location(struct cf_ctx *cx)
+{
+    return LS(cx)->cur_loc;
+}
+
 /* ---- loc_conf ---- */
 
 static void loc_conf_init(struct loc_conf *lc)

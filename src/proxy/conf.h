@@ -389,6 +389,8 @@ void h2_conf_finalize(struct snapshot *s);
 struct tmpl *conf_tmpl(struct cf_ctx *cx, const struct cf_node *n, const char *src);
 /* The snapshot being loaded (for setters that register what it must free). */
 struct snapshot *conf_snapshot(struct cf_ctx *cx);
+/* The location block being applied (NULL at server and http level). */
+const struct location *conf_current_location(struct cf_ctx *cx);
 
 /* Print the Markdown directive reference of every module. */
 void conf_docs(FILE *out);

@@ -2488,6 +2488,8 @@ void proxy_request_body_ready(struct exchange *ex)
 
 void proxy_client_drained(struct exchange *ex)
 {
+    if (ex->compress && compress_drained(ex))
+        return;
     struct fwd *f = F(ex);
     if (f && f->hook_drained) {
         f->hook_drained(f->hook_ctx);

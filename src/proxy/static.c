@@ -116,6 +116,7 @@ void static_conf_merge(struct static_conf *c, const struct static_conf *p)
     if (!c->root_set) {
         c->root = p->root;
         c->alias = p->alias;
+        c->alias_loc = p->alias_loc;
         c->root_set = p->root_set;
     }
     if (!c->index_set) {
@@ -171,10 +172,12 @@ static int set_root(struct cf_ctx *cx, const struct cf_node *n, const struct cf_
     struct tmpl *t = conf_tmpl(cx, n, path);
     if (!t)
         return -1;
-    if (alias)
+    if (alias) {
         c->alias = t;
-    else
+        c->alias_loc = conf_current_location(cx);
+    } else {
         c->root = t;
+    }
     c->root_set = true;
     return 0;
 }
@@ -316,7 +319,10 @@ struct sfile {
     int fd;
     uint64_t pos, end;
     bool sending;
+    bool by_file; /* sendfile(2) pieces (plain HTTP/1), else pread */
 };
+
+#define FILE_PIECE ((uint64_t)1 << 30) /* one sendfile queue item */
 
 static void fd_close_cb(void *ctx)
 {
@@ -342,12 +348,16 @@ static char *file_path(struct exchange *ex, struct slice uri)
     struct slice base, rest = uri;
     if (c->alias) {
         base = tmpl_eval(ex, c->alias, ESC_NONE);
-        const struct location *loc = ex->loc;
-        if (loc && (loc->match == LOC_REGEX || loc->match == LOC_REGEX_CI)) {
+        /* the prefix of the location that set alias goes, also in the
+         * locations nested in it that inherit it (nginx) */
+        const struct location *loc = c->alias_loc;
+        if (!loc || loc->match == LOC_REGEX || loc->match == LOC_REGEX_CI) {
             rest = SLICE_NULL;
-        } else if (loc && loc->match != LOC_NAMED) {
-            size_t pl = loc->pattern_len;
-            rest = uri.len >= pl ? slice_make(uri.p + pl, uri.len - pl) : SLICE_NULL;
+        } else if (loc->match != LOC_NAMED) {
+            struct slice prefix = slice_make(loc->pattern, loc->pattern_len);
+            if (!slice_starts_with(uri, prefix))
+                return NULL; /* (a try_files argument elsewhere): not under the alias */
+            rest = slice_make(uri.p + prefix.len, uri.len - prefix.len);
         }
     } else if (c->root) {
         base = tmpl_eval(ex, c->root, ESC_NONE);
@@ -393,6 +403,21 @@ static void send_more(void *ctx)
     struct exchange *ex = sf->ex;
     if (!sf->sending)
         return;
+    while (sf->by_file && sf->pos < sf->end) {
+        /* a piece at a time: the queue holds few items, and a file may be
+         * larger than all of them together */
+        if (ex->client->pending(ex) >= SEND_HIGH)
+            return; /* the drained hook brings us back */
+        uint64_t n = sf->end - sf->pos < FILE_PIECE ? sf->end - sf->pos : FILE_PIECE;
+        int r = ex->client->send_file(ex, sf->tok, sf->fd, sf->pos, (size_t)n);
+        if (r < 0)
+            return; /* the client is gone: its side ends the exchange */
+        if (r == 1) {
+            sf->by_file = false; /* not possible here: read it */
+            break;
+        }
+        sf->pos += n;
+    }
     while (sf->pos < sf->end) {
         if (ex->client->pending(ex) >= SEND_HIGH)
             return; /* the drained hook brings us back */
@@ -577,23 +602,17 @@ static void serve_fd(struct exchange *ex, const char *path, int fd, const struct
     if (ex->client->send_head(ex, &h) < 0)
         return;
     sf->sending = true;
-    if (sf->end > sf->pos && c->sendfile && ex->client->send_file) {
-        int r = ex->client->send_file(ex, sf->tok, fd, sf->pos, (size_t)(sf->end - sf->pos));
-        if (r < 0)
-            return;
-        if (r == 0)
-            sf->pos = sf->end;
-    }
+    sf->by_file = c->sendfile && ex->client->send_file;
     send_more(sf);
 }
 
-/* A URI ending in '/': the first index file that exists (served as if
- * asked for), else 403 for a directory, 404 for none. */
+/* A URI ending in '/': the first index file that exists, by an internal
+ * redirect to uri + name (as nginx: another location may serve it, e.g. a
+ * .php one), else 403 for a directory, 404 for none. */
 static void serve_index(struct exchange *ex, struct slice uri, const char *dir)
 {
     const struct static_conf *c = &ex->lc->st;
     size_t dl = strlen(dir);
-    int err = 0;
     for (size_t i = 0; i < c->nindex; i++) {
         size_t nl = strlen(c->index[i]);
         char *p = arena_alloc(&ex->arena, dl + nl + 1);
@@ -604,24 +623,19 @@ static void serve_index(struct exchange *ex, struct slice uri, const char *dir)
         }
         memcpy(p, dir, dl);
         memcpy(p + dl, c->index[i], nl + 1);
-        int fd = open(p, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-        if (fd < 0) {
+        struct stat st;
+        if (stat(p, &st) < 0) {
             if (errno != ENOENT) {
-                err = errno;
-                not_found(ex, p, err);
+                not_found(ex, p, errno);
                 return;
             }
             continue;
         }
-        struct stat st;
-        if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
-            close(fd);
+        if (S_ISDIR(st.st_mode))
             continue;
-        }
         memcpy(u, uri.p, uri.len);
         memcpy(u + uri.len, c->index[i], nl);
-        ex->uri = slice_make(u, uri.len + nl); /* $uri, as nginx's internal redirect */
-        serve_fd(ex, p, fd, &st);
+        proxy_internal_redirect(ex, slice_make(u, uri.len + nl), true);
         return;
     }
     struct stat st;

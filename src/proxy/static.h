@@ -12,6 +12,7 @@
 
 struct tmpl;
 struct exchange;
+struct location;
 
 /* extension -> type, sorted by extension (lower case) */
 struct mime_type {
@@ -27,8 +28,9 @@ struct mime_types {
 struct static_conf {
     struct tmpl *root;  /* root: the URI is appended */
     struct tmpl *alias; /* alias: replaces the location's prefix (the whole URI in a regex one) */
-    bool root_set;      /* root or alias given at this level */
-    const char **index; /* index names, tried in order for a URI ending in '/' */
+    const struct location *alias_loc; /* where alias was set: its prefix is what goes */
+    bool root_set;                    /* root or alias given at this level */
+    const char **index;               /* index names, tried in order for a URI ending in '/' */
     size_t nindex;
     bool index_set;
     struct tmpl **try_files; /* not inherited, as nginx */

@@ -4,11 +4,12 @@ in nginx: user, multi_accept, sendfile, tcp_nopush, tcp_nodelay, the
 try_files."""
 import os
 import shutil
+import signal
 import tempfile
 
 import pytest
 
-from conftest import IS_NGINX, get
+from conftest import IS_NGINX, get, wait_for
 
 MIME = "/etc/nginx/mime.types"
 
@@ -86,6 +87,41 @@ def test_user_drops_privileges(res, tmp_path, request):
     assert uid_line.split()[1:] == ["65534"] * 4, uid_line
     assert os.stat(body_dir).st_uid == 65534
     assert get(p.port, "/f.txt").body == b"file\n"
+    # the logs and the pid file are handed to the user
+    for f in (p.error_log_path, p.access_log_path, p.pid_path):
+        assert os.stat(f).st_uid == 65534, f
+
+
+@pytest.mark.skipif(IS_NGINX or os.geteuid() != 0, reason="needs root to drop privileges")
+def test_log_reopen_after_the_drop(res, request):
+    """Logs rotated away (logrotate's create mode makes the new files the
+    user's, or Portico's own reopen creates them in a directory the user
+    may write): SIGUSR1 reopens them as the user."""
+    logs = tempfile.mkdtemp(prefix="portico-logs-", dir="/tmp")
+    request.addfinalizer(lambda: shutil.rmtree(logs, ignore_errors=True))
+    os.chmod(logs, 0o755)
+    p = res.proxy("""
+        user nobody nogroup;
+        pid %(l)s/p.pid;
+        error_log %(l)s/error.log info;
+        events {}
+        http {
+            access_log %(l)s/access.log;
+            server { listen 127.0.0.1:{port}; location / { return 200 "ok\\n"; } }
+        }
+    """ % {"l": logs}, full=True)
+    err = os.path.join(logs, "error.log")
+    wait_for(lambda: 'running as user "nobody"' in open(err).read(), 5, what="the drop")
+    assert get(p.port, "/").status == 200
+    os.rename(os.path.join(logs, "access.log"), os.path.join(logs, "access.log.1"))
+    open(os.path.join(logs, "access.log"), "w").close()
+    os.chown(os.path.join(logs, "access.log"), 65534, 65534)  # logrotate's "create"
+    p.signal(signal.SIGUSR1)
+    wait_for(lambda: "reopened log files" in open(err).read(), 5, what="the reopen")
+    assert "failed" not in open(err).read()
+    assert get(p.port, "/").status == 200
+    wait_for(lambda: "GET / HTTP/1.1" in open(os.path.join(logs, "access.log")).read(), 5,
+             what="a line in the new access log")
 
 
 @pytest.mark.skipif(IS_NGINX, reason="Portico's messages")

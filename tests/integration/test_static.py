@@ -244,6 +244,65 @@ def test_proxy_pass_location_is_untouched(sp, origin):
     assert r.status == 200 and r.json()["target"] == "/api/x"
 
 
+@pytest.fixture(scope="module")
+def rv(mres, tmp_path_factory, origin):
+    """Cases from review: a nested location inheriting alias, an index that
+    another location must serve, a file larger than the send queue."""
+    d = tmp_path_factory.mktemp("rv")
+    (d / "srv" / "pub").mkdir(parents=True)
+    (d / "srv" / "secret.txt").write_bytes(b"TOP SECRET\n")
+    (d / "srv" / "pub" / "readme.txt").write_bytes(b"public\n")
+    (d / "php").mkdir()
+    (d / "php" / "index.php").write_bytes(b'<?php $db_password = "hunter2"; ?>\n')
+    with open(d / "huge.bin", "wb") as f:
+        f.truncate(40 << 30)  # sparse
+    return mres.proxy("""
+        server {
+            listen 127.0.0.1:{port};
+            location /files/ {
+                alias %(d)s/srv/;
+                deny all;
+                location /files/pub/ { allow all; }
+            }
+            location /big/ { alias %(d)s/; }
+        }
+        server {
+            listen 127.0.0.1:{port2};
+            root %(d)s/php;
+            index index.php index.html;
+            location / { try_files $uri $uri/ /index.php?$args; }
+            location ~ \\.php$ { proxy_pass http://127.0.0.1:%(o)d; }
+        }
+    """ % {"d": d, "o": origin.port})
+
+
+def test_nested_location_strips_the_alias_locations_prefix(rv):
+    # /files/pub/secret.txt is <srv>/pub/secret.txt (absent), never <srv>/secret.txt
+    assert get(rv.port, "/files/pub/readme.txt").body == b"public\n"
+    r = get(rv.port, "/files/pub/secret.txt")
+    assert r.status == 404 and b"TOP SECRET" not in r.body
+    assert get(rv.port, "/files/secret.txt").status == 403
+
+
+def test_index_is_an_internal_redirect(rv, origin):
+    origin.clear()
+    r = get(rv.fields["port2"], "/?x=1")
+    assert b"hunter2" not in r.body
+    assert r.status == 200 and origin.last()["target"] == "/index.php?x=1"
+
+
+def test_file_larger_than_the_send_queue(rv):
+    with Conn(rv.port, timeout=10) as c:
+        c.send(build_request("GET", "/big/huge.bin"))
+        data = b""
+        while b"\r\n\r\n" not in data or len(data.split(b"\r\n\r\n", 1)[1]) < 1 << 20:
+            chunk = c.sock.recv(1 << 20)
+            assert chunk, "connection closed"
+            data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    assert b"Content-Length: 42949672960" in head and body[:4096] == bytes(4096)
+
+
 def test_http_client_keepalive_mix(sp):
     """A real client over one connection: files, a redirect, a 404."""
     c = http.client.HTTPConnection("127.0.0.1", sp.port, timeout=10)
