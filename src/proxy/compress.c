@@ -566,8 +566,9 @@ static int encoder_start(struct zfilter *zf, struct exchange *ex, int coding, in
     return 0;
 }
 
-#define ROOM_FULL ((size_t)1 << 30) /* what a client side's pending() adds when its queue is full  \
-                                     */
+#define ROOM_FULL                                                                                  \
+    ((size_t)1 << 30) /* what a client side's pending() adds when its queue is full                \
+                       */
 
 /* Hand the held output on if the client side has room. 1 when nothing is
  * held any more, 0 when it must wait for a drain, -1 when the client is gone. */

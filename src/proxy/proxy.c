@@ -275,26 +275,6 @@ static struct slice field_safe(struct exchange *ex, struct slice v)
     return slice_make(out, o);
 }
 
-/* expires: Expires and Cache-Control for these statuses (nginx's list). */
-static bool expires_applies(int status)
-{
-    switch (status) {
-    case 200:
-    case 201:
-    case 204:
-    case 206:
-    case 301:
-    case 302:
-    case 303:
-    case 304:
-    case 307:
-    case 308:
-        return true;
-    default:
-        return false;
-    }
-}
-
 /* Set (replacing what is there) Expires and Cache-Control per `expires`,
  * as nginx: a time in the past or `epoch` means no-cache. */
 static size_t apply_expires(struct exchange *ex, struct http_field *fields, size_t n)
@@ -369,9 +349,10 @@ static size_t apply_add_headers(struct exchange *ex, int status, struct http_fie
     const struct loc_conf *lc = ex->lc;
     if (!lc)
         return n;
-    if (lc->expires > EXPIRES_OFF && expires_applies(status))
-        n = apply_expires(ex, fields, n);
+    /* nginx applies expires and add_header (without always) to one list */
     bool applies = add_header_applies(status);
+    if (lc->expires > EXPIRES_OFF && applies)
+        n = apply_expires(ex, fields, n);
     for (size_t i = 0; i < lc->add_headers.n; i++) {
         const struct hdr_rule *r = &lc->add_headers.v[i];
         if (!applies && !r->always)

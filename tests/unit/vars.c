@@ -673,8 +673,9 @@ Test(auth, password_forms)
 /* ---- auth_jwt ---- */
 
 /* RFC 7515 appendix A.1: HS256 */
-static const char rfc_jwk[] = "{\"keys\":[{\"kty\":\"oct\",\"k\":\"AyM1SysPpbyDfgZld3umj1qzKObwVMkoq"
-                              "Q-EstJQLr_T-1qS0gZH75aKtMN3Yj0iPS4hcgUuTwjAzZr1Z9CAow\"}]}";
+static const char rfc_jwk[] =
+    "{\"keys\":[{\"kty\":\"oct\",\"k\":\"AyM1SysPpbyDfgZld3umj1qzKObwVMkoq"
+    "Q-EstJQLr_T-1qS0gZH75aKtMN3Yj0iPS4hcgUuTwjAzZr1Z9CAow\"}]}";
 static const char rfc_jws[] =
     "eyJ0eXAiOiJKV1QiLA0KICJhbGciOiJIUzI1NiJ9.eyJpc3MiOiJqb2UiLA0KICJleHAiOjEzMDA4MTkzODAsDQo"
     "gImh0dHA6Ly9leGFtcGxlLmNvbS9pc19yb290Ijp0cnVlfQ.dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
@@ -698,8 +699,9 @@ Test(jwt, json_members)
 {
     struct arena a;
     arena_init(&a, 1024, 0);
-    struct slice obj = SLICE_LIT("{\"sub\":\"ann\\u00e9\\n\",\"n\":42,\"ok\":true,\"r\":[1,{\"x\":\"}\"}],"
-                                 "\"o\":{\"k\":1},\"e\":\"a\\\"b\"}");
+    struct slice obj =
+        SLICE_LIT("{\"sub\":\"ann\\u00e9\\n\",\"n\":42,\"ok\":true,\"r\":[1,{\"x\":\"}\"}],"
+                  "\"o\":{\"k\":1},\"e\":\"a\\\"b\"}");
     struct slice v = jwt_json_member(&a, obj, SLICE_LIT("sub"));
     cr_assert(slice_eq(v, SLICE_LIT("ann\xc3\xa9\n")));
     cr_assert(slice_eq(jwt_json_member(&a, obj, SLICE_LIT("n")), SLICE_LIT("42")));
