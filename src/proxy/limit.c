@@ -571,12 +571,42 @@ static void limit_log(struct exchange *ex, int level, const char *what, const ch
                   (int)ex->request_line.len, ex->request_line.p);
 }
 
+/* What a rule changed, to put back when a later rule rejects (nginx counts a
+ * request only where every rule let it through). */
+struct req_undo {
+    struct limit_zone *zone;
+    uint32_t node;
+    uint64_t hash, last_ms;
+    int64_t excess;
+    bool fresh;
+};
+
+static void undo_rules(struct req_undo *u, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        struct limit_zone *z = u[i].zone;
+        pthread_mutex_lock(&z->lock);
+        struct lnode *nd = &z->nodes[u[i].node];
+        if (nd->used && nd->hash == u[i].hash) { /* (not evicted meanwhile) */
+            if (u[i].fresh && !nd->conns) {
+                evict(z, u[i].node);
+            } else {
+                nd->excess = u[i].excess;
+                nd->last_ms = u[i].last_ms;
+            }
+        }
+        pthread_mutex_unlock(&z->lock);
+    }
+}
+
 enum limit_verdict limit_req_check(struct exchange *ex, uint64_t *delay_ms)
 {
     const struct limit_conf *c = &ex->lc->limits;
     uint64_t now = loop_now_ms(ex->loop);
     uint64_t delay = 0;
     *delay_ms = 0;
+    struct req_undo undo[16];
+    size_t nundo = 0;
     for (size_t i = 0; i < c->nreq; i++) {
         const struct limit_req_rule *r = &c->req[i];
         const struct limit_zone_decl *d = r->decl;
@@ -587,6 +617,13 @@ enum limit_verdict limit_req_check(struct exchange *ex, uint64_t *delay_ms)
         pthread_mutex_lock(&z->lock);
         bool fresh;
         struct lnode *n = node_get(z, key, now, &fresh);
+        if (n && nundo < sizeof(undo) / sizeof(undo[0]))
+            undo[nundo++] = (struct req_undo){z,
+                                              (uint32_t)(n - z->nodes),
+                                              n->hash,
+                                              fresh ? now : n->last_ms,
+                                              fresh ? 0 : n->excess,
+                                              fresh};
         if (!n || fresh) { /* a key's first request starts its bucket empty, as nginx */
             pthread_mutex_unlock(&z->lock);
             continue;
@@ -601,6 +638,7 @@ enum limit_verdict limit_req_check(struct exchange *ex, uint64_t *delay_ms)
                       c->req_dry_run);
             if (c->req_dry_run)
                 continue;
+            undo_rules(undo, nundo - 1); /* the earlier rules do not count it */
             return LIMIT_REJECT;
         }
         n->excess = excess;

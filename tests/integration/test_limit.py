@@ -187,3 +187,26 @@ def test_zone_is_shared_by_workers(res, origin):
     # new connections are spread over both workers' listeners by the kernel
     got = statuses(p.port, "/", 12)
     assert got.count(200) == 4 and got.count(503) == 8, got
+
+
+def test_a_rejection_does_not_count_in_the_other_rules(res, origin):
+    """Two rules: when the second rejects, the first does not keep the
+    request counted (nginx)."""
+    p = res.proxy("""
+        limit_req_zone $binary_remote_addr zone=a:1m rate=1r/m;
+        limit_req_zone $http_x_k zone=b:1m rate=1r/m;
+        server {
+            listen 127.0.0.1:{port};
+            location / {
+                limit_req zone=a burst=5 nodelay;
+                limit_req zone=b nodelay;
+                proxy_pass http://127.0.0.1:%d;
+            }
+        }
+    """ % origin.port)
+    k = lambda v: [("X-K", v)]  # noqa: E731
+    assert get(p.port, "/", headers=k("k1")).status == 200
+    assert get(p.port, "/", headers=k("k1")).status == 503  # b rejects
+    # a counted only the request that passed: five more fit its burst
+    assert [get(p.port, "/", headers=k(f"n{i}")).status for i in range(5)] == [200] * 5
+    assert get(p.port, "/", headers=k("n9")).status == 503
