@@ -43,6 +43,29 @@ def h2load(port, path, n, conns):
     return int(m.group(1))
 
 
+def tcp_segments():
+    """TCP segments sent by the whole machine so far (loopback: every hop of client, proxy
+    and origin, data and pure ACKs), -1 when nstat is missing"""
+    try:
+        out = subprocess.run(["nstat", "-az", "--json", "TcpOutSegs"], capture_output=True,
+                             text=True, timeout=10).stdout
+        return int(re.search(r'"TcpOutSegs":\s*(\d+)', out).group(1))
+    except (OSError, AttributeError, subprocess.SubprocessError):
+        return -1
+
+
+def wrk(port, path, seconds, conns):
+    """a timed wrk run (the load shape of bench/run.py), pinned like it; returns requests"""
+    pre = ["taskset", "-c", "1"] if os.cpu_count() > 1 else []
+    out = subprocess.run(pre + ["wrk", "-t", "1", "-c", str(conns), "-d", f"{seconds}s",
+                                f"http://127.0.0.1:{port}{path}"],
+                         capture_output=True, text=True, timeout=seconds + 60)
+    m = re.search(r"(\d+) requests in", out.stdout)
+    if not m or "Non-2xx" in out.stdout or "Socket errors" in out.stdout:
+        raise RuntimeError("wrk: " + out.stdout[-400:] + out.stderr[-400:])
+    return int(m.group(1))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -54,6 +77,9 @@ def main():
     ap.add_argument("--warmup", type=int, default=500)
     ap.add_argument("--path", default="/1k")
     ap.add_argument("--conns", type=int, default=10)
+    ap.add_argument("--client", choices=["h2load", "wrk"], default="h2load",
+                    help="wrk: a timed run (--seconds) shaped like bench/run.py's; perf only")
+    ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--keep", action="store_true", help="keep the scratch directory")
     ap.add_argument("--cache", action="store_true",
                     help="cache scenarios' config; measure hits (origin must see none)")
@@ -64,6 +90,8 @@ def main():
         ap.error("varnish is a cache: use --cache")
     if a.cache and a.proxy == "h2o":
         ap.error("h2o 2.2 has no proxy cache")
+    if a.client == "wrk" and a.tool == "callgrind":
+        ap.error("--client wrk is timed: use --tool perf or record")
     sc = dict(cache=True) if a.cache else None
     n = a.requests or (5000 if a.tool == "callgrind" else 100000)
     run.raise_nofile()
@@ -130,7 +158,8 @@ def main():
                                      ",".join(map(str, run.tree(proc.pid)))],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(0.3)
-            ok = h2load(port, a.path, n, a.conns)
+            ok = (wrk(port, a.path, a.seconds, a.conns) if a.client == "wrk"
+                  else h2load(port, a.path, n, a.conns))
             perf.send_signal(signal.SIGINT)
             perf.wait(30)
             rep = subprocess.run(["perf", "report", "-i", pd, "--no-children", "--stdio",
@@ -149,7 +178,10 @@ def main():
                                      "instructions,cycles", "-p",
                                      ",".join(map(str, run.tree(proc.pid)))])
             time.sleep(0.3)
-            ok = h2load(port, a.path, n, a.conns)
+            seg0 = tcp_segments()
+            ok = (wrk(port, a.path, a.seconds, a.conns) if a.client == "wrk"
+                  else h2load(port, a.path, n, a.conns))
+            segs = tcp_segments() - seg0
             perf.send_signal(signal.SIGINT)
             perf.wait(10)
             if a.cache:
@@ -170,6 +202,8 @@ def main():
                         print(f"  {'CPU time':28s} {v * 1000 / ok:10.2f} µs")
                     else:
                         print(f"  {ev:28s} {v / ok:10.2f}")
+            if segs >= 0:
+                print(f"  {'TCP segments (all hosts)':28s} {segs / ok:10.2f}")
     finally:
         if perf and perf.poll() is None:
             perf.kill()
