@@ -59,6 +59,9 @@ int net_accept(int lfd, struct net_addr *peer);
 
 /* Set TCP_NODELAY. 0 or -1 (errno). */
 int net_set_nodelay(int fd);
+/* SO_LINGER with a zero timeout: the close that follows sends a reset and
+ * drops what is unsent, so the socket holds no memory in FIN_WAIT. */
+int net_set_reset_on_close(int fd);
 
 /* Call before each write to a TCP socket; `*state` starts at 0 per socket.
  * Sets TCP_NODELAY before the second write only: Linux holds back a small

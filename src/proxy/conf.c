@@ -100,6 +100,9 @@ static void loc_conf_init(struct loc_conf *lc)
     lc->server_name_in_redirect = CF_UNSET_FLAG;
     lc->realip_recursive = CF_UNSET_FLAG;
     lc->tcp_nodelay = CF_UNSET_FLAG;
+    lc->underscores_in_headers = CF_UNSET_FLAG;
+    lc->ignore_invalid_headers = CF_UNSET_FLAG;
+    lc->reset_timedout_connection = CF_UNSET_FLAG;
     lc->expires = CF_UNSET_INT;
     lc->satisfy_any = CF_UNSET_INT;
     lc->default_type = NULL;
@@ -149,6 +152,9 @@ static void loc_conf_merge(struct loc_conf *c, const struct loc_conf *p)
     MERGE(server_name_in_redirect, CF_UNSET_FLAG);
     MERGE(realip_recursive, CF_UNSET_FLAG);
     MERGE(tcp_nodelay, CF_UNSET_FLAG);
+    MERGE(underscores_in_headers, CF_UNSET_FLAG);
+    MERGE(ignore_invalid_headers, CF_UNSET_FLAG);
+    MERGE(reset_timedout_connection, CF_UNSET_FLAG);
     if (c->expires == CF_UNSET_INT) {
         c->expires = p->expires;
         c->expires_sec = p->expires_sec;
@@ -261,6 +267,9 @@ static void loc_conf_defaults(struct loc_conf *c)
         d.server_name_in_redirect = 0;
         d.realip_recursive = 0;
         d.tcp_nodelay = 1;
+        d.underscores_in_headers = 0;
+        d.ignore_invalid_headers = 1;
+        d.reset_timedout_connection = 0;
         d.expires = EXPIRES_OFF;
         d.satisfy_any = 0;
         d.redirects = redirect_default_rules;
@@ -1360,6 +1369,20 @@ static const struct cf_directive http_directives[] = {
      "on | off", "on",
      "set TCP_NODELAY on client connections once a keep-alive response is written (the "
      "listening address's default server decides; TLS handshakes and HTTP/2 always set it)"},
+    {"underscores_in_headers", CF_HTTP | CF_SERVER, 1, 1, false, cf_set_flag, CONF_LOC,
+     OFF_LOC(underscores_in_headers), "on | off", "off",
+     "off: request header fields whose names hold '_' are dropped on arrival (as nginx: a "
+     "backend that maps X_Real_IP and X-Real-IP to one name cannot be fooled); the "
+     "listening address's default server decides"},
+    {"ignore_invalid_headers", CF_HTTP | CF_SERVER, 1, 1, false, cf_set_flag, CONF_LOC,
+     OFF_LOC(ignore_invalid_headers), "on | off", "on",
+     "off: names with '_' pass even with underscores_in_headers off. Names outside "
+     "RFC 9110's token characters are always refused with 400 (nginx drops them)"},
+    {"reset_timedout_connection", LOC_ANY, 1, 1, false, cf_set_flag, CONF_LOC,
+     OFF_LOC(reset_timedout_connection), "on | off", "off",
+     "a client connection closed because it timed out (client_header_timeout, "
+     "client_body_timeout, send_timeout) or by return 444 is reset (SO_LINGER 0) instead of "
+     "closed, so the kernel frees it at once (HTTP/1 connections)"},
     {"default_type", LOC_ANY, 1, 1, false, set_default_type, CONF_LOC, 0, "mime-type", "text/plain",
      "Content-Type of bodies sent with return"},
     {"proxy_http_version", LOC_ANY, 1, 1, false, set_http_version, CONF_LOC, 0, "1.0 | 1.1", "1.1",

@@ -165,6 +165,9 @@ struct loc_conf {
     int intercept_errors;
     int server_tokens;
     int tcp_nodelay;
+    int underscores_in_headers; /* (default server of the listening address) */
+    int ignore_invalid_headers;
+    int reset_timedout_connection;
     int http_version_minor; /* proxy_http_version 1.0 | 1.1 */
     uint32_t connect_timeout_ms;
     uint32_t read_timeout_ms;

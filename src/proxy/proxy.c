@@ -2444,8 +2444,31 @@ void proxy_start_located(struct exchange *ex)
     run_location(ex);
 }
 
+/* underscores_in_headers off (the default): fields named with '_' are
+ * dropped before anything reads them, as nginx ignores them while parsing,
+ * so no variable, rule or upstream sees them. The listening address's
+ * default server decides: the virtual server is not known yet. */
+static void drop_underscore_fields(struct exchange *ex)
+{
+    const struct loc_conf *dl = ex->listen->dflt->lc;
+    if (dl->underscores_in_headers || !dl->ignore_invalid_headers)
+        return;
+    size_t n = 0;
+    for (size_t i = 0; i < ex->nreq_fields; i++) {
+        const struct http_field *f = &ex->req_fields[i];
+        if (memchr(f->name.p, '_', f->name.len)) {
+            LOG(LOG_INFO, "*%llu client sent invalid header line: \"%.*s\"",
+                (unsigned long long)ex->id, (int)f->name.len, f->name.p);
+            continue;
+        }
+        ex->req_fields[n++] = *f;
+    }
+    ex->nreq_fields = n;
+}
+
 void proxy_start(struct exchange *ex)
 {
+    drop_underscore_fields(ex);
     if (route(ex))
         return;
     if (ex->lc->nrealip_from) /* rules given in the location only (nginx's preaccess) */

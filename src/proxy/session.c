@@ -67,6 +67,7 @@ struct h1_session {
     int requests;
     unsigned char state;   /* enum sess_state */
     unsigned char nodelay; /* net_nodelay_before_write */
+    bool reset_close;      /* reset_timedout_connection: the close sends RST */
     bool post_flush;       /* write what is queued */
     bool post_resume;      /* read the next (pipelined) head */
     bool head_started;     /* bytes of the next head have arrived */
@@ -448,7 +449,8 @@ static void sess_flush(struct h1_session *s)
         return;
     }
     if (s->close_after && s->state != S_LINGER) {
-        if (!s->linger && (!s->rseg || s->rstart == s->rend)) {
+        if (s->reset_close || (!s->linger && (!s->rseg || s->rstart == s->rend))) {
+            /* (a reset client gets no lingering: freeing it is the point) */
             /* nothing unread on our side (nginx's heuristic): just close */
             sess_close(s);
             return;
@@ -1196,6 +1198,8 @@ static void op_done(struct exchange *ex, bool broken)
     if (broken) {
         /* what is queued goes out, then the connection is cut */
         s->close_after = true;
+        if (ex->status == 444) /* nginx's reset_timedout_connection covers 444 too */
+            s->reset_close = ex->lc->reset_timedout_connection;
     }
     sess_flush(s);
 }
@@ -1303,6 +1307,7 @@ static void rtimer_cb(struct timer *t)
     }
     case S_HEAD:
         if (s->rseg && s->rend > s->rstart && !s->close_after) {
+            s->reset_close = dflt_lc(s)->reset_timedout_connection;
             answer_bad_request(s, 408, "client_header_timeout", NULL);
         } else {
             sess_close(s); /* keep-alive timeout */
@@ -1310,6 +1315,7 @@ static void rtimer_cb(struct timer *t)
         break;
     case S_EXCHANGE:
         if (!s->rb_done && !s->ex_done) {
+            s->reset_close = s->b->ex.lc->reset_timedout_connection;
             body_fail(s, END_CLIENT_TIMEOUT, "client_body_timeout");
             proxy_request_body_ready(&s->b->ex); /* the corridor sees BODY_ERROR */
         }
@@ -1328,6 +1334,7 @@ static void wtimer_cb(struct timer *t)
     char peer[64];
     net_addr_format(&s->peer, peer, sizeof(peer));
     LOG(LOG_INFO, "client %s timed out (send_timeout) while sending the response", peer);
+    s->reset_close = (s->active ? s->b->ex.lc : dflt_lc(s))->reset_timedout_connection;
     if (s->active && !s->ex_done) {
         proxy_abort(&s->b->ex);
         s->ex_done = true;
@@ -1345,8 +1352,11 @@ static void sess_close(struct h1_session *s)
     struct loop *l = s->w->loop;
     /* no EPOLL_CTL_DEL: closing the only descriptor of the socket removes it
      * from the epoll set (one syscall less per connection) */
+    if (s->reset_close && s->io.fd >= 0)
+        net_set_reset_on_close(s->io.fd);
     if (s->tls) {
-        tls_shutdown(s->tls);
+        if (!s->reset_close) /* a reset is no orderly end: no close_notify */
+            tls_shutdown(s->tls);
         tls_conn_free(s->tls);
         s->tls = NULL;
     }
