@@ -165,16 +165,20 @@ static void outq_consume(struct outq *q, size_t left)
     }
 }
 
-ssize_t outq_write(struct outq *q, int fd)
+/* One body for both: `capped` is a constant in each caller, so the plain
+ * outq_write (every response) carries none of the limit's arithmetic. */
+static inline __attribute__((always_inline)) ssize_t write_q(struct outq *q, int fd, size_t max,
+                                                             bool capped)
 {
     size_t total = 0;
-    while (q->count) {
+    while (q->count && (!capped || total < max)) {
         struct outq_item *first = &q->items[q->head];
+        size_t left = capped ? max - total : 0;
         ssize_t w;
         size_t want = 0;
         if (first->fd >= 0) {
             off_t off = (off_t)first->off;
-            want = first->len;
+            want = capped && left < first->len ? left : first->len;
             w = sendfile(fd, first->fd, &off, want);
             if (w == 0) {
                 errno = EIO; /* the file is shorter than promised */
@@ -184,15 +188,16 @@ ssize_t outq_write(struct outq *q, int fd)
             struct iovec iov[OUTQ_MAX];
             int n = 0;
             bool file_next = false;
-            for (unsigned i = 0; i < q->count; i++) {
+            for (unsigned i = 0; i < q->count && (!capped || want < left); i++) {
                 struct outq_item *it = &q->items[(q->head + i) % OUTQ_MAX];
                 if (it->fd >= 0) {
                     file_next = true; /* memory up to the next file item */
                     break;
                 }
+                size_t len = capped && left - want < it->len ? left - want : it->len;
                 iov[n].iov_base = (void *)it->p;
-                iov[n].iov_len = it->len;
-                want += it->len;
+                iov[n].iov_len = len;
+                want += len;
                 n++;
             }
             if (file_next) {
@@ -221,20 +226,38 @@ ssize_t outq_write(struct outq *q, int fd)
     return (ssize_t)total;
 }
 
+ssize_t outq_write(struct outq *q, int fd)
+{
+    return write_q(q, fd, 0, false);
+}
+
+ssize_t outq_write_max(struct outq *q, int fd, size_t max)
+{
+    return write_q(q, fd, max, true);
+}
+
 ssize_t outq_write_with(struct outq *q, outq_writev_fn *wv, void *ctx)
 {
+    return outq_write_with_max(q, wv, ctx, SIZE_MAX);
+}
+
+ssize_t outq_write_with_max(struct outq *q, outq_writev_fn *wv, void *ctx, size_t max)
+{
     size_t total = 0;
-    while (q->count) {
+    while (q->count && total < max) {
         struct iovec iov[OUTQ_MAX];
         unsigned n = 0;
-        for (unsigned i = 0; i < q->count && n < OUTQ_MAX; i++) {
+        size_t left = max - total, want = 0;
+        for (unsigned i = 0; i < q->count && n < OUTQ_MAX && want < left; i++) {
             struct outq_item *it = &q->items[(q->head + i) % OUTQ_MAX];
             if (it->fd >= 0) {
                 errno = EINVAL; /* file items are for plain sockets */
                 return total ? (ssize_t)total : -1;
             }
+            size_t len = it->len < left - want ? it->len : left - want;
             iov[n].iov_base = (void *)it->p;
-            iov[n].iov_len = it->len;
+            iov[n].iov_len = len;
+            want += len;
             n++;
         }
         ssize_t w = wv(ctx, iov, (int)n);
@@ -247,7 +270,7 @@ ssize_t outq_write_with(struct outq *q, outq_writev_fn *wv, void *ctx)
         }
         total += (size_t)w;
         outq_consume(q, (size_t)w);
-        if (q->count) {
+        if ((size_t)w < want) {
             /* a short write means the socket is full */
             errno = EAGAIN;
             return (ssize_t)total;

@@ -95,10 +95,13 @@ int outq_push_copy(struct outq *q, struct buf **scratch, size_t *used, const cha
 /* writev as much as the socket takes. Returns bytes written (>= 0), or -1
  * with errno (EAGAIN when the socket is full). */
 ssize_t outq_write(struct outq *q, int fd);
+/* At most `max` bytes (a rate limit); stops without EAGAIN when it took them. */
+ssize_t outq_write_max(struct outq *q, int fd, size_t max);
 
 /* The same through another writer (TLS): `wv` behaves like writev(2),
  * returning bytes taken or -1 with errno. */
 typedef ssize_t outq_writev_fn(void *ctx, const struct iovec *iov, int iovcnt);
 ssize_t outq_write_with(struct outq *q, outq_writev_fn *wv, void *ctx);
+ssize_t outq_write_with_max(struct outq *q, outq_writev_fn *wv, void *ctx, size_t max);
 
 #endif

@@ -16,22 +16,24 @@ enum {
     C_REGNAME = 16, /* RFC 3986 unreserved, sub-delims, '%' */
     C_QDTEXT = 32,  /* RFC 9110 5.6.4 */
     C_DIGIT = 64,
+    C_NAME = 128, /* C_TCHAR but '_' (underscores_in_headers) */
 };
 
 static const uint8_t cls[256] = {
-    0,  0,  0,  0,  0,  0,  0,  0,  0,   36,  0,   0,   0,   0,   0,   0,   0,   0,   0,  0,
-    0,  0,  0,  0,  0,  0,  0,  0,  0,   0,   0,   0,   36,  55,  6,   39,  55,  55,  55, 55,
-    54, 54, 55, 55, 54, 55, 55, 38, 127, 127, 127, 127, 127, 127, 127, 127, 127, 127, 38, 54,
-    38, 54, 38, 38, 38, 63, 63, 63, 63,  63,  63,  55,  55,  55,  55,  55,  55,  55,  55, 55,
-    55, 55, 55, 55, 55, 55, 55, 55, 55,  55,  55,  38,  6,   38,  39,  55,  39,  63,  63, 63,
-    63, 63, 63, 55, 55, 55, 55, 55, 55,  55,  55,  55,  55,  55,  55,  55,  55,  55,  55, 55,
-    55, 55, 55, 38, 39, 38, 55, 0,  36,  36,  36,  36,  36,  36,  36,  36,  36,  36,  36, 36,
-    36, 36, 36, 36, 36, 36, 36, 36, 36,  36,  36,  36,  36,  36,  36,  36,  36,  36,  36, 36,
-    36, 36, 36, 36, 36, 36, 36, 36, 36,  36,  36,  36,  36,  36,  36,  36,  36,  36,  36, 36,
-    36, 36, 36, 36, 36, 36, 36, 36, 36,  36,  36,  36,  36,  36,  36,  36,  36,  36,  36, 36,
-    36, 36, 36, 36, 36, 36, 36, 36, 36,  36,  36,  36,  36,  36,  36,  36,  36,  36,  36, 36,
-    36, 36, 36, 36, 36, 36, 36, 36, 36,  36,  36,  36,  36,  36,  36,  36,  36,  36,  36, 36,
-    36, 36, 36, 36, 36, 36, 36, 36, 36,  36,  36,  36,  36,  36,  36,  36,
+    0,   0,   0,   0,   0,   0,   0,   0,   0,   36,  0,   0,   0,   0,   0,   0,   0,   0,   0,
+    0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   36,  183, 6,   167, 183, 183,
+    183, 183, 54,  54,  183, 183, 54,  183, 183, 38,  255, 255, 255, 255, 255, 255, 255, 255, 255,
+    255, 38,  54,  38,  54,  38,  38,  38,  191, 191, 191, 191, 191, 191, 183, 183, 183, 183, 183,
+    183, 183, 183, 183, 183, 183, 183, 183, 183, 183, 183, 183, 183, 183, 183, 38,  6,   38,  167,
+    55,  167, 191, 191, 191, 191, 191, 191, 183, 183, 183, 183, 183, 183, 183, 183, 183, 183, 183,
+    183, 183, 183, 183, 183, 183, 183, 183, 183, 38,  167, 38,  183, 0,   36,  36,  36,  36,  36,
+    36,  36,  36,  36,  36,  36,  36,  36,  36,  36,  36,  36,  36,  36,  36,  36,  36,  36,  36,
+    36,  36,  36,  36,  36,  36,  36,  36,  36,  36,  36,  36,  36,  36,  36,  36,  36,  36,  36,
+    36,  36,  36,  36,  36,  36,  36,  36,  36,  36,  36,  36,  36,  36,  36,  36,  36,  36,  36,
+    36,  36,  36,  36,  36,  36,  36,  36,  36,  36,  36,  36,  36,  36,  36,  36,  36,  36,  36,
+    36,  36,  36,  36,  36,  36,  36,  36,  36,  36,  36,  36,  36,  36,  36,  36,  36,  36,  36,
+    36,  36,  36,  36,  36,  36,  36,  36,  36,  36,  36,  36,  36,  36,  36,  36,  36,  36,  36,
+    36,  36,  36,  36,  36,  36,  36,  36,  36,
 };
 
 #define CLS(c, m) (cls[(unsigned char)(c)] & (m))
@@ -164,7 +166,8 @@ static inline const char *skip_target(const char *p, const char *end)
  * most `maxf` fields when `fields` is not NULL. On H1_INCOMPLETE, *pp is where
  * the bytes ran out (end). */
 static enum h1_result parse_fields(const char **pp, const char *end, struct http_field *fields,
-                                   size_t maxf, size_t max_line, size_t *nf, enum h1_error *err)
+                                   size_t maxf, size_t max_line, size_t *nf, enum h1_error *err,
+                                   bool *underscore)
 {
     const char *p = *pp;
     const char *line = p;
@@ -192,8 +195,13 @@ static enum h1_result parse_fields(const char **pp, const char *end, struct http
             return H1_ERROR;
         }
         const char *name = p;
-        while (p < end && CLS(*p, C_TCHAR))
+        while (p < end && CLS(*p, C_NAME))
             p++;
+        if (p < end && *p == '_') { /* rare: noted, and the rest of the name read */
+            *underscore = true;
+            while (p < end && CLS(*p, C_TCHAR))
+                p++;
+        }
         if (p >= end)
             goto more;
         if (*p != ':' || p == name)
@@ -694,7 +702,8 @@ enum h1_result h1_parse_request(const char *buf, size_t len, const struct h1_lim
     out->minor_version = minor;
     out->method_id = http_method_id(out->method);
 
-    rc = parse_fields(&p, hend, fields, maxf, max_line, &out->nfields, err);
+    out->underscore = false;
+    rc = parse_fields(&p, hend, fields, maxf, max_line, &out->nfields, err, &out->underscore);
     if (rc == H1_ERROR)
         return rc;
     if (rc == H1_INCOMPLETE) {
@@ -779,7 +788,8 @@ enum h1_result h1_parse_response(const char *buf, size_t len, const struct h1_li
     out->minor_version = minor;
     p += 2;
 
-    rc = parse_fields(&p, hend, fields, maxf, 0, &out->nfields, err);
+    bool under = false; /* (a response's names are not filtered) */
+    rc = parse_fields(&p, hend, fields, maxf, 0, &out->nfields, err, &under);
     if (rc == H1_ERROR)
         return rc;
     if (rc == H1_INCOMPLETE)
@@ -984,8 +994,9 @@ enum h1_result h1_chunked_decode(struct h1_chunked *d, const char *buf, size_t l
             const char *q = p;
             if (cap < d->max_trailer)
                 cap = SIZE_MAX;
+            bool under = false;
             enum h1_result rc =
-                parse_fields(&q, avail > cap ? p + cap : end, NULL, SIZE_MAX, 0, &nf, &e);
+                parse_fields(&q, avail > cap ? p + cap : end, NULL, SIZE_MAX, 0, &nf, &e, &under);
             if (rc == H1_ERROR)
                 goto fail;
             if (rc == H1_INCOMPLETE) {

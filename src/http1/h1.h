@@ -79,6 +79,7 @@ struct h1_request {
     bool expect_continue;   /* Expect: 100-continue */
     bool upgrade;           /* Connection: upgrade with an Upgrade field */
     bool upgrade_h2c;       /* the Upgrade field names h2c */
+    bool underscore;        /* some field name holds '_' (underscores_in_headers) */
 };
 
 /* Parse one request head from buf[0..len). On H1_DONE fills `out` (fields in

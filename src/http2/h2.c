@@ -21,7 +21,9 @@
 #include "core/buf.h"
 #include "core/log.h"
 #include "proxy/accesslog.h"
+#include "proxy/conf.h"
 #include "proxy/exchange.h"
+#include "proxy/limit.h"
 #include "proxy/proxy.h"
 #include "proxy/vars.h"
 #include "proxy/worker.h"
@@ -160,7 +162,8 @@ struct h2_stream {
     bool waiting_drain; /* the corridor waits for proxy_client_drained() */
     bool drained;       /* bytes left `out` since the last notice */
     bool ex_done;
-    struct timer wtimer; /* send_timeout: no byte of this stream could leave */
+    struct timer wtimer;    /* send_timeout: no byte of this stream could leave */
+    struct timer ratetimer; /* limit_rate: the data provider resumes */
 };
 
 struct flood {
@@ -389,6 +392,21 @@ static ssize_t cb_read_data(nghttp2_session *ng, int32_t id, uint8_t *buf, size_
     (void)ud;
     struct h2_stream *st = src->ptr;
     size_t n = st->out.bytes < length ? st->out.bytes : length;
+    struct exchange *ex = &st->ex;
+    if (n && (ex->limit_rate || (!ex->limit_rate_set && ex->lc && ex->lc->limits.rate))) {
+        /* limit_rate: a frame of what the rate allows now (9 bytes of frame
+         * header count too, as they do in bytes_sent) */
+        uint32_t wait_ms = 0;
+        uint64_t room = limit_rate_budget(ex, loop_now_ms(st->s->w->loop), n + 9, &wait_ms);
+        if (room < n + 9) {
+            n = room > 9 ? (size_t)(room - 9) : 0;
+            timer_set(st->s->w->loop, &st->ratetimer, wait_ms);
+        }
+        if (n == 0) {
+            st->deferred = true;
+            return NGHTTP2_ERR_DEFERRED;
+        }
+    }
     if (n == 0 && !st->resp_end) {
         st->deferred = true;
         return NGHTTP2_ERR_DEFERRED;
@@ -445,6 +463,7 @@ static int cb_begin_headers(nghttp2_session *ng, const nghttp2_frame *frame, voi
     arena_init(&st->ex.arena, 4096, 0);
     timer_init(&st->rtimer, NULL, st);
     timer_init(&st->wtimer, NULL, st);
+    timer_init(&st->ratetimer, NULL, st);
     st->next = s->streams;
     if (s->streams)
         s->streams->prev = st;
@@ -582,6 +601,8 @@ static int translate_fields(struct h2_stream *st)
         } else if (slice_eq(f->name, SLICE_LIT("expect"))) {
             ex->expect_continue = slice_eq_lit_ci(f->value, "100-continue");
         }
+        if (memchr(f->name.p, '_', f->name.len))
+            ex->req_underscore = true; /* (underscores_in_headers) */
         ex->req_fields[n++] = *f;
     }
     if (ncookie)
@@ -627,6 +648,7 @@ static const struct client_ops h2_ops;
 
 static void body_timeout_cb(struct timer *t);
 static void stream_wtimer_cb(struct timer *t);
+static void stream_ratetimer_cb(struct timer *t);
 
 /* The request head is complete: fill the exchange and start the corridor. */
 static void stream_start(struct h2_stream *st, bool end_stream)
@@ -643,6 +665,7 @@ static void stream_start(struct h2_stream *st, bool end_stream)
     st->req_eof = end_stream;
     timer_init(&st->rtimer, body_timeout_cb, st);
     timer_init(&st->wtimer, stream_wtimer_cb, st);
+    timer_init(&st->ratetimer, stream_ratetimer_cb, st);
     ex->snap = snapshot_ref(snap);
     ex->worker = s->w;
     ex->client = &h2_ops;
@@ -849,6 +872,7 @@ static void stream_free(struct h2_stream *st)
     struct exchange *ex = &st->ex;
     timer_cancel(&st->rtimer);
     timer_cancel(&st->wtimer);
+    timer_cancel(&st->ratetimer);
     if (st->started) {
         if (!st->ex_done) {
             if (!ex->ending.code)
@@ -1115,6 +1139,11 @@ static void body_timeout_cb(struct timer *t)
 /* No byte of this stream could leave for send_timeout: the client keeps its
  * window shut. If nothing at all left the connection meanwhile, the whole
  * connection is stalled (zero-window attack): GOAWAY. */
+static void stream_ratetimer_cb(struct timer *t)
+{
+    resume(t->data);
+}
+
 static void stream_wtimer_cb(struct timer *t)
 {
     struct h2_stream *st = t->data;

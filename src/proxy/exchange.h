@@ -174,6 +174,11 @@ struct exchange {
     struct limit_hold *limit_holds;       /* limit_conn places taken (limit.c) */
     size_t nlimit_holds;
     bool limit_req_done;  /* limit_req counts a request once (not again after a redirect) */
+    bool limit_rate_set;  /* limit_rate is decided: by set $limit_rate, or at the first write */
+    uint64_t limit_rate;  /* response bytes per second, 0 unlimited (limit_rate_budget) */
+    uint64_t limit_rate_after;
+    uint8_t limit_req_st, limit_conn_st; /* enum limit_status */
+    bool req_underscore; /* a request field name holds '_' (the parser saw it) */
     bool in_redirect;     /* proxy_release inside an internal redirect: keep the holds */
     bool stat_counted;    /* counted in the worker's requests (stats.h) */
     struct tls_conn *tls; /* the client's TLS connection, or NULL */

@@ -241,6 +241,10 @@ void limit_conf_merge(struct limit_conf *c, const struct limit_conf *p)
     LMERGE(req_dry_run);
     LMERGE(conn_dry_run);
 #undef LMERGE
+    if (!c->rate)
+        c->rate = p->rate;
+    if (!c->rate_after)
+        c->rate_after = p->rate_after;
 }
 
 void limit_conf_defaults(struct limit_conf *c)
@@ -490,6 +494,93 @@ static int set_log_level(struct cf_ctx *cx, const struct cf_node *n, const struc
     return cf_error(cx, n, "invalid value \"%s\" (info, notice, warn or error)", n->args[0]);
 }
 
+/* ---- limit_rate ---- */
+
+int limit_rate_parse(struct slice v, uint64_t *out)
+{
+    char tmp[32];
+    size_t n;
+    if (v.len == 0 || v.len >= sizeof(tmp))
+        return -1;
+    memcpy(tmp, v.p, v.len);
+    tmp[v.len] = '\0';
+    if (cf_parse_size(tmp, &n) < 0)
+        return -1;
+    *out = n;
+    return 0;
+}
+
+static uint64_t rate_value(struct exchange *ex, const struct tmpl *t, const char *what)
+{
+    struct slice v = tmpl_eval(ex, t, ESC_NONE);
+    uint64_t r;
+    if (limit_rate_parse(v, &r) == 0)
+        return r;
+    if (v.len) /* nginx: an invalid value counts as 0 (no limit), said once */
+        LOG(LOG_ERR, "*%llu invalid %s \"%.*s\"", (unsigned long long)ex->id, what, (int)v.len,
+            v.p);
+    return 0;
+}
+
+uint64_t limit_rate_current(struct exchange *ex)
+{
+    if (!ex->limit_rate_set && ex->lc) {
+        ex->limit_rate_set = true;
+        const struct limit_conf *c = &ex->lc->limits;
+        if (c->rate)
+            ex->limit_rate = rate_value(ex, c->rate, "limit_rate");
+    }
+    return ex->limit_rate;
+}
+
+uint64_t limit_rate_budget(struct exchange *ex, uint64_t now_ms, uint64_t queued, uint32_t *wait_ms)
+{
+    if (!limit_rate_current(ex))
+        return UINT64_MAX;
+    if (!ex->limit_rate_after && ex->lc->limits.rate_after) {
+        ex->limit_rate_after = rate_value(ex, ex->lc->limits.rate_after, "limit_rate_after");
+        if (!ex->limit_rate_after)
+            ex->limit_rate_after = 1; /* evaluated (a byte is no difference) */
+    }
+    uint64_t rate = ex->limit_rate;
+    uint64_t elapsed = now_ms > ex->start_ms ? now_ms - ex->start_ms : 0;
+    /* what may have gone by now: a second's worth from the start, then the
+     * rate (nginx counts whole seconds; milliseconds make it smoother) */
+    unsigned __int128 allowed = (unsigned __int128)rate * (elapsed + 1000) / 1000;
+    allowed += ex->limit_rate_after;
+    if (allowed > ex->bytes_sent) {
+        unsigned __int128 room = allowed - ex->bytes_sent;
+        if (room >= queued)
+            return room > UINT64_MAX - 1 ? UINT64_MAX - 1 : (uint64_t)room;
+        /* a partial write now; the rest when a useful amount more is due */
+    }
+    uint64_t behind = allowed >= ex->bytes_sent ? 0 : ex->bytes_sent - (uint64_t)allowed;
+    uint64_t have = allowed > ex->bytes_sent ? (uint64_t)(allowed - ex->bytes_sent) : 0;
+    uint64_t chunk = queued - have;
+    uint64_t step = rate / 8 + 1; /* about 8 writes a second at most */
+    if (chunk > step)
+        chunk = step;
+    unsigned __int128 ms = ((unsigned __int128)(behind + chunk) * 1000 + rate - 1) / rate;
+    *wait_ms = ms < 1 ? 1 : ms > 60000 ? 60000 : (uint32_t)ms;
+    return have;
+}
+
+static int set_rate(struct cf_ctx *cx, const struct cf_node *n, const struct cf_directive *d,
+                    void *conf)
+{
+    struct limit_conf *c = &((struct loc_conf *)conf)->limits;
+    bool after = !strcmp(d->name, "limit_rate_after");
+    struct tmpl **slot = after ? &c->rate_after : &c->rate;
+    if (*slot)
+        return cf_error(cx, n, "\"%s\" directive is duplicate", d->name);
+    const char *a = n->args[0];
+    uint64_t v;
+    if (!strchr(a, '$') && limit_rate_parse(slice_cstr(a), &v) < 0)
+        return cf_error(cx, n, "invalid value \"%s\"", a);
+    *slot = conf_tmpl(cx, n, a);
+    return *slot ? 0 : -1;
+}
+
 #define LOC_ANY (CF_HTTP | CF_SERVER | CF_LOCATION)
 #define OFF_LIM offsetof(struct loc_conf, limits)
 
@@ -523,6 +614,11 @@ static const struct cf_directive limit_directives[] = {
     {"limit_conn_dry_run", LOC_ANY, 1, 1, false, cf_set_flag, CONF_LOC,
      OFF_LIM + offsetof(struct limit_conf, conn_dry_run), "on | off", "off",
      "count and log, but do not reject"},
+    {"limit_rate", LOC_ANY, 1, 1, false, set_rate, CONF_LOC, 0, "rate", "0",
+     "response bytes per second to a client, per request (0: no limit); variables allowed; "
+     "set $limit_rate chooses it per request"},
+    {"limit_rate_after", LOC_ANY, 1, 1, false, set_rate, CONF_LOC, 0, "size", "0",
+     "this much of a response goes at full speed before limit_rate applies"},
     {NULL, 0, 0, 0, false, NULL, 0, 0, NULL, NULL, NULL},
 };
 
@@ -607,6 +703,9 @@ enum limit_verdict limit_req_check(struct exchange *ex, uint64_t *delay_ms)
     *delay_ms = 0;
     struct req_undo undo[16];
     size_t nundo = 0;
+    bool dry_delay = false;
+    if (c->nreq)
+        ex->limit_req_st = LIMIT_ST_PASSED;
     for (size_t i = 0; i < c->nreq; i++) {
         const struct limit_req_rule *r = &c->req[i];
         const struct limit_zone_decl *d = r->decl;
@@ -636,9 +735,12 @@ enum limit_verdict limit_req_check(struct exchange *ex, uint64_t *delay_ms)
             pthread_mutex_unlock(&z->lock);
             limit_log(ex, c->req_log_level, "limiting requests", d->name, excess, true,
                       c->req_dry_run);
-            if (c->req_dry_run)
+            if (c->req_dry_run) {
+                ex->limit_req_st = LIMIT_ST_REJECTED_DRY_RUN;
                 continue;
+            }
             undo_rules(undo, nundo - 1); /* the earlier rules do not count it */
+            ex->limit_req_st = LIMIT_ST_REJECTED;
             return LIMIT_REJECT;
         }
         n->excess = excess;
@@ -650,8 +752,13 @@ enum limit_verdict limit_req_check(struct exchange *ex, uint64_t *delay_ms)
                       "delaying request", d->name, excess, true, c->req_dry_run);
             if (!c->req_dry_run && w > delay)
                 delay = w;
+            dry_delay |= c->req_dry_run;
         }
     }
+    if (delay)
+        ex->limit_req_st = LIMIT_ST_DELAYED;
+    else if (dry_delay && ex->limit_req_st == LIMIT_ST_PASSED)
+        ex->limit_req_st = LIMIT_ST_DELAYED_DRY_RUN;
     *delay_ms = delay;
     return delay ? LIMIT_DELAY : LIMIT_PASS;
 }
@@ -671,6 +778,8 @@ enum limit_verdict limit_conn_take(struct exchange *ex)
         return LIMIT_REJECT;
     size_t k = 0;
     uint64_t now = loop_now_ms(ex->loop);
+    if (c->nconn)
+        ex->limit_conn_st = LIMIT_ST_PASSED;
     for (size_t i = 0; i < c->nconn; i++) {
         const struct limit_conn_rule *r = &c->conn[i];
         struct slice key = tmpl_eval(ex, r->decl->key, ESC_NONE);
@@ -687,8 +796,11 @@ enum limit_verdict limit_conn_take(struct exchange *ex)
         if (over) {
             limit_log(ex, c->conn_log_level, "limiting connections", r->decl->name, 0, false,
                       c->conn_dry_run);
-            if (c->conn_dry_run)
+            if (c->conn_dry_run) {
+                ex->limit_conn_st = LIMIT_ST_REJECTED_DRY_RUN;
                 continue;
+            }
+            ex->limit_conn_st = LIMIT_ST_REJECTED;
             ex->limit_holds = h;
             ex->nlimit_holds = k;
             limit_conn_release(ex);

@@ -11,6 +11,7 @@
 #include <stdint.h>
 
 #include "config/config.h"
+#include "core/str.h"
 
 struct exchange;
 struct snapshot;
@@ -54,6 +55,8 @@ struct limit_conf {
     int req_status, conn_status;       /* 503 */
     int req_log_level, conn_log_level; /* enum log_level; error */
     int req_dry_run, conn_dry_run;
+    struct tmpl *rate;       /* limit_rate (bytes/s), NULL unset */
+    struct tmpl *rate_after; /* limit_rate_after */
 };
 
 extern const struct cf_module limit_cf_module;
@@ -76,5 +79,32 @@ enum limit_verdict limit_req_check(struct exchange *ex, uint64_t *delay_ms);
  * until limit_conn_release), or reject. */
 enum limit_verdict limit_conn_take(struct exchange *ex);
 void limit_conn_release(struct exchange *ex);
+
+/* limit_rate: callers check first, cheaply, that a limit may apply:
+ * ex->limit_rate || (!ex->limit_rate_set && ex->lc->limits.rate).
+ * How many more response bytes may be written now (UINT64_MAX:
+ * no limit). The rate is decided at the first call (set $limit_rate or
+ * X-Accel-Limit-Rate may have chosen it before). When the answer is less
+ * than `queued`, *wait_ms says when to try again. Counts ex->bytes_sent, as
+ * nginx counts what it sent: the first second's worth and limit_rate_after
+ * go at once. */
+uint64_t limit_rate_budget(struct exchange *ex, uint64_t now_ms, uint64_t queued,
+                           uint32_t *wait_ms);
+
+/* The request's rate (bytes/s, 0 none), decided on the first call. */
+uint64_t limit_rate_current(struct exchange *ex);
+
+/* $limit_req_status / $limit_conn_status (ex->limit_req_st, limit_conn_st) */
+enum limit_status {
+    LIMIT_ST_NONE,
+    LIMIT_ST_PASSED,
+    LIMIT_ST_DELAYED,
+    LIMIT_ST_REJECTED,
+    LIMIT_ST_DELAYED_DRY_RUN,
+    LIMIT_ST_REJECTED_DRY_RUN,
+};
+
+/* Parse a size value ("100k") as limit_rate does; -1 if it is not one. */
+int limit_rate_parse(struct slice v, uint64_t *out);
 
 #endif

@@ -2448,7 +2448,7 @@ void proxy_start_located(struct exchange *ex)
  * dropped before anything reads them, as nginx ignores them while parsing,
  * so no variable, rule or upstream sees them. The listening address's
  * default server decides: the virtual server is not known yet. */
-static void drop_underscore_fields(struct exchange *ex)
+static __attribute__((noinline)) void drop_underscore_fields(struct exchange *ex)
 {
     const struct loc_conf *dl = ex->listen->dflt->lc;
     if (dl->underscores_in_headers || !dl->ignore_invalid_headers)
@@ -2468,7 +2468,8 @@ static void drop_underscore_fields(struct exchange *ex)
 
 void proxy_start(struct exchange *ex)
 {
-    drop_underscore_fields(ex);
+    if (ex->req_underscore) /* (the parser noted it: nothing to scan otherwise) */
+        drop_underscore_fields(ex);
     if (route(ex))
         return;
     if (ex->lc->nrealip_from) /* rules given in the location only (nginx's preaccess) */

@@ -9,6 +9,7 @@
 #include "core/log.h"
 #include "proxy/conf.h"
 #include "proxy/exchange.h"
+#include "proxy/limit.h"
 #include "proxy/map.h"
 #include "proxy/vars.h"
 #include "router/router.h"
@@ -70,7 +71,7 @@ static void collect_sets(const struct cf_node *n, const char **names, size_t *co
 {
     for (const struct cf_node *c = n->children; c; c = c->next) {
         if (strcmp(c->name, "set") == 0 && c->nargs >= 1 && c->args[0][0] == '$' &&
-            !is_args_var(c->args[0] + 1)) {
+            !is_args_var(c->args[0] + 1) && strcmp(c->args[0] + 1, "limit_rate") != 0) {
             const char *nm = c->args[0] + 1;
             bool seen = false;
             for (size_t i = 0; fill && i < *count; i++)
@@ -223,6 +224,14 @@ static int add_set(struct cf_ctx *cx, const struct cf_node *n, struct snapshot *
         if (!op)
             return cf_error(cx, n, "out of memory");
         op->var = -1; /* the request's arguments */
+        op->value = conf_tmpl(cx, n, n->args[1]);
+        return op->value ? 0 : -1;
+    }
+    if (strcmp(v + 1, "limit_rate") == 0) { /* as nginx: the request's limit_rate */
+        struct rw_op *op = new_op(cx, pp, OP_SET);
+        if (!op)
+            return cf_error(cx, n, "out of memory");
+        op->var = -2;
         op->value = conf_tmpl(cx, n, n->args[1]);
         return op->value ? 0 : -1;
     }
@@ -518,7 +527,15 @@ enum rw_result rw_run(struct exchange *ex, const struct rw_prog *p, struct rw_re
             ret->text = op->text ? eval(ex, op->text) : SLICE_NULL;
             return RW_RETURN;
         case OP_SET:
-            if (op->var < 0) { /* set $args */
+            if (op->var == -2) { /* set $limit_rate */
+                uint64_t rate = 0;
+                struct slice v = eval(ex, op->value);
+                if (limit_rate_parse(v, &rate) < 0 && v.len)
+                    LOG(LOG_ERR, "*%llu invalid $limit_rate \"%.*s\"", (unsigned long long)ex->id,
+                        (int)v.len, v.p);
+                ex->limit_rate = rate;
+                ex->limit_rate_set = true;
+            } else if (op->var < 0) { /* set $args */
                 ex->args = eval(ex, op->value);
                 ex->has_args = ex->args.len > 0;
                 ex->args_set = true; /* the request line is made anew (no new search) */

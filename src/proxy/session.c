@@ -16,6 +16,7 @@
 #include "http1/h1.h"
 #include "proxy/accesslog.h"
 #include "proxy/exchange.h"
+#include "proxy/limit.h"
 #include "proxy/proxy.h"
 #include "proxy/vars.h"
 #include "net/proxy_protocol.h"
@@ -68,6 +69,7 @@ struct h1_session {
     unsigned char state;   /* enum sess_state */
     unsigned char nodelay; /* net_nodelay_before_write */
     bool reset_close;      /* reset_timedout_connection: the close sends RST */
+    bool rate_limited;     /* limit_rate may apply to this response (op_send_head) */
     bool post_flush;       /* write what is queued */
     bool post_resume;      /* read the next (pipelined) head */
     bool head_started;     /* bytes of the next head have arrived */
@@ -99,7 +101,8 @@ struct h1_busy {
     struct buf *head_seg;     /* holds the request head the exchange points into */
     struct buf *scratch;      /* small framing strings (chunk sizes) */
     size_t scratch_used;
-    struct timer wtimer; /* send_timeout */
+    struct timer wtimer;    /* send_timeout */
+    struct timer ratetimer; /* limit_rate: the next write */
     enum rb_kind rb_kind;
     uint64_t rb_left;
     uint64_t rb_total;
@@ -130,16 +133,20 @@ size_t h1_session_trim_unused(size_t keep)
 }
 
 static void wtimer_cb(struct timer *t);
+static void ratetimer_cb(struct timer *t);
 
 static int busy_get(struct h1_session *s)
 {
     if (s->b)
         return 0;
     s->b = freelist_pop(&busy_blocks);
-    if (!s->b)
+    if (!s->b) {
         s->b = malloc(sizeof(*s->b));
-    if (!s->b)
-        return -1;
+        if (!s->b)
+            return -1;
+        /* once per block: a block comes back with it disarmed (rate_stop) */
+        timer_init(&s->b->ratetimer, ratetimer_cb, NULL);
+    }
     memset(&s->b->ex, 0, sizeof(s->b->ex));
     outq_init(&s->b->out);
     s->b->head_seg = s->b->scratch = NULL;
@@ -182,12 +189,13 @@ static ssize_t sess_recv(struct h1_session *s, void *buf, size_t want)
     return tls_io_read(&s->io, s->tls, buf, want);
 }
 
-static ssize_t sess_send(struct h1_session *s)
+static ssize_t sess_send(struct h1_session *s, size_t max)
 {
     net_nodelay_before_write(s->io.fd, &s->nodelay);
     if (!s->tls)
-        return outq_write(&s->b->out, s->io.fd);
-    return outq_write_with(&s->b->out, tls_outq_writev, s->tls);
+        return max == SIZE_MAX ? outq_write(&s->b->out, s->io.fd)
+                               : outq_write_max(&s->b->out, s->io.fd, max);
+    return outq_write_with_max(&s->b->out, tls_outq_writev, s->tls, max);
 }
 static void read_head(struct h1_session *s);
 static void sess_flush(struct h1_session *s);
@@ -410,6 +418,13 @@ static int queue_small(struct h1_session *s, const char *p, size_t len)
 
 static void finish_exchange(struct h1_session *s);
 
+/* The block's limit_rate timer is disarmed before it serves anything else. */
+static inline void rate_stop(struct h1_session *s)
+{
+    if (s->rate_limited && timer_armed(&s->b->ratetimer))
+        timer_cancel(&s->b->ratetimer);
+}
+
 static void sess_flush(struct h1_session *s)
 {
     if (s->state == S_CLOSED)
@@ -419,14 +434,29 @@ static void sess_flush(struct h1_session *s)
         posted_cancel(s->w->loop, &s->post);
     if (out_count(s)) {
         size_t before = s->b->out.bytes;
-        ssize_t w = sess_send(s);
+        size_t max = SIZE_MAX;
+        uint32_t wait_ms = 0;
+        struct exchange *ex = &s->b->ex;
+        if (s->rate_limited && s->active) {
+            uint64_t m = limit_rate_budget(ex, loop_now_ms(s->w->loop), before, &wait_ms);
+            max = m < SIZE_MAX ? (size_t)m : SIZE_MAX;
+            if (max < before) {
+                s->b->ratetimer.data = s;
+                timer_set(s->w->loop, &s->b->ratetimer, wait_ms);
+            }
+            if (max == 0)
+                return; /* (not writable-blocked: the timer brings us back) */
+        }
+        ssize_t w = sess_send(s, max);
         if (w < 0 && errno != EAGAIN) {
             LOG(LOG_INFO, "client %s: write failed: %s", "connection", strerror(errno));
             sess_close(s);
             return;
         }
         if (s->active)
-            s->b->ex.bytes_sent += before - s->b->out.bytes;
+            ex->bytes_sent += before - s->b->out.bytes;
+        if (s->b->out.count && max < SIZE_MAX && (size_t)w == max)
+            return; /* the rate's share is out: the rest at ratetimer */
         if (s->b->out.count) {
             s->io.writable = false;
             const struct loc_conf *lc = s->active && s->b->ex.lc ? s->b->ex.lc : dflt_lc(s);
@@ -759,6 +789,7 @@ static void start_exchange(struct h1_session *s, struct h1_request *req)
     s->active = true;
     s->ex_done = s->ex_broken = s->waiting_drain = false;
     s->sent_continue = s->resp_chunked = s->resp_no_body = s->resp_ended = false;
+    s->rate_limited = false;
     s->checked_line_limit = false;
     s->head_started = false;
     s->state = S_EXCHANGE;
@@ -789,6 +820,7 @@ static void start_exchange(struct h1_session *s, struct h1_request *req)
     if (!ex->req_fields)
         goto oom;
     memcpy(ex->req_fields, req->fields, req->nfields * sizeof(*ex->req_fields));
+    ex->req_underscore = req->underscore;
     ex->host = http_host_normalize(&ex->arena, req->host);
     if (req->upgrade && !req->upgrade_h2c) {
         bool found;
@@ -855,6 +887,7 @@ oom:
 static void finish_exchange(struct h1_session *s)
 {
     struct exchange *ex = &s->b->ex;
+    rate_stop(s);
     accesslog_write(ex);
     proxy_release(ex);
     if (ex->close_conn)
@@ -911,6 +944,8 @@ static int op_send_head(struct exchange *ex, const struct resp_head *h)
     bool http10 = ex->minor_version == 0;
     bool no_body = h->no_body || ex->method_id == HTTP_M_HEAD;
     s->resp_no_body = no_body;
+    /* set $limit_rate and X-Accel-Limit-Rate have spoken by now */
+    s->rate_limited = ex->limit_rate || (!ex->limit_rate_set && lc->limits.rate);
     s->resp_chunked = false;
     if (!no_body && h->content_length < 0) {
         if (http10)
@@ -1328,6 +1363,11 @@ static void rtimer_cb(struct timer *t)
     }
 }
 
+static void ratetimer_cb(struct timer *t)
+{
+    sess_flush(t->data);
+}
+
 static void wtimer_cb(struct timer *t)
 {
     struct h1_session *s = t->data;
@@ -1371,8 +1411,10 @@ static void sess_close(struct h1_session *s)
     }
     timer_cancel(&s->rtimer);
     posted_cancel(l, &s->post);
-    if (s->b)
+    if (s->b) {
         outq_clear(&s->b->out);
+        rate_stop(s);
+    }
     if (s->active) {
         struct exchange *ex = &s->b->ex;
         if (!s->ex_done) {

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "proxy/exchange.h"
+#include "proxy/limit.h"
 #include "proxy/map.h"
 #include "proxy/rewrite.h"
 #include "proxy/proxy.h"
@@ -44,6 +45,9 @@ enum var_id {
     V_STATUS,
     V_BODY_BYTES_SENT,
     V_BYTES_SENT,
+    V_LIMIT_RATE,
+    V_LIMIT_REQ_STATUS,
+    V_LIMIT_CONN_STATUS,
     V_REQUEST_LENGTH,
     V_REQUEST_TIME,
     V_UPSTREAM_ADDR,
@@ -121,6 +125,9 @@ static const struct var_def var_defs[] = {
     {"status", V_STATUS, false},
     {"body_bytes_sent", V_BODY_BYTES_SENT, false},
     {"bytes_sent", V_BYTES_SENT, false},
+    {"limit_rate", V_LIMIT_RATE, false},
+    {"limit_req_status", V_LIMIT_REQ_STATUS, false},
+    {"limit_conn_status", V_LIMIT_CONN_STATUS, false},
     {"request_length", V_REQUEST_LENGTH, false},
     {"request_time", V_REQUEST_TIME, false},
     {"upstream_addr", V_UPSTREAM_ADDR, false},
@@ -434,6 +441,24 @@ static struct slice pair_value(struct slice list, struct slice name, char sep, b
     return SLICE_NULL;
 }
 
+static struct slice limit_status_name(uint8_t st)
+{
+    switch (st) {
+    case LIMIT_ST_PASSED:
+        return SLICE_LIT("PASSED");
+    case LIMIT_ST_DELAYED:
+        return SLICE_LIT("DELAYED");
+    case LIMIT_ST_REJECTED:
+        return SLICE_LIT("REJECTED");
+    case LIMIT_ST_DELAYED_DRY_RUN:
+        return SLICE_LIT("DELAYED_DRY_RUN");
+    case LIMIT_ST_REJECTED_DRY_RUN:
+        return SLICE_LIT("REJECTED_DRY_RUN");
+    default:
+        return SLICE_NULL;
+    }
+}
+
 static struct slice fmt(struct exchange *ex, const char *f, ...)
     __attribute__((format(printf, 2, 3)));
 static struct slice fmt(struct exchange *ex, const char *f, ...)
@@ -678,6 +703,12 @@ struct slice var_value(struct exchange *ex, int var, struct slice arg)
         return fmt(ex, "%llu", (unsigned long long)ex->body_bytes_sent);
     case V_BYTES_SENT:
         return fmt(ex, "%llu", (unsigned long long)ex->bytes_sent);
+    case V_LIMIT_RATE:
+        return fmt(ex, "%llu", (unsigned long long)limit_rate_current(ex));
+    case V_LIMIT_REQ_STATUS:
+        return limit_status_name(ex->limit_req_st);
+    case V_LIMIT_CONN_STATUS:
+        return limit_status_name(ex->limit_conn_st);
     case V_REQUEST_LENGTH:
         return fmt(ex, "%zu", ex->request_length);
     case V_REQUEST_TIME:

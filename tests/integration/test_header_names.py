@@ -3,10 +3,11 @@
 too, PROXY_UNDER_TEST=nginx). Names with bytes outside the token characters
 are refused with 400 by Portico (nginx drops them): tested in test_reject.py."""
 import socket
+import subprocess
 
 import pytest
 
-from conftest import get
+from conftest import IS_NGINX, get
 
 
 @pytest.fixture(scope="module")
@@ -108,3 +109,19 @@ def test_body_timeout_resets(rst):
     got, how = outcome(rst.port, b"POST /reset/body HTTP/1.1\r\nHost: a\r\n"
                                  b"Content-Length: 10\r\n\r\nab")
     assert how == "reset"
+
+
+@pytest.mark.skipif(IS_NGINX, reason="h2c listener variant")
+def test_http2_underscore_fields_dropped(mres, origin):
+    p = mres.proxy("""
+        server {
+            listen 127.0.0.1:{port} http2;
+            location / { proxy_pass http://127.0.0.1:%d; }
+        }
+    """ % origin.port)
+    out = subprocess.run(["curl", "-s", "--http2-prior-knowledge", "-H", "X_Real_IP: 6.6.6.6",
+                          "-H", "X-Ok: 1", f"http://127.0.0.1:{p.port}/h2"],
+                         capture_output=True, timeout=20)
+    assert out.returncode == 0
+    h = seen(origin)
+    assert "x_real_ip" not in h and h["x-ok"] == "1"

@@ -95,6 +95,20 @@ Test(h1_request, simple_get)
     cr_assert(!r.upgrade);
 }
 
+Test(h1_request, underscore_in_a_name_is_noted)
+{
+    struct h1_request r;
+    ok_req("GET / HTTP/1.1\r\nHost: a\r\nX-A: b_c\r\n\r\n", &r);
+    cr_assert(!r.underscore); /* a value's '_' is nothing */
+    ok_req("GET / HTTP/1.1\r\nHost: a\r\nX_Real_IP: 1\r\n_: 2\r\nA_: 3\r\n\r\n", &r);
+    cr_assert(r.underscore);
+    cr_assert_eq(r.nfields, 4);
+    cr_assert(sl_eq(r.fields[1].name, "X_Real_IP"));
+    cr_assert(sl_eq(r.fields[2].name, "_"));
+    cr_assert(sl_eq(r.fields[3].name, "A_"));
+    cr_assert(sl_eq(r.fields[3].value, "3"));
+}
+
 Test(h1_request, trailing_bytes_not_part_of_head)
 {
     const char *s = "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabcGET";
