@@ -103,6 +103,7 @@ static void loc_conf_init(struct loc_conf *lc)
     lc->underscores_in_headers = CF_UNSET_FLAG;
     lc->ignore_invalid_headers = CF_UNSET_FLAG;
     lc->reset_timedout_connection = CF_UNSET_FLAG;
+    lc->resolver_timeout_ms = CF_UNSET_MSEC;
     lc->expires = CF_UNSET_INT;
     lc->satisfy_any = CF_UNSET_INT;
     lc->default_type = NULL;
@@ -155,6 +156,9 @@ static void loc_conf_merge(struct loc_conf *c, const struct loc_conf *p)
     MERGE(underscores_in_headers, CF_UNSET_FLAG);
     MERGE(ignore_invalid_headers, CF_UNSET_FLAG);
     MERGE(reset_timedout_connection, CF_UNSET_FLAG);
+    MERGE(resolver_timeout_ms, CF_UNSET_MSEC);
+    if (!c->resolver)
+        c->resolver = p->resolver;
     if (c->expires == CF_UNSET_INT) {
         c->expires = p->expires;
         c->expires_sec = p->expires_sec;
@@ -270,6 +274,7 @@ static void loc_conf_defaults(struct loc_conf *c)
         d.underscores_in_headers = 0;
         d.ignore_invalid_headers = 1;
         d.reset_timedout_connection = 0;
+        d.resolver_timeout_ms = 30000;
         d.expires = EXPIRES_OFF;
         d.satisfy_any = 0;
         d.redirects = redirect_default_rules;
@@ -775,6 +780,22 @@ static int set_user(struct cf_ctx *cx, const struct cf_node *n, const struct cf_
 
 /* Settings nginx needs to size its internal hash tables: Portico's tables
  * size themselves, so the value is only checked. */
+static int set_resolver(struct cf_ctx *cx, const struct cf_node *n, const struct cf_directive *d,
+                        void *conf)
+{
+    (void)d;
+    struct loc_conf *lc = conf;
+    if (lc->resolver)
+        return cf_error(cx, n, "\"resolver\" directive is duplicate");
+    struct net_resolver *r = arena_calloc(cx->arena, sizeof(*r));
+    if (!r)
+        return cf_error(cx, n, "out of memory");
+    if (ups_parse_resolver(cx, n, r) < 0)
+        return -1;
+    lc->resolver = r;
+    return 0;
+}
+
 static int set_hash_size(struct cf_ctx *cx, const struct cf_node *n, const struct cf_directive *d,
                          void *conf)
 {
@@ -1378,6 +1399,14 @@ static const struct cf_directive http_directives[] = {
      OFF_LOC(ignore_invalid_headers), "on | off", "on",
      "off: names with '_' pass even with underscores_in_headers off. Names outside "
      "RFC 9110's token characters are always refused with 400 (nginx drops them)"},
+    {"resolver", CF_HTTP | CF_SERVER, 1, CF_ARGS_ANY, false, set_resolver, CONF_LOC, 0,
+     "address ... [valid=time] [ipv6=on|off]", "-",
+     "DNS servers for names looked up while running, asked in turn over UDP: the resolve "
+     "servers of upstream groups without a resolver of their own (http level), and the "
+     "OCSP responders of ssl_stapling (this server's); without it, the system resolver"},
+    {"resolver_timeout", CF_HTTP | CF_SERVER, 1, 1, false, cf_set_msec, CONF_LOC,
+     OFF_LOC(resolver_timeout_ms), "time", "30s",
+     "how long each resolver address is waited for before the next one is asked"},
     {"reset_timedout_connection", LOC_ANY, 1, 1, false, cf_set_flag, CONF_LOC,
      OFF_LOC(reset_timedout_connection), "on | off", "off",
      "a client connection closed because it timed out (client_header_timeout, "
@@ -1789,6 +1818,9 @@ static int finalize(struct snapshot *s, struct load_state *ls, char *err, size_t
         return -1;
     s->groups = ls->groups;
     s->ngroups = ls->ngroups;
+    for (size_t i = 0; i < s->ngroups; i++)
+        ups_group_inherit_resolver(s->groups[i], s->http_lc->resolver,
+                                   s->http_lc->resolver_timeout_ms);
     return 0;
 }
 

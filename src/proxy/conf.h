@@ -168,6 +168,8 @@ struct loc_conf {
     int underscores_in_headers; /* (default server of the listening address) */
     int ignore_invalid_headers;
     int reset_timedout_connection;
+    struct net_resolver *resolver; /* resolver (http, server), NULL unset */
+    uint32_t resolver_timeout_ms;
     int http_version_minor; /* proxy_http_version 1.0 | 1.1 */
     uint32_t connect_timeout_ms;
     uint32_t read_timeout_ms;

@@ -416,6 +416,8 @@ int conf_tls_build(struct snapshot *s, char *err, size_t errlen)
             ssl_listen |= sc->listens[k].ssl;
         ssl_srv_conf_merge(c, &s->http_srv_defaults.ssl);
         ssl_finish(c, sc->http2);
+        c->tc.resolver = sc->lc->resolver;
+        c->tc.resolver_timeout_ms = sc->lc->resolver_timeout_ms;
         if (c->tc.ncerts != c->nkeys) {
             const char *f = c->file ? c->file : sc->file;
             int line = c->file ? c->line : sc->line;

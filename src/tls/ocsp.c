@@ -4,17 +4,23 @@
  * thread (blocking I/O there never touches a handshake), verified, and
  * refreshed before nextUpdate as nginx does: at min(nextUpdate - 5 min,
  * now + 1 h), not sooner than 5 min; after a failure, again in 5 min. Only
- * "good" responses are stapled. Names are resolved by the system resolver
- * on the fetching thread (nginx's `resolver` is not used). */
+ * "good" responses are stapled. Responder names are resolved on the fetching
+ * thread by the server's `resolver` (nginx's), or by the system resolver. */
 #include <openssl/err.h>
 #include <openssl/http.h>
 #include <openssl/ocsp.h>
 #include <openssl/x509v3.h>
+#include <arpa/inet.h>
+#include <errno.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/log.h"
+#include "net/dns.h"
 #include "tls/tls_int.h"
 
 #define MAX_ITEMS       4
@@ -37,7 +43,9 @@ struct tls_staple {
     bool dead; /* context gone: the fetcher drops it */
     bool verify;
     STACK_OF(X509) * chain;
-    X509_STORE *store; /* referenced from the SSL_CTX */
+    X509_STORE *store;            /* referenced from the SSL_CTX */
+    struct net_resolver resolver; /* n == 0: the system resolver */
+    uint32_t resolver_timeout_ms;
     size_t n;
     struct staple_item items[MAX_ITEMS];
     struct tls_staple *next; /* fetcher's list */
@@ -111,12 +119,59 @@ bool tls_staple_ready(struct tls_staple *s)
 
 /* ---- fetching thread ---- */
 
-static OCSP_RESPONSE *fetch(const struct staple_item *it)
+/* A connection to host:port through our resolver, as a BIO for OpenSSL's
+ * HTTP client (which otherwise resolves with the system's). NULL on
+ * failure (logged). */
+static BIO *connect_resolved(const struct tls_staple *s, const char *host, const char *port)
+{
+    struct net_addr a;
+    memset(&a, 0, sizeof(a));
+    char text[300];
+    int p = atoi(port);
+    if (p <= 0 || p > 65535)
+        return NULL;
+    if (inet_pton(AF_INET, host, &a.in4.sin_addr) == 1) {
+        a.in4.sin_family = AF_INET;
+        a.len = sizeof(a.in4);
+    } else if (inet_pton(AF_INET6, host, &a.in6.sin6_addr) == 1) {
+        a.in6.sin6_family = AF_INET6;
+        a.len = sizeof(a.in6);
+    } else if (net_dns_lookup(s->resolver.addr, s->resolver.n, host,
+                              s->resolver_timeout_ms ? s->resolver_timeout_ms : 30000,
+                              s->resolver.ipv6_set ? s->resolver.ipv6 : true, &a) < 0) {
+        log_write(LOG_ERR, "OCSP responder \"%s\" could not be resolved (%s)", host,
+                  errno == ENOENT ? "no such name" : "resolver timed out");
+        return NULL;
+    }
+    if (a.sa.ss_family == AF_INET)
+        a.in4.sin_port = htons((uint16_t)p);
+    else
+        a.in6.sin6_port = htons((uint16_t)p);
+    int fd = socket(a.sa.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return NULL;
+    struct timeval tv = {FETCH_TIMEOUT_S, 0};
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)); /* bounds connect() too */
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    if (connect(fd, (const struct sockaddr *)&a.sa, a.len) < 0) {
+        net_addr_format(&a, text, sizeof(text));
+        log_write(LOG_ERR, "OCSP responder \"%s\" at %s: connect failed (%s)", host, text,
+                  strerror(errno));
+        close(fd);
+        return NULL;
+    }
+    BIO *b = BIO_new_socket(fd, BIO_CLOSE);
+    if (!b)
+        close(fd);
+    return b;
+}
+
+static OCSP_RESPONSE *fetch(const struct tls_staple *s, const struct staple_item *it)
 {
     char *host = NULL, *port = NULL, *path = NULL;
     int use_ssl = 0;
     OCSP_RESPONSE *rsp = NULL;
-    BIO *req = NULL, *body = NULL;
+    BIO *req = NULL, *body = NULL, *conn = NULL;
     OCSP_REQUEST *oreq = OCSP_REQUEST_new();
     OCSP_CERTID *id = OCSP_CERTID_dup(it->id);
     if (!oreq || !id || !OCSP_request_add0_id(oreq, id)) {
@@ -129,7 +184,12 @@ static OCSP_RESPONSE *fetch(const struct staple_item *it)
     req = ASN1_item_i2d_mem_bio(ASN1_ITEM_rptr(OCSP_REQUEST), (const ASN1_VALUE *)oreq);
     if (!req)
         goto out;
-    body = OSSL_HTTP_transfer(NULL, host, port, path, 0, NULL, NULL, NULL, NULL, NULL, NULL, 0,
+    if (s->resolver.n) {
+        /* our connection; OpenSSL still names the host in the request */
+        if (!(conn = connect_resolved(s, host, port)))
+            goto out;
+    }
+    body = OSSL_HTTP_transfer(NULL, host, port, path, 0, NULL, NULL, conn, conn, NULL, NULL, 0,
                               NULL, "application/ocsp-request", req, "application/ocsp-response", 1,
                               MAX_RESPONSE, FETCH_TIMEOUT_S, 0);
     if (body)
@@ -137,6 +197,7 @@ static OCSP_RESPONSE *fetch(const struct staple_item *it)
 out:
     BIO_free(body);
     BIO_free(req);
+    BIO_free_all(conn);
     OCSP_REQUEST_free(oreq);
     OPENSSL_free(host);
     OPENSSL_free(port);
@@ -181,7 +242,7 @@ out:
 static void refresh_item(struct tls_staple *s, size_t i)
 {
     struct staple_item *it = &s->items[i];
-    OCSP_RESPONSE *rsp = fetch(it);
+    OCSP_RESPONSE *rsp = fetch(s, it);
     time_t next = rsp ? check(s, it, rsp) : 0;
     unsigned char *der = NULL;
     int len = next ? i2d_OCSP_RESPONSE(rsp, &der) : -1;
@@ -363,6 +424,9 @@ struct tls_staple *tls_staple_new(const struct tls_server_conf *c, SSL_CTX *ssl,
     pthread_mutex_init(&s->lock, NULL);
     s->refs = 1;
     s->verify = c->stapling_verify;
+    if (c->resolver)
+        s->resolver = *c->resolver;
+    s->resolver_timeout_ms = c->resolver_timeout_ms;
     if (c->trusted_certificate &&
         SSL_CTX_load_verify_locations(ssl, c->trusted_certificate, NULL) != 1) {
         tls_errf(err, errlen, "SSL_CTX_load_verify_locations", c->trusted_certificate);

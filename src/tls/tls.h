@@ -16,6 +16,8 @@
 /* Settings of one server block (or one upstream, for client contexts).
  * Strings are NUL-terminated; arrays may be empty. Filled by the config
  * loader, then handed to tls_server_ctx_new() once. */
+struct net_resolver;
+
 struct tls_server_conf {
     const char *certs[4]; /* ssl_certificate (PEM chains), e.g. an ECDSA and an RSA one */
     const char *keys[4];  /* ssl_certificate_key, same order */
@@ -48,9 +50,11 @@ struct tls_server_conf {
     bool stapling_verify;
     const char *stapling_file;       /* DER response to staple as is; else with `stapling`
                                       * responses are fetched from the AIA responder on a
-                                      * background thread (system resolver) */
+                                      * background thread (`resolver`, or the system's) */
     const char *trusted_certificate; /* issuers/responders for stapling; added to the
                                       * verify store, as nginx */
+    const struct net_resolver *resolver; /* names of responders (NULL: the system's) */
+    uint32_t resolver_timeout_ms;
     /* client certificates */
     const char *client_certificate; /* CA file */
     int verify_client;              /* TLS_VERIFY_OFF/ON/OPTIONAL/OPTIONAL_NO_CA; as nginx, a

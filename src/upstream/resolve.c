@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "core/log.h"
+#include "net/dns.h"
 
 void ups_server_publish(struct ups_server *s, const struct net_addr *a)
 {
@@ -71,79 +72,6 @@ static int lookup_system(const char *host, struct net_addr *out)
     return rc;
 }
 
-/* Skip a (possibly compressed) name at p; the offset after it or -1. */
-static int skip_name(const unsigned char *m, int len, int p)
-{
-    while (p < len) {
-        if ((m[p] & 0xc0) == 0xc0)
-            return p + 2 <= len ? p + 2 : -1;
-        if (m[p] == 0)
-            return p + 1;
-        p += m[p] + 1;
-    }
-    return -1;
-}
-
-/* One A query over UDP, 1s to answer, the first A record of the answer. */
-static int lookup_dns(const struct net_addr *server, const char *host, struct net_addr *out)
-{
-    unsigned char q[300], m[1500];
-    uint16_t id = (uint16_t)(time(NULL) ^ (uintptr_t)host);
-    size_t o = 12;
-    memset(q, 0, 12);
-    q[0] = (unsigned char)(id >> 8), q[1] = (unsigned char)id;
-    q[2] = 0x01; /* recursion desired */
-    q[5] = 1;    /* one question */
-    for (const char *l = host; *l;) {
-        const char *dot = strchr(l, '.');
-        size_t n = dot ? (size_t)(dot - l) : strlen(l);
-        if (n == 0 || n > 63 || o + n + 6 >= sizeof(q))
-            return -1;
-        q[o++] = (unsigned char)n;
-        memcpy(q + o, l, n);
-        o += n;
-        l += n + (dot ? 1 : 0);
-    }
-    q[o++] = 0;
-    q[o++] = 0, q[o++] = 1; /* A */
-    q[o++] = 0, q[o++] = 1; /* IN */
-    int fd = socket(server->sa.ss_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return -1;
-    int len = -1;
-    if (sendto(fd, q, o, 0, (const struct sockaddr *)&server->sa, server->len) == (ssize_t)o) {
-        struct pollfd pfd = {.fd = fd, .events = POLLIN};
-        if (poll(&pfd, 1, 1000) == 1)
-            len = (int)recv(fd, m, sizeof(m), 0);
-    }
-    close(fd);
-    if (len < 12 || m[0] != q[0] || m[1] != q[1] || (m[3] & 0x0f) != 0)
-        return -1;
-    int an = m[6] << 8 | m[7];
-    int p = skip_name(m, len, 12);
-    if (p < 0)
-        return -1;
-    p += 4;
-    for (int i = 0; i < an && p >= 0; i++) {
-        p = skip_name(m, len, p);
-        if (p < 0 || p + 10 > len)
-            return -1;
-        int type = m[p] << 8 | m[p + 1], rdlen = m[p + 8] << 8 | m[p + 9];
-        p += 10;
-        if (p + rdlen > len)
-            return -1;
-        if (type == 1 && rdlen == 4) {
-            memset(out, 0, sizeof(*out));
-            out->in4.sin_family = AF_INET;
-            memcpy(&out->in4.sin_addr, m + p, 4);
-            out->len = sizeof(out->in4);
-            return 0;
-        }
-        p += rdlen;
-    }
-    return -1;
-}
-
 int ups_resolve_server(const struct ups_group *g, struct ups_server *s)
 {
     char host[256];
@@ -151,7 +79,11 @@ int ups_resolve_server(const struct ups_group *g, struct ups_server *s)
     struct net_addr a;
     if (split_name(s->name, host, sizeof(host), &port) < 0)
         return -1;
-    if ((g->resolver ? lookup_dns(g->resolver, host, &a) : lookup_system(host, &a)) < 0) {
+    int rc = g->resolver.n ? net_dns_lookup(g->resolver.addr, g->resolver.n, host,
+                                            g->resolver.timeout_ms ? g->resolver.timeout_ms : 30000,
+                                            g->resolver.ipv6, &a)
+                           : lookup_system(host, &a);
+    if (rc < 0) {
         LOG(LOG_WARN, "upstream server %s of \"%s\" could not be resolved; keeping %s", s->name,
             g->name, ups_server_addr_text(s));
         return -1;

@@ -279,25 +279,70 @@ static int set_queue(struct cf_ctx *cx, const struct cf_node *n, const struct cf
     return 0;
 }
 
+int ups_parse_resolver(struct cf_ctx *cx, const struct cf_node *n, struct net_resolver *r)
+{
+    if (r->n)
+        return cf_error(cx, n, "\"resolver\" directive is duplicate");
+    for (size_t i = 0; i < n->nargs; i++) {
+        const char *a = n->args[i];
+        if (!strncmp(a, "valid=", 6)) {
+            if (cf_parse_msec(a + 6, &r->valid_ms) < 0 || r->valid_ms == 0)
+                return cf_error(cx, n, "invalid parameter \"%s\"", a);
+        } else if (!strcmp(a, "ipv6=on") || !strcmp(a, "ipv6=off")) {
+            r->ipv6 = a[6] == 'n';
+            r->ipv6_set = true;
+        } else if (!strncmp(a, "ipv4=", 5)) {
+            if (strcmp(a, "ipv4=on") != 0)
+                return cf_error(cx, n, "\"%s\" is not supported: A records are always asked", a);
+        } else {
+            const char *msg = NULL;
+            if (r->n == DNS_MAX_SERVERS)
+                return cf_error(cx, n, "too many resolver addresses (at most %d)", DNS_MAX_SERVERS);
+            if (net_addr_parse(a, 53, false, &r->addr[r->n], &msg) < 0)
+                return cf_error(cx, n, "invalid resolver address \"%s\": %s", a, msg);
+            r->n++;
+        }
+    }
+    if (!r->n)
+        return cf_error(cx, n, "no resolver address in \"resolver\"");
+    return 0;
+}
+
+void ups_group_inherit_resolver(struct ups_group *g, const struct net_resolver *http,
+                                uint32_t http_timeout_ms)
+{
+    uint32_t timeout = g->resolver.timeout_ms;
+    if (!g->resolver.n && http && http->n)
+        g->resolver = *http;
+    if (timeout)
+        g->resolver.timeout_ms = timeout; /* the group's own resolver_timeout wins */
+    else if (!g->resolver.timeout_ms)
+        g->resolver.timeout_ms = http_timeout_ms;
+    if (!g->resolver.ipv6_set)
+        g->resolver.ipv6 = true; /* nginx's default */
+    if (g->resolver.valid_ms)
+        g->resolver_valid_ms = g->resolver.valid_ms;
+}
+
 static int set_resolver(struct cf_ctx *cx, const struct cf_node *n, const struct cf_directive *d,
                         void *conf)
 {
     (void)d;
     struct ups_group *g = conf;
-    const char *msg = NULL;
-    if (g->resolver)
-        return cf_error(cx, n, "\"resolver\" directive is duplicate");
-    if (!(g->resolver = arena_calloc(cx->arena, sizeof(*g->resolver))))
-        return cf_error(cx, n, "out of memory");
-    if (net_addr_parse(n->args[0], 53, false, g->resolver, &msg) < 0)
-        return cf_error(cx, n, "invalid resolver address \"%s\": %s", n->args[0], msg);
-    if (n->nargs == 2) {
-        uint32_t ms;
-        if (strncmp(n->args[1], "valid=", 6) != 0 || cf_parse_msec(n->args[1] + 6, &ms) < 0 ||
-            ms == 0)
-            return cf_error(cx, n, "invalid parameter \"%s\"", n->args[1]);
-        g->resolver_valid_ms = ms;
-    }
+    if (ups_parse_resolver(cx, n, &g->resolver) < 0)
+        return -1;
+    if (g->resolver.valid_ms)
+        g->resolver_valid_ms = g->resolver.valid_ms;
+    return 0;
+}
+
+static int set_resolver_timeout(struct cf_ctx *cx, const struct cf_node *n,
+                                const struct cf_directive *d, void *conf)
+{
+    (void)d;
+    struct ups_group *g = conf;
+    if (cf_parse_msec(n->args[0], &g->resolver.timeout_ms) < 0 || !g->resolver.timeout_ms)
+        return cf_error(cx, n, "invalid value \"%s\"", n->args[0]);
     return 0;
 }
 
@@ -368,10 +413,15 @@ static const struct cf_directive ups_directives[] = {
     {"queue", CF_UPSTREAM, 1, 2, false, set_queue, UPS_CONF_GROUP, 0, "number [timeout=time]", "-",
      "when every server is at max_conns, up to number requests per worker wait in a FIFO for "
      "a connection to be released, at most timeout (60s); past either: 502"},
-    {"resolver", CF_UPSTREAM, 1, 2, false, set_resolver, UPS_CONF_GROUP, 0, "address [valid=time]",
-     "-",
-     "DNS server (UDP, A records) queried for the group's resolve servers every valid (30s); "
-     "without it they are looked up with the system resolver, off the workers"},
+    {"resolver_timeout", CF_UPSTREAM, 1, 1, false, set_resolver_timeout, UPS_CONF_GROUP, 0, "time",
+     "30s",
+     "how long each resolver address is waited for before the next is asked (default: the "
+     "http level's)"},
+    {"resolver", CF_UPSTREAM, 1, CF_ARGS_ANY, false, set_resolver, UPS_CONF_GROUP, 0,
+     "address ... [valid=time] [ipv6=on|off]", "-",
+     "DNS servers, asked in turn (UDP; A records, AAAA when there is none and ipv6=on), for "
+     "the group's resolve servers every valid (30s); without one here or at http level they "
+     "are looked up with the system resolver, off the workers"},
     {"keepalive", CF_UPSTREAM, 1, 1, false, set_keepalive, UPS_CONF_GROUP, 0, "connections", "-",
      "idle keep-alive connections to the servers kept by each worker"},
     {"keepalive_timeout", CF_UPSTREAM, 1, 1, false, cf_set_msec, UPS_CONF_GROUP,

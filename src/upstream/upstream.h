@@ -11,6 +11,7 @@
 #include "config/config.h"
 #include "core/loop.h"
 #include "core/str.h"
+#include "net/dns.h"
 #include "net/net.h"
 
 /* Active health check state of one server (upstream/check.c). Written by the
@@ -192,10 +193,19 @@ struct ups_group {
      * max_conns (queue_max = 0: no queue, 502 at once) */
     int queue_max;
     uint32_t queue_timeout_ms;
-    /* resolver ADDRESS [valid=T]: for `resolve` servers (no address: getaddrinfo) */
-    struct net_addr *resolver;
+    /* resolver ADDRESS... [valid=T] [ipv6=]: for `resolve` servers (none here
+     * or at http level: getaddrinfo); resolver_timeout per server */
+    struct net_resolver resolver;
     uint32_t resolver_valid_ms;
 };
+
+/* Parse `resolver address ... [valid=time] [ipv6=on|off]` into r (also the
+ * http-level directive's parser). */
+int ups_parse_resolver(struct cf_ctx *cx, const struct cf_node *n, struct net_resolver *r);
+
+/* A group without its own resolver takes the http level's (at load). */
+void ups_group_inherit_resolver(struct ups_group *g, const struct net_resolver *http,
+                                uint32_t http_timeout_ms);
 
 /* The `upstream {}` directives and the `server` line parser. */
 extern const struct cf_module ups_cf_module;

@@ -417,6 +417,36 @@ def _hget(headers, name):
     return None
 
 
+class FakeDns:
+    """Answers every A query with `self.ip` (UDP on 127.0.0.1)."""
+
+    def __init__(self):
+        import socket
+        self.ip = "127.0.0.1"
+        self.queries = 0
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self):
+        import socket
+        while True:
+            try:
+                q, peer = self.sock.recvfrom(512)
+            except OSError:
+                return
+            self.queries += 1
+            end = q.index(b"\0", 12) + 5
+            ans = (q[:2] + b"\x81\x80\x00\x01\x00\x01\x00\x00\x00\x00" + q[12:end] +
+                   b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x1e\x00\x04" +
+                   socket.inet_aton(self.ip))
+            self.sock.sendto(ans, peer)
+
+    def stop(self):
+        self.sock.close()
+
+
 class HttpOrigin(_Server):
     """Threaded HTTP/1.1 origin. Records every request it received.
 

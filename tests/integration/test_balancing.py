@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from conftest import IS_NGINX, Conn, HttpOrigin, build_request, get, wait_for
+from conftest import IS_NGINX, Conn, FakeDns, HttpOrigin, build_request, get, wait_for
 
 pytestmark = pytest.mark.skipif(IS_NGINX, reason="Portico's balancing directives")
 
@@ -426,36 +426,6 @@ server {{ listen 127.0.0.1:{{port}}; location / {{ proxy_pass http://u; }} }}
     assert msg in r.output, r.output
 
 
-class FakeDns:
-    """Answers every A query with `self.ip` (UDP on 127.0.0.1)."""
-
-    def __init__(self):
-        import socket
-        self.ip = "127.0.0.1"
-        self.queries = 0
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._run, daemon=True).start()
-
-    def _run(self):
-        import socket
-        while True:
-            try:
-                q, peer = self.sock.recvfrom(512)
-            except OSError:
-                return
-            self.queries += 1
-            end = q.index(b"\0", 12) + 5
-            ans = (q[:2] + b"\x81\x80\x00\x01\x00\x01\x00\x00\x00\x00" + q[12:end] +
-                   b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x1e\x00\x04" +
-                   socket.inet_aton(self.ip))
-            self.sock.sendto(ans, peer)
-
-    def stop(self):
-        self.sock.close()
-
-
 RESOLVE = """
 upstream u {
     server localhost:{oport} resolve max_fails=0;
@@ -487,3 +457,37 @@ def test_resolve_follows_the_resolver_without_reload(res):
     dns.ip = "127.0.0.1"
     wait_for(lambda: get(p.port, "/").status == 200, 5, what="the old address back")
     assert get(p.port, "/").header("X-Up") == o.addr
+
+
+RESOLVE_HTTP = """
+resolver {resolvers} valid=100ms;
+resolver_timeout 300ms;
+upstream u {
+    server localhost:{oport} resolve max_fails=0;
+}
+server {
+    listen 127.0.0.1:{port};
+    location / { proxy_pass http://u; add_header X-Up $upstream_addr always; }
+}
+"""
+
+
+def test_http_level_resolver_serves_the_groups(res):
+    """resolver at http level: groups without their own use it; a silent first
+    address is given up after resolver_timeout and the next one asked"""
+    import socket
+    o = res.origin("o1")
+    dns = res.add(FakeDns())
+    dns.ip = "127.0.0.2"  # nothing listens there
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # takes queries, never answers
+    silent.bind(("127.0.0.1", 0))
+    try:
+        p = res.proxy(RESOLVE_HTTP, oport=o.port,
+                      resolvers=f"127.0.0.1:{silent.getsockname()[1]} 127.0.0.1:{dns.port}")
+        wait_for(lambda: get(p.port, "/").status == 502, 10, what="the resolved address in use")
+        assert get(p.port, "/").header("X-Up") == f"127.0.0.2:{o.port}"
+        assert dns.queries > 0
+        dns.ip = "127.0.0.1"
+        wait_for(lambda: get(p.port, "/").status == 200, 10, what="the next answer in use")
+    finally:
+        silent.close()

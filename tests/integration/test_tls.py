@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import IS_NGINX, Conn, ScriptedOrigin, parse_one, Incomplete, wait_for
+from conftest import IS_NGINX, Conn, FakeDns, ScriptedOrigin, parse_one, Incomplete, wait_for
 
 pytestmark = [pytest.mark.skipif(IS_NGINX, reason="Portico's TLS"),
               pytest.mark.filterwarnings("ignore:ssl.TLSVersion:DeprecationWarning")]
@@ -323,14 +323,20 @@ def test_ocsp_staple_from_file(res, pki):
     assert "Cert Status: good" in out
 
 
-def test_ocsp_staple_fetched_from_a_local_responder(res, pki, tmp_path):
+@pytest.mark.parametrize("via_resolver", [False, True], ids=["ip", "resolver"])
+def test_ocsp_staple_fetched_from_a_local_responder(res, pki, tmp_path, via_resolver):
     """ssl_stapling on without a file: the responder named in the certificate
-    (AIA) is asked in the background; `openssl ocsp` plays the responder."""
+    (AIA) is asked in the background; `openssl ocsp` plays the responder.
+    With `resolver`, the AIA names a host only that DNS server knows."""
     port = socket.socket()
     port.bind(("127.0.0.1", 0))
     rport = port.getsockname()[1]
     port.close()
     d = str(tmp_path)
+    aia_host, resolver = "127.0.0.1", ""
+    if via_resolver:
+        dns = res.add(FakeDns())  # answers 127.0.0.1 to every name
+        aia_host, resolver = "ocsp.portico-test.invalid", f"resolver 127.0.0.1:{dns.port};"
     # a certificate naming the local responder
     openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
             "-out", f"{d}/aia.key")
@@ -338,7 +344,7 @@ def test_ocsp_staple_fetched_from_a_local_responder(res, pki, tmp_path):
             "-out", f"{d}/aia.csr")
     with open(f"{d}/aia.ext", "w") as f:
         f.write("subjectAltName=DNS:localhost\nextendedKeyUsage=serverAuth\n"
-                f"authorityInfoAccess=OCSP;URI:http://127.0.0.1:{rport}/\n")
+                f"authorityInfoAccess=OCSP;URI:http://{aia_host}:{rport}/\n")
     openssl("x509", "-req", "-in", f"{d}/aia.csr", "-CA", pki.p("ca.pem"), "-CAkey",
             pki.p("ca.key"), "-CAcreateserial", "-days", "30", "-extfile", f"{d}/aia.ext",
             "-out", f"{d}/aia.pem")
@@ -367,6 +373,7 @@ def test_ocsp_staple_fetched_from_a_local_responder(res, pki, tmp_path):
             ssl_stapling on;
             ssl_stapling_verify on;
             ssl_trusted_certificate {pki.d}/ca.pem;
+            {resolver}
             location / {{ return 200 "ok"; }}
         }}""")
 

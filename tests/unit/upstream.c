@@ -13,6 +13,7 @@
 
 #include "config/config.h"
 #include "core/log.h"
+#include "net/dns.h"
 #include "core/loop.h"
 #include "net/net.h"
 #include "upstream/upstream.h"
@@ -1299,12 +1300,44 @@ Test(ups_parse, resolve_and_resolver)
                                 "resolver 127.0.0.1:5353 valid=2s; }");
     cr_assert(g->servers[0].resolve);
     cr_assert_eq(g->resolver_valid_ms, 2000);
-    cr_assert_eq(ntohs(g->resolver->in4.sin_port), 5353);
+    cr_assert_eq(g->resolver.n, 1);
+    cr_assert_eq(ntohs(g->resolver.addr[0].in4.sin_port), 5353);
     cr_assert_null(group_try("upstream u { server 127.0.0.1:1; resolver 127.0.0.1 valid=x; }"));
     cr_assert(strstr(err, "invalid parameter \"valid=x\""), "%s", err);
     g = group("upstream u { server localhost:8080 resolve; }");
     cr_assert_eq(g->resolver_valid_ms, 30000);
-    cr_assert_null(g->resolver);
+    cr_assert_eq(g->resolver.n, 0);
+    /* several addresses (asked in turn), ipv6=, resolver_timeout */
+    g = group("upstream u { server localhost:8080 resolve; resolver 127.0.0.1 [::1]:5300 "
+              "ipv6=off; resolver_timeout 2s; }");
+    cr_assert_eq(g->resolver.n, 2);
+    cr_assert_eq(ntohs(g->resolver.addr[0].in4.sin_port), 53);
+    cr_assert_eq(g->resolver.addr[1].sa.ss_family, AF_INET6);
+    cr_assert(g->resolver.ipv6_set && !g->resolver.ipv6);
+    cr_assert_eq(g->resolver.timeout_ms, 2000);
+    cr_assert_null(group_try("upstream u { server 127.0.0.1:1; resolver valid=1s; }"));
+    cr_assert(strstr(err, "no resolver address"), "%s", err);
+    cr_assert_null(group_try("upstream u { server 127.0.0.1:1; resolver 127.0.0.1 ipv4=off; }"));
+    cr_assert(strstr(err, "is not supported"), "%s", err);
+}
+
+Test(ups_parse, group_takes_the_http_resolver)
+{
+    struct net_resolver http = {.n = 1, .valid_ms = 5000};
+    http.addr[0].in4.sin_family = AF_INET;
+    struct ups_group *g = group("upstream u { server localhost:8080 resolve; }");
+    ups_group_inherit_resolver(g, &http, 7000);
+    cr_assert_eq(g->resolver.n, 1);
+    cr_assert_eq(g->resolver_valid_ms, 5000);
+    cr_assert_eq(g->resolver.timeout_ms, 7000);
+    cr_assert(g->resolver.ipv6); /* nginx's default */
+    /* its own resolver and timeout win */
+    g = group("upstream u { server localhost:8080 resolve; resolver 127.0.0.2; "
+              "resolver_timeout 1s; }");
+    ups_group_inherit_resolver(g, &http, 7000);
+    cr_assert_eq(g->resolver.addr[0].in4.sin_addr.s_addr, htonl(0x7f000002));
+    cr_assert_eq(g->resolver.timeout_ms, 1000);
+    cr_assert_eq(g->resolver_valid_ms, 30000);
 }
 
 Test(ups_health, resolve_publish_is_seen_and_kept_until_release)
@@ -1406,4 +1439,61 @@ Test(ups_algo, more_than_64_servers)
         ups_tried_set(&t, i);
     cr_assert_null(ups_select(g, &cx), "all 200 tried");
     cr_assert_not(ups_has_candidate(g, &t, 1000));
+}
+
+/* ---- the stub resolver's reader (net/dns.c) ---- */
+
+static size_t dns_answer(unsigned char *m, const unsigned char *q, size_t qlen, int rcode,
+                         int rtype, const unsigned char *rd, size_t rdlen, bool tc)
+{
+    memcpy(m, q, qlen);
+    m[2] = (unsigned char)(0x81 | (tc ? 0x02 : 0));
+    m[3] = (unsigned char)(0x80 | rcode);
+    m[7] = rd ? 1 : 0;
+    size_t o = qlen;
+    if (rd) {
+        const unsigned char rr[] = {0xc0, 0x0c, 0, (unsigned char)rtype, 0, 1, 0, 0,
+                                    0,    30,   0, (unsigned char)rdlen};
+        memcpy(m + o, rr, sizeof(rr));
+        o += sizeof(rr);
+        memcpy(m + o, rd, rdlen);
+        o += rdlen;
+    }
+    return o;
+}
+
+Test(dns, query_and_answers)
+{
+    unsigned char q[300], m[600];
+    size_t qlen = net_dns_query("origin.test.", 1, 0xbeef, q, sizeof(q));
+    cr_assert_eq(qlen, 12 + 13 + 4);
+    cr_assert_eq(q[12], 6);
+    cr_assert_eq(net_dns_query("a..b", 1, 1, q + 100, 100), 0);
+    cr_assert_eq(net_dns_query("", 1, 1, q + 100, 100), 0);
+    struct net_addr a;
+    const unsigned char ip[4] = {127, 0, 0, 9}, ip6[16] = {[15] = 1};
+    size_t n = dns_answer(m, q, qlen, 0, 1, ip, 4, false);
+    cr_assert_eq(net_dns_parse(m, n, q, qlen, &a), 1);
+    cr_assert_eq(a.sa.ss_family, AF_INET);
+    cr_assert_eq(a.in4.sin_addr.s_addr, htonl(0x7f000009));
+    n = dns_answer(m, q, qlen, 3, 0, NULL, 0, false);
+    cr_assert_eq(net_dns_parse(m, n, q, qlen, &a), 0); /* NXDOMAIN */
+    n = dns_answer(m, q, qlen, 2, 0, NULL, 0, false);
+    cr_assert_eq(net_dns_parse(m, n, q, qlen, &a), -2); /* SERVFAIL: the next server */
+    n = dns_answer(m, q, qlen, 0, 1, ip, 4, true);
+    cr_assert_eq(net_dns_parse(m, n, q, qlen, &a), -1); /* truncated */
+    n = dns_answer(m, q, qlen, 0, 28, ip6, 16, false);
+    cr_assert_eq(net_dns_parse(m, n, q, qlen, &a), 0); /* AAAA to an A question */
+    n = dns_answer(m, q, qlen, 0, 1, ip, 4, false);
+    m[1] ^= 1; /* another id */
+    cr_assert_eq(net_dns_parse(m, n, q, qlen, &a), -1);
+    m[1] ^= 1;
+    m[14] ^= 0x20; /* another name */
+    cr_assert_eq(net_dns_parse(m, n, q, qlen, &a), -1);
+    m[14] ^= 0x20;
+    cr_assert_eq(net_dns_parse(m, n - 1, q, qlen, &a), -1); /* cut short */
+    size_t q6len = net_dns_query("origin.test", 28, 7, q, sizeof(q));
+    n = dns_answer(m, q, q6len, 0, 28, ip6, 16, false);
+    cr_assert_eq(net_dns_parse(m, n, q, q6len, &a), 1);
+    cr_assert_eq(a.sa.ss_family, AF_INET6);
 }
