@@ -103,6 +103,8 @@ static void loc_conf_init(struct loc_conf *lc)
     lc->underscores_in_headers = CF_UNSET_FLAG;
     lc->ignore_invalid_headers = CF_UNSET_FLAG;
     lc->reset_timedout_connection = CF_UNSET_FLAG;
+    lc->lingering_close = CF_UNSET_INT;
+    lc->lingering_time_ms = lc->lingering_timeout_ms = CF_UNSET_MSEC;
     lc->resolver_timeout_ms = CF_UNSET_MSEC;
     lc->expires = CF_UNSET_INT;
     lc->satisfy_any = CF_UNSET_INT;
@@ -156,6 +158,9 @@ static void loc_conf_merge(struct loc_conf *c, const struct loc_conf *p)
     MERGE(underscores_in_headers, CF_UNSET_FLAG);
     MERGE(ignore_invalid_headers, CF_UNSET_FLAG);
     MERGE(reset_timedout_connection, CF_UNSET_FLAG);
+    MERGE(lingering_close, CF_UNSET_INT);
+    MERGE(lingering_time_ms, CF_UNSET_MSEC);
+    MERGE(lingering_timeout_ms, CF_UNSET_MSEC);
     MERGE(resolver_timeout_ms, CF_UNSET_MSEC);
     if (!c->resolver)
         c->resolver = p->resolver;
@@ -274,6 +279,9 @@ static void loc_conf_defaults(struct loc_conf *c)
         d.underscores_in_headers = 0;
         d.ignore_invalid_headers = 1;
         d.reset_timedout_connection = 0;
+        d.lingering_close = LINGERING_ON;
+        d.lingering_time_ms = 30000;
+        d.lingering_timeout_ms = 5000;
         d.resolver_timeout_ms = 30000;
         d.expires = EXPIRES_OFF;
         d.satisfy_any = 0;
@@ -780,6 +788,24 @@ static int set_user(struct cf_ctx *cx, const struct cf_node *n, const struct cf_
 
 /* Settings nginx needs to size its internal hash tables: Portico's tables
  * size themselves, so the value is only checked. */
+static int set_lingering_close(struct cf_ctx *cx, const struct cf_node *n,
+                               const struct cf_directive *d, void *conf)
+{
+    (void)d;
+    struct loc_conf *lc = conf;
+    const char *a = n->args[0];
+    if (!strcmp(a, "off"))
+        lc->lingering_close = LINGERING_OFF;
+    else if (!strcmp(a, "on"))
+        lc->lingering_close = LINGERING_ON;
+    else if (!strcmp(a, "always"))
+        lc->lingering_close = LINGERING_ALWAYS;
+    else
+        return cf_error(cx, n, "invalid value \"%s\" in \"lingering_close\" (off, on or always)",
+                        a);
+    return 0;
+}
+
 static int set_resolver(struct cf_ctx *cx, const struct cf_node *n, const struct cf_directive *d,
                         void *conf)
 {
@@ -1407,6 +1433,16 @@ static const struct cf_directive http_directives[] = {
     {"resolver_timeout", CF_HTTP | CF_SERVER, 1, 1, false, cf_set_msec, CONF_LOC,
      OFF_LOC(resolver_timeout_ms), "time", "30s",
      "how long each resolver address is waited for before the next one is asked"},
+    {"lingering_close", LOC_ANY, 1, 1, false, set_lingering_close, CONF_LOC, 0, "off | on | always",
+     "on",
+     "before closing a connection whose client may still be sending, the write side is shut "
+     "and what arrives is read and dropped, so the client gets the answer instead of a reset "
+     "(on: when a request body or pipelined bytes are unread; always; off: never)"},
+    {"lingering_time", LOC_ANY, 1, 1, false, cf_set_msec, CONF_LOC, OFF_LOC(lingering_time_ms),
+     "time", "30s", "the longest a lingering close reads"},
+    {"lingering_timeout", LOC_ANY, 1, 1, false, cf_set_msec, CONF_LOC,
+     OFF_LOC(lingering_timeout_ms), "time", "5s",
+     "a lingering close ends when the client sends nothing for this long"},
     {"reset_timedout_connection", LOC_ANY, 1, 1, false, cf_set_flag, CONF_LOC,
      OFF_LOC(reset_timedout_connection), "on | off", "off",
      "a client connection closed because it timed out (client_header_timeout, "

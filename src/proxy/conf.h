@@ -118,6 +118,8 @@ enum expires_kind {
 #define LOC_EXTRA_FIELDS(lc) ((lc)->add_headers.n + 2)
 
 /* Settings of http, server and location levels (one shape, merged down). */
+enum { LINGERING_OFF, LINGERING_ON, LINGERING_ALWAYS };
+
 struct loc_conf {
     struct proxy_pass *pass;
     struct rw_prog *rw; /* rewrite, return, set, if, break of this level (not inherited) */
@@ -168,6 +170,8 @@ struct loc_conf {
     int underscores_in_headers; /* (default server of the listening address) */
     int ignore_invalid_headers;
     int reset_timedout_connection;
+    int lingering_close; /* LINGERING_OFF / _ON / _ALWAYS */
+    uint32_t lingering_time_ms, lingering_timeout_ms;
     struct net_resolver *resolver; /* resolver (http, server), NULL unset */
     uint32_t resolver_timeout_ms;
     int http_version_minor; /* proxy_http_version 1.0 | 1.1 */

@@ -24,9 +24,7 @@
 #include "tls/tls.h"
 #include "http2/h2.h"
 
-#define MAX_FIELDS        100
-#define LINGER_TIMEOUT_MS 5000
-#define LINGER_MAX_MS     30000
+#define MAX_FIELDS 100
 
 enum sess_state {
     S_PROXY,     /* listen ... proxy_protocol: waiting for the PROXY header */
@@ -63,6 +61,9 @@ struct h1_session {
      * the session is closed, it carries the free */
     struct posted post;
     uint64_t linger_deadline;
+    uint8_t lg_mode;        /* lingering_close of the last request (lingering_of) */
+    uint32_t lg_timeout_ms; /* lingering_timeout */
+    uint32_t lg_time_ms;    /* lingering_time */
 
     uint64_t conn_number;
     int requests;
@@ -418,6 +419,15 @@ static int queue_small(struct h1_session *s, const char *p, size_t len)
 
 static void finish_exchange(struct h1_session *s);
 
+/* The lingering close follows the settings of the request that ends the
+ * connection (copied: its snapshot may go before the close). */
+static void lingering_of(struct h1_session *s, const struct loc_conf *lc)
+{
+    s->lg_mode = (uint8_t)lc->lingering_close;
+    s->lg_time_ms = lc->lingering_time_ms ? lc->lingering_time_ms : 1;
+    s->lg_timeout_ms = lc->lingering_timeout_ms ? lc->lingering_timeout_ms : 1;
+}
+
 /* The block's limit_rate timer is disarmed before it serves anything else. */
 static inline void rate_stop(struct h1_session *s)
 {
@@ -479,7 +489,10 @@ static void sess_flush(struct h1_session *s)
         return;
     }
     if (s->close_after && s->state != S_LINGER) {
-        if (s->reset_close || (!s->linger && (!s->rseg || s->rstart == s->rend))) {
+        if (!s->lg_time_ms)
+            lingering_of(s, dflt_lc(s)); /* no request got as far as a location */
+        if (s->reset_close || s->lg_mode == LINGERING_OFF ||
+            (s->lg_mode == LINGERING_ON && !s->linger && (!s->rseg || s->rstart == s->rend))) {
             /* (a reset client gets no lingering: freeing it is the point) */
             /* nothing unread on our side (nginx's heuristic): just close */
             sess_close(s);
@@ -492,8 +505,8 @@ static void sess_flush(struct h1_session *s)
             tls_shutdown(s->tls);
         shutdown(s->io.fd, SHUT_WR);
         s->state = S_LINGER;
-        s->linger_deadline = loop_now_ms(s->w->loop) + LINGER_MAX_MS;
-        timer_set(s->w->loop, &s->rtimer, LINGER_TIMEOUT_MS);
+        s->linger_deadline = loop_now_ms(s->w->loop) + s->lg_time_ms;
+        timer_set(s->w->loop, &s->rtimer, s->lg_timeout_ms);
         s->io.readable = true;
         sess_io(&s->io, 0);
     }
@@ -899,6 +912,8 @@ static void finish_exchange(struct h1_session *s)
     const struct loc_conf *lc = ex->lc ? ex->lc : dflt_lc(s);
     if (s->requests >= lc->keepalive_requests || lc->keepalive_timeout_ms == 0)
         s->close_after = true;
+    if (s->close_after)
+        lingering_of(s, lc);
     uint32_t ka = lc->keepalive_timeout_ms;
     arena_deinit(&ex->arena);
     snapshot_unref(ex->snap);
@@ -1268,7 +1283,7 @@ static void linger_read(struct h1_session *s)
             if (now >= s->linger_deadline)
                 sess_close(s);
             else
-                timer_set(s->w->loop, &s->rtimer, LINGER_TIMEOUT_MS);
+                timer_set(s->w->loop, &s->rtimer, s->lg_timeout_ms);
             return;
         }
         sess_close(s);

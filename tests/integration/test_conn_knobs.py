@@ -1,9 +1,12 @@
-"""underscores_in_headers / ignore_invalid_headers: request fields named with
-'_' are dropped on arrival unless allowed, as nginx does (passes against nginx
-too, PROXY_UNDER_TEST=nginx). Names with bytes outside the token characters
-are refused with 400 by Portico (nginx drops them): tested in test_reject.py."""
+"""nginx's connection and header knobs: underscores_in_headers /
+ignore_invalid_headers (request fields named with '_' are dropped on arrival
+unless allowed), reset_timedout_connection, lingering_close / _time /
+_timeout. The cases pass against nginx too (PROXY_UNDER_TEST=nginx) except
+where marked. Names with bytes outside the token characters are refused with
+400 by Portico (nginx drops them): tested in test_reject.py."""
 import socket
 import subprocess
+import time
 
 import pytest
 
@@ -125,3 +128,69 @@ def test_http2_underscore_fields_dropped(mres, origin):
     assert out.returncode == 0
     h = seen(origin)
     assert "x_real_ip" not in h and h["x-ok"] == "1"
+
+
+# ---- lingering_close
+
+@pytest.fixture(scope="module")
+def lg(mres):
+    return mres.proxy("""
+        server {
+            listen 127.0.0.1:{port};
+            lingering_timeout 300ms;
+            location /on { return 200 "on"; }
+            location /always { lingering_close always; return 200 "always"; }
+            location /off { lingering_close off; return 200 "off"; }
+        }
+    """)
+
+
+def after_close(port, data, then=b"more bytes\r\n"):
+    """send `data` (the server answers and closes), read to EOF, then send more:
+    "lingering" if the server still reads them, "reset" if it had closed"""
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    try:
+        s.sendall(data)
+        got = b""
+        while True:
+            b = s.recv(65536)
+            if not b:
+                break
+            got += b
+        s.sendall(then)
+        # a closed server answers the bytes with a reset, which shows as an error
+        # on a later call (EPIPE: a reset in CLOSE_WAIT); a lingering one drops them
+        deadline = time.monotonic() + 0.25
+        try:
+            while time.monotonic() < deadline:
+                s.recv(1)  # EOF (b"") again until the reset is in
+                s.sendall(b"x")
+                time.sleep(0.01)
+            return got, "lingering"
+        except (ConnectionResetError, BrokenPipeError):
+            return got, "reset"
+    except (ConnectionResetError, BrokenPipeError):
+        return b"", "reset"
+    finally:
+        s.close()
+
+
+def test_lingering_close_always_keeps_reading(lg):
+    got, how = after_close(lg.port, b"GET /always HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    assert got.endswith(b"always") and how == "lingering"
+
+
+def test_lingering_close_on_closes_when_nothing_is_unread(lg):
+    got, how = after_close(lg.port, b"GET /on HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    assert got.endswith(b"on") and how == "reset"
+
+
+def test_lingering_close_off_closes_with_bytes_unread(lg):
+    # a pipelined request left unread: "on" lingers then, "off" has closed
+    nxt = b"GET /on HTTP/1.1\r\nHost: a\r\n\r\n"
+    got, how = after_close(lg.port, b"GET /off HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+                                    + nxt)
+    assert got.endswith(b"off") and how == "reset"
+    got, how = after_close(lg.port, b"GET /on HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+                                    + nxt)
+    assert got.endswith(b"on") and how == "lingering"
