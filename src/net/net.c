@@ -212,12 +212,52 @@ int net_set_reset_on_close(int fd)
     return setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof(l));
 }
 
+int net_addr_parse_ip(const char *text, struct net_addr *out, const char **errmsg)
+{
+    memset(out, 0, sizeof(*out));
+    char tmp[INET6_ADDRSTRLEN + 2];
+    size_t len = strlen(text);
+    if (len > 2 && text[0] == '[' && text[len - 1] == ']' && len - 2 < sizeof(tmp)) {
+        memcpy(tmp, text + 1, len - 2);
+        tmp[len - 2] = '\0';
+        text = tmp;
+    }
+    if (inet_pton(AF_INET, text, &out->in4.sin_addr) == 1) {
+        out->in4.sin_family = AF_INET;
+        out->len = sizeof(out->in4);
+        return 0;
+    }
+    if (inet_pton(AF_INET6, text, &out->in6.sin6_addr) == 1) {
+        out->in6.sin6_family = AF_INET6;
+        out->len = sizeof(out->in6);
+        return 0;
+    }
+    if (!strcmp(text, "localhost") || !strcmp(text, "*")) {
+        *errmsg = "not a numeric address";
+        return -1;
+    }
+    return net_addr_parse(text, 0, false, out, errmsg);
+}
+
 int net_connect(const struct net_addr *a)
+{
+    return net_connect_from(a, NULL, 0);
+}
+
+int net_connect_from(const struct net_addr *a, const struct net_addr *local, unsigned opts)
 {
     int fd = socket(a->sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return -1;
-    if (connect(fd, (const struct sockaddr *)&a->in6, a->len) < 0 && errno != EINPROGRESS) {
+    int one = 1;
+    if (((opts & NET_CONNECT_KEEPALIVE) &&
+         setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one)) < 0) ||
+        (local && (opts & NET_CONNECT_TRANSPARENT) &&
+         setsockopt(fd, local->sa.ss_family == AF_INET6 ? IPPROTO_IPV6 : IPPROTO_IP,
+                    local->sa.ss_family == AF_INET6 ? IPV6_TRANSPARENT : IP_TRANSPARENT, &one,
+                    sizeof(one)) < 0) ||
+        (local && bind(fd, (const struct sockaddr *)&local->in6, local->len) < 0) ||
+        (connect(fd, (const struct sockaddr *)&a->in6, a->len) < 0 && errno != EINPROGRESS)) {
         int e = errno;
         close(fd);
         errno = e;

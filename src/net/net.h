@@ -26,6 +26,10 @@ struct net_addr {
 int net_addr_parse(const char *text, int default_port, bool allow_resolve, struct net_addr *out,
                    const char **errmsg);
 
+/* A numeric IP with an optional port: "10.0.0.1", "::1", "[::1]",
+ * "10.0.0.1:8000", "[::1]:8000" (port 0 when none). 0 or -1 with a message. */
+int net_addr_parse_ip(const char *text, struct net_addr *out, const char **errmsg);
+
 /* "127.0.0.1:8080" / "[::1]:8080" into buf; returns its length. */
 size_t net_addr_format(const struct net_addr *a, char *buf, size_t len);
 /* Address and port separately (no brackets). */
@@ -80,6 +84,13 @@ static inline void net_nodelay_before_write(int fd, unsigned char *state)
  * Returns the fd (connect may still be in progress: wait for writability,
  * then net_connect_result) or -1 (errno). */
 int net_connect(const struct net_addr *a);
+
+/* net_connect with options: `local` (if set) is bound first (IP_TRANSPARENT
+ * before it with NET_CONNECT_TRANSPARENT, so it may be a foreign address:
+ * needs CAP_NET_ADMIN), NET_CONNECT_KEEPALIVE sets SO_KEEPALIVE. */
+#define NET_CONNECT_KEEPALIVE   1u
+#define NET_CONNECT_TRANSPARENT 2u
+int net_connect_from(const struct net_addr *a, const struct net_addr *local, unsigned opts);
 /* 0 when the connect succeeded, else the errno it failed with. */
 int net_connect_result(int fd);
 

@@ -103,6 +103,7 @@ static void loc_conf_init(struct loc_conf *lc)
     lc->underscores_in_headers = CF_UNSET_FLAG;
     lc->ignore_invalid_headers = CF_UNSET_FLAG;
     lc->reset_timedout_connection = CF_UNSET_FLAG;
+    lc->socket_keepalive = CF_UNSET_FLAG;
     lc->lingering_close = CF_UNSET_INT;
     lc->lingering_time_ms = lc->lingering_timeout_ms = CF_UNSET_MSEC;
     lc->resolver_timeout_ms = CF_UNSET_MSEC;
@@ -158,6 +159,12 @@ static void loc_conf_merge(struct loc_conf *c, const struct loc_conf *p)
     MERGE(underscores_in_headers, CF_UNSET_FLAG);
     MERGE(ignore_invalid_headers, CF_UNSET_FLAG);
     MERGE(reset_timedout_connection, CF_UNSET_FLAG);
+    MERGE(socket_keepalive, CF_UNSET_FLAG);
+    if (!c->proxy_bind_set) {
+        c->proxy_bind = p->proxy_bind;
+        c->proxy_bind_transparent = p->proxy_bind_transparent;
+        c->proxy_bind_set = p->proxy_bind_set;
+    }
     MERGE(lingering_close, CF_UNSET_INT);
     MERGE(lingering_time_ms, CF_UNSET_MSEC);
     MERGE(lingering_timeout_ms, CF_UNSET_MSEC);
@@ -279,6 +286,7 @@ static void loc_conf_defaults(struct loc_conf *c)
         d.underscores_in_headers = 0;
         d.ignore_invalid_headers = 1;
         d.reset_timedout_connection = 0;
+        d.socket_keepalive = 0;
         d.lingering_close = LINGERING_ON;
         d.lingering_time_ms = 30000;
         d.lingering_timeout_ms = 5000;
@@ -804,6 +812,32 @@ static int set_lingering_close(struct cf_ctx *cx, const struct cf_node *n,
         return cf_error(cx, n, "invalid value \"%s\" in \"lingering_close\" (off, on or always)",
                         a);
     return 0;
+}
+
+static int set_proxy_bind(struct cf_ctx *cx, const struct cf_node *n, const struct cf_directive *d,
+                          void *conf)
+{
+    (void)d;
+    struct loc_conf *lc = conf;
+    if (lc->proxy_bind_set)
+        return cf_error(cx, n, "\"proxy_bind\" directive is duplicate");
+    lc->proxy_bind_set = true;
+    const char *a = n->args[0];
+    if (n->nargs == 1 && !strcmp(a, "off"))
+        return 0;
+    if (n->nargs == 2) {
+        if (strcmp(n->args[1], "transparent") != 0)
+            return cf_error(cx, n, "invalid parameter \"%s\"", n->args[1]);
+        lc->proxy_bind_transparent = true;
+    }
+    if (!strchr(a, '$')) {
+        struct net_addr tmp;
+        const char *msg = NULL;
+        if (net_addr_parse_ip(a, &tmp, &msg) < 0)
+            return cf_error(cx, n, "invalid address \"%s\" in \"proxy_bind\": %s", a, msg);
+    }
+    lc->proxy_bind = conf_tmpl(cx, n, a);
+    return lc->proxy_bind ? 0 : -1;
 }
 
 static int set_resolver(struct cf_ctx *cx, const struct cf_node *n, const struct cf_directive *d,
@@ -1370,6 +1404,15 @@ static const struct cf_directive http_directives[] = {
      "pass a header hidden by default (Server, Date, X-Accel-*)"},
     {"proxy_pass_request_headers", LOC_ANY, 1, 1, false, cf_set_flag, CONF_LOC,
      OFF_LOC(pass_request_headers), "on | off", "on", "forward the client's request headers"},
+    {"proxy_bind", LOC_ANY, 1, 2, false, set_proxy_bind, CONF_LOC, 0, "address [transparent] | off",
+     "-",
+     "connect to upstreams from this local address (variables allowed; an empty value: "
+     "none); transparent allows a foreign address such as $remote_addr (IP_TRANSPARENT: "
+     "needs CAP_NET_ADMIN and policy routing). Pooled connections are reused only from the "
+     "same address"},
+    {"proxy_socket_keepalive", LOC_ANY, 1, 1, false, cf_set_flag, CONF_LOC,
+     OFF_LOC(socket_keepalive), "on | off", "off",
+     "TCP keep-alive (SO_KEEPALIVE, the system's timings) on new upstream connections"},
     {"proxy_pass_request_body", LOC_ANY, 1, 1, false, cf_set_flag, CONF_LOC,
      OFF_LOC(pass_request_body), "on | off", "on", "forward the client's request body"},
     {"add_header", LOC_ANY, 2, 3, false, set_add_header, CONF_LOC, 0, "name value [always]", "-",

@@ -162,6 +162,10 @@ struct loc_conf {
 
     int pass_request_headers;
     int pass_request_body;
+    struct tmpl *proxy_bind; /* local address of upstream connections, NULL: none */
+    bool proxy_bind_set;     /* (proxy_bind off counts) */
+    bool proxy_bind_transparent;
+    int socket_keepalive; /* proxy_socket_keepalive */
     int buffering;
     int request_buffering;
     int intercept_errors;

@@ -1262,14 +1262,45 @@ static void connect_post_cb(struct posted *p)
  * round put their connections back, and a busy worker then reuses them
  * instead of opening (and soon closing) one more than keepalive allows. The
  * connect would wait for the next epoll_wait anyway, so nothing is slower. */
+/* proxy_bind's address for this request: 1 and *out, or 0 for none; an
+ * invalid value is logged and counts as none, as nginx. A bare IP gets
+ * port 0 (the kernel picks one). */
+static int bind_address(struct exchange *ex, struct net_addr *out)
+{
+    const struct loc_conf *lc = ex->lc;
+    if (!lc->proxy_bind)
+        return 0;
+    struct slice v = tmpl_eval(ex, lc->proxy_bind, ESC_NONE);
+    if (!v.len)
+        return 0;
+    char text[80];
+    const char *msg = NULL;
+    if (v.len >= sizeof(text))
+        msg = "too long";
+    else {
+        memcpy(text, v.p, v.len);
+        text[v.len] = '\0';
+        if (net_addr_parse_ip(text, out, &msg) == 0)
+            return 1;
+    }
+    LOG(LOG_ERR, "*%llu invalid local address \"%.*s\" for proxy_bind%s%s",
+        (unsigned long long)ex->id, (int)v.len, v.p, msg ? ": " : "", msg ? msg : "");
+    return 0;
+}
+
 static void try_connect(struct fwd *f)
 {
     struct exchange *ex = f->ex;
     struct ups_server *s = f->srv;
     struct ups_pool *pool = ex->worker->pool;
+    struct net_addr local;
+    int has_local = bind_address(ex, &local);
+    const struct net_addr *lp = has_local ? &local : NULL;
     f->uc = ups_pool_get(pool, f->group, s);
-    while (f->uc && f->uc->tls_key != (const void *)ex->lc->proxy_ssl_rt) {
-        /* made for another location's TLS (or plain): not ours to reuse */
+    while (f->uc && (f->uc->tls_key != (const void *)ex->lc->proxy_ssl_rt ||
+                     !ups_conn_local_is(f->uc, lp))) {
+        /* made for another location's TLS (or plain) or from another local
+         * address: not ours to reuse */
         ups_conn_close(f->uc);
         f->uc = ups_pool_get(pool, f->group, s);
     }
@@ -1283,7 +1314,9 @@ static void try_connect(struct fwd *f)
     }
     f->uc_reused = f->uc != NULL;
     if (!f->uc) {
-        f->uc = ups_conn_open(pool, f->group, s);
+        unsigned opts = (ex->lc->socket_keepalive ? NET_CONNECT_KEEPALIVE : 0) |
+                        (lp && ex->lc->proxy_bind_transparent ? NET_CONNECT_TRANSPARENT : 0);
+        f->uc = ups_conn_open_from(pool, f->group, s, lp, opts);
         if (!f->uc) {
             int e = errno;
             f->phase = P_CONNECTING;

@@ -642,11 +642,18 @@ static void idle_expire(struct timer *t)
 
 struct ups_conn *ups_conn_open(struct ups_pool *p, const struct ups_group *g, struct ups_server *s)
 {
+    return ups_conn_open_from(p, g, s, NULL, 0);
+}
+
+struct ups_conn *ups_conn_open_from(struct ups_pool *p, const struct ups_group *g,
+                                    struct ups_server *s, const struct net_addr *local,
+                                    unsigned opts)
+{
     struct ups_conn *c = calloc(1, sizeof(*c));
     if (!c)
         return NULL;
     const struct net_addr *sa = ups_server_addr(s);
-    int fd = net_connect(sa);
+    int fd = net_connect_from(sa, local, opts);
     if (fd < 0) {
         int e = errno;
         free(c);
@@ -655,6 +662,8 @@ struct ups_conn *ups_conn_open(struct ups_pool *p, const struct ups_group *g, st
     }
     c->io.fd = fd;
     c->addr = *sa;
+    if (local)
+        c->local = *local;
     c->group_key = g;
     c->pool = p;
     timer_init(&c->idle_timer, idle_expire, c);

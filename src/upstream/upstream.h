@@ -312,6 +312,7 @@ struct ups_conn {
     void *tls;
     void (*tls_free)(void *tls);
     const void *tls_key;
+    struct net_addr local; /* proxy_bind's address (family 0: none) */
 };
 
 struct ups_pool;
@@ -324,6 +325,13 @@ void ups_pool_free(struct ups_pool *p);
  * connection in use (opened, or taken from the pool) counts in s->active
  * (least_conn, max_conns) until it is put back or closed. */
 struct ups_conn *ups_conn_open(struct ups_pool *p, const struct ups_group *g, struct ups_server *s);
+/* The same from a local address (proxy_bind; NULL: the kernel's choice) and
+ * with NET_CONNECT_* options; the connection remembers `local` so a reuse
+ * can tell (ups_conn_local_is). */
+struct ups_conn *ups_conn_open_from(struct ups_pool *p, const struct ups_group *g,
+                                    struct ups_server *s, const struct net_addr *local,
+                                    unsigned opts);
+
 /* A request that waits a moment for a connection to `s` to come back to the
  * pool holds a place in s->active meanwhile, so balancers and max_conns count
  * it; it lets go just before ups_pool_get or ups_conn_open (or when it ends). */
@@ -372,5 +380,13 @@ bool ups_group_saturated(const struct ups_group *g, const struct ups_tried *trie
 int ups_queue_wait(struct ups_pool *p, const struct ups_group *g, struct ups_waiter *w);
 /* Leave the queue (no-op when not queued). */
 void ups_queue_cancel(struct ups_waiter *w);
+
+/* Was `c` opened from `local` (NULL: from no particular address)? */
+static inline bool ups_conn_local_is(const struct ups_conn *c, const struct net_addr *local)
+{
+    if (!local)
+        return c->local.sa.ss_family == 0;
+    return net_addr_equal(&c->local, local);
+}
 
 #endif

@@ -545,7 +545,7 @@ class HttpOrigin(_Server):
                 "origin": self.name, "method": method, "target": target,
                 "version": version, "headers": headers, "body_len": blen,
                 "body_sha256": h.hexdigest(), "trailers": trailers, "conn_id": cid,
-                "peer_port": peer[1], **tls_info,
+                "peer_port": peer[1], "peer_ip": peer[0], **tls_info,
             }
             with self.lock:
                 self.requests.append(rec)

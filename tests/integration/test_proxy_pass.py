@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from conftest import Conn, RawRecorder, build_request, get, pattern, request
+from conftest import IS_NGINX, Conn, RawRecorder, build_request, get, pattern, request
 
 CONF = r"""
 upstream u { server {origin}; keepalive 8; }
@@ -359,3 +359,31 @@ def test_request_trailers_forwarded_when_body_streams_chunked(res):
     assert r.status == 200
     assert b"Transfer-Encoding: chunked" in raw
     assert raw.endswith(b"5\r\nhello\r\n0\r\nX-Check: abc\r\n\r\n"), raw[-80:]
+
+
+# ---- proxy_bind, proxy_socket_keepalive
+
+def test_proxy_bind_picks_the_local_address(mres):
+    o = mres.origin("bind")
+    p = mres.proxy("""
+        upstream u { server 127.0.0.1:%(o)d; %(ka)s }
+        map $http_x_from $bind_from { default ""; two 127.0.0.2; three 127.0.0.3; bad 300.1.1.1; }
+        server {
+            listen 127.0.0.1:{port};
+            {ngx_keepalive}
+            location /fixed/ { proxy_pass http://u; proxy_bind 127.0.0.2; proxy_socket_keepalive on; }
+            location /var/ { proxy_pass http://u; proxy_bind $bind_from; }
+            location /none/ { proxy_pass http://u; }
+        }
+    """ % {"o": o.port, "ka": "" if IS_NGINX else "keepalive 4;"})
+    # (nginx reuses a pooled connection whatever its local address: no pool for it here)
+    for path, hdrs, want in [("/fixed/a", [], "127.0.0.2"), ("/var/b", [("X-From", "three")], "127.0.0.3"),
+                             ("/var/c", [], "127.0.0.1"), ("/none/d", [], "127.0.0.1"),
+                             ("/var/e", [("X-From", "two")], "127.0.0.2"),
+                             ("/none/f", [], "127.0.0.1")]:
+        r = get(p.port, path, headers=hdrs)
+        assert r.status == 200, path
+        assert o.requests[-1]["peer_ip"] == want, path  # a pooled connection from elsewhere is not reused
+    r = get(p.port, "/var/g", headers=[("X-From", "bad")])
+    assert r.status == 200  # logged, and no bind, as nginx
+    p.wait_error_log(r'invalid local address "300.1.1.1"')

@@ -1497,3 +1497,23 @@ Test(dns, query_and_answers)
     cr_assert_eq(net_dns_parse(m, n, q, q6len, &a), 1);
     cr_assert_eq(a.sa.ss_family, AF_INET6);
 }
+
+Test(net, parse_ip_with_optional_port)
+{
+    struct net_addr a;
+    const char *msg = NULL;
+    cr_assert_eq(net_addr_parse_ip("10.0.0.1", &a, &msg), 0);
+    cr_assert_eq(a.sa.ss_family, AF_INET);
+    cr_assert_eq(net_addr_port(&a), 0);
+    cr_assert_eq(net_addr_parse_ip("::1", &a, &msg), 0);
+    cr_assert_eq(a.sa.ss_family, AF_INET6);
+    cr_assert_eq(net_addr_parse_ip("[::1]", &a, &msg), 0);
+    cr_assert_eq(a.sa.ss_family, AF_INET6);
+    cr_assert_eq(net_addr_parse_ip("10.0.0.1:8000", &a, &msg), 0);
+    cr_assert_eq(net_addr_port(&a), 8000);
+    cr_assert_eq(net_addr_parse_ip("[::1]:8000", &a, &msg), 0);
+    cr_assert_eq(net_addr_port(&a), 8000);
+    cr_assert_eq(net_addr_parse_ip("localhost", &a, &msg), -1);
+    cr_assert_eq(net_addr_parse_ip("300.1.1.1", &a, &msg), -1);
+    cr_assert_eq(net_addr_parse_ip("", &a, &msg), -1);
+}
