@@ -238,7 +238,7 @@ struct listen_conf {
 struct ssl_srv_conf {
     struct tls_server_conf tc;
     size_t nkeys;
-    int prefer, tickets, stapling, stapling_verify, verify_client;
+    int prefer, tickets, stapling, stapling_verify, verify_client, reject_handshake;
     int cache_set;
     uint32_t handshake_timeout_ms;
     const char *file; /* the first ssl_certificate, for errors */

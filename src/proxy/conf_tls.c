@@ -90,6 +90,18 @@ static int set_str(struct cf_ctx *cx, const struct cf_node *n, const struct cf_d
     return 0;
 }
 
+static int set_buffer_size(struct cf_ctx *cx, const struct cf_node *n, const struct cf_directive *d,
+                           void *conf)
+{
+    (void)d;
+    struct ssl_srv_conf *c = ssl_of(conf);
+    size_t v;
+    if (cf_parse_size(n->args[0], &v) < 0 || v < 512 || v > 16384)
+        return cf_error(cx, n, "\"ssl_buffer_size\" must be between 512 and 16k");
+    c->tc.buffer_size = (uint32_t)v;
+    return 0;
+}
+
 static int set_flag(struct cf_ctx *cx, const struct cf_node *n, const struct cf_directive *d,
                     void *conf)
 {
@@ -286,6 +298,14 @@ static const struct cf_directive ssl_directives[] = {
         "revoked client certificates (PEM CRL)"),
     ROW("ssl_handshake_timeout", 1, 1, set_handshake_timeout, 0, "time", "60s",
         "time to complete a TLS handshake"),
+    ROW("ssl_reject_handshake", 1, 1, set_flag, SSL_OFF(reject_handshake), "on | off", "off",
+        "refuse every handshake that picks this server (an unrecognized_name alert): a default "
+        "server that needs no certificate, so unknown names learn nothing from one"),
+    ROW("ssl_buffer_size", 1, 1, set_buffer_size, 0, "size", "16k",
+        "largest TLS record sent (512 to 16k): smaller records let a browser start on the "
+        "first bytes sooner, larger ones cost less"),
+    ROW("ssl_password_file", 1, 1, set_str, SSL_OFF(tc.password_file), "file", "-",
+        "pass phrases for encrypted ssl_certificate_key files, one a line, each tried in turn"),
     /* upstream TLS (proxy_pass https://...): location-level settings */
     PROW("proxy_ssl_verify", 1, 1, cf_set_flag, PSSL_OFF(verify), "on | off", "off",
          "verify the upstream's certificate (chain and name)"),
@@ -317,7 +337,7 @@ const struct cf_module ssl_cf_module = {"ssl", ssl_directives};
 void ssl_srv_conf_init(struct ssl_srv_conf *sc)
 {
     memset(sc, 0, sizeof(*sc));
-    sc->prefer = sc->tickets = sc->stapling = sc->stapling_verify = -1;
+    sc->prefer = sc->tickets = sc->stapling = sc->stapling_verify = sc->reject_handshake = -1;
     sc->verify_client = -1;
     sc->handshake_timeout_ms = CF_UNSET_MSEC;
 }
@@ -370,6 +390,9 @@ void ssl_srv_conf_merge(struct ssl_srv_conf *c, const struct ssl_srv_conf *p)
     INHERIT_INT(tickets);
     INHERIT_INT(stapling);
     INHERIT_INT(stapling_verify);
+    INHERIT_INT(reject_handshake);
+    INHERIT(tc.buffer_size);
+    INHERIT(tc.password_file);
     INHERIT_INT(verify_client);
     if (c->handshake_timeout_ms == CF_UNSET_MSEC)
         c->handshake_timeout_ms = p->handshake_timeout_ms;
@@ -384,6 +407,7 @@ static void ssl_finish(struct ssl_srv_conf *c, bool http2)
     c->tc.session_tickets = c->tickets != 0;
     c->tc.stapling = c->stapling == 1;
     c->tc.stapling_verify = c->stapling_verify == 1;
+    c->tc.reject_handshake = c->reject_handshake == 1;
     c->tc.verify_client = c->verify_client < 0 ? TLS_VERIFY_OFF : c->verify_client;
     if (!c->tc.session_timeout_s)
         c->tc.session_timeout_s = 300;
@@ -425,7 +449,7 @@ int conf_tls_build(struct snapshot *s, char *err, size_t errlen)
                      f, line, c->tc.ncerts, c->nkeys);
             return -1;
         }
-        if (!c->tc.ncerts) {
+        if (!c->tc.ncerts && !c->tc.reject_handshake) {
             if (ssl_listen) {
                 snprintf(err, errlen,
                          "%s:%d: no \"ssl_certificate\" is defined for the \"listen ... ssl\" "

@@ -1,8 +1,10 @@
 /* TLS contexts: server (certificates, protocols, ciphers, resumption,
  * stapling, client certificates, ALPN, SNI) and client (upstream TLS).
  * Modelled on nginx's ngx_event_openssl.c and ngx_http_ssl_module.c. */
+#include <errno.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
+#include <openssl/crypto.h>
 #include <openssl/x509v3.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,6 +14,7 @@
 
 #define DEFAULT_CIPHERS "ECDHE+AESGCM:ECDHE+CHACHA20"
 #define DEFAULT_CURVES  "X25519:prime256v1:secp384r1"
+#define MAX_PASSWORDS   64
 
 static int ctx_index = -1;
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
@@ -130,7 +133,33 @@ static bool set_protocols(SSL_CTX *s, unsigned bits, char *err, size_t errlen)
 
 /* Load one certificate chain and its key, refusing a key that does not
  * match (OpenSSL only checks when both land in the same slot). */
-static bool load_pair(SSL_CTX *s, const char *cert, const char *key, char *err, size_t errlen)
+/* ssl_password_file: the lines of the file (CR LF or LF, empty lines
+ * skipped), pointing into *buf (freed and cleansed by the caller). */
+static bool read_passwords(const char *path, char **buf, const char **pws, char *err, size_t errlen)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        snprintf(err, errlen, "cannot open ssl_password_file \"%s\": %s", path, strerror(errno));
+        return false;
+    }
+    char *b = calloc(1, 65536);
+    size_t n = b ? fread(b, 1, 65535, f) : 0;
+    fclose(f);
+    if (!b) {
+        snprintf(err, errlen, "out of memory");
+        return false;
+    }
+    b[n] = '\0';
+    size_t k = 0;
+    for (char *line = strtok(b, "\r\n"); line && k < MAX_PASSWORDS; line = strtok(NULL, "\r\n"))
+        pws[k++] = line;
+    pws[k] = NULL;
+    *buf = b;
+    return true;
+}
+
+static bool load_pair(SSL_CTX *s, const char *cert, const char *key, const char *const *pws,
+                      char *err, size_t errlen)
 {
     bool ok = false;
     X509 *x = NULL;
@@ -149,9 +178,15 @@ static bool load_pair(SSL_CTX *s, const char *cert, const char *key, char *err, 
         snprintf(err, errlen, "cannot load certificate key \"%s\": cannot open file", key);
         goto out;
     }
-    /* No pass phrase support: an encrypted key fails here instead of prompting. */
+    /* An encrypted key takes the ssl_password_file's phrases in turn; the
+     * empty phrase (never a prompt) when there is none. */
     static char empty[] = "";
-    if (!(pk = PEM_read_PrivateKey(f, NULL, NULL, empty))) {
+    for (size_t i = 0; !pk && (i == 0 || (pws && pws[i])); i++) {
+        rewind(f);
+        ERR_clear_error();
+        pk = PEM_read_PrivateKey(f, NULL, NULL, pws && pws[i] ? (void *)pws[i] : empty);
+    }
+    if (!pk) {
         tls_errf(err, errlen, "PEM_read_PrivateKey", key);
         goto out;
     }
@@ -370,19 +405,33 @@ struct tls_ctx *tls_server_ctx_new(const struct tls_server_conf *conf, char *err
     struct tls_ctx *c = ctx_alloc(TLS_server_method(), err, errlen);
     if (!c)
         return NULL;
-    if (conf->ncerts == 0 || conf->ncerts > 4) {
+    if ((conf->ncerts == 0 && !conf->reject_handshake) || conf->ncerts > 4) {
         snprintf(err, errlen, "no \"ssl_certificate\" is defined");
         goto fail;
     }
+    c->reject = conf->reject_handshake;
+    char *pw_buf = NULL;
+    const char *pws[MAX_PASSWORDS + 1] = {NULL};
+    if (conf->password_file && !read_passwords(conf->password_file, &pw_buf, pws, err, errlen))
+        goto fail;
     for (size_t i = 0; i < conf->ncerts; i++) {
         if (!conf->certs[i] || !conf->keys[i]) {
             snprintf(err, errlen, "no \"ssl_certificate_key\" is defined for certificate \"%s\"",
                      conf->certs[i] ? conf->certs[i] : "");
+            free(pw_buf);
             goto fail;
         }
-        if (!load_pair(c->ssl, conf->certs[i], conf->keys[i], err, errlen))
+        if (!load_pair(c->ssl, conf->certs[i], conf->keys[i], pws, err, errlen)) {
+            free(pw_buf);
             goto fail;
+        }
     }
+    if (pw_buf) {
+        OPENSSL_cleanse(pw_buf, strlen(pw_buf));
+        free(pw_buf);
+    }
+    if (conf->buffer_size)
+        SSL_CTX_set_max_send_fragment(c->ssl, conf->buffer_size);
     if (!set_protocols(c->ssl, conf->protocols, err, errlen))
         goto fail;
     const char *ciphers = conf->ciphers ? conf->ciphers : DEFAULT_CIPHERS;
@@ -435,6 +484,11 @@ static int servername_cb(SSL *ssl, int *alert, void *arg)
     struct tls_ctx *dflt = arg;
     const char *name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
     struct tls_ctx *to = dflt->sni_fn(dflt->sni_arg, slice_cstr(name ? name : ""));
+    if ((to ? to : dflt)->reject) {
+        /* ssl_reject_handshake: the server has no certificate to show */
+        *alert = SSL_AD_UNRECOGNIZED_NAME;
+        return SSL_TLSEXT_ERR_ALERT_FATAL;
+    }
     if (!to || to->ssl == SSL_get_SSL_CTX(ssl))
         return SSL_TLSEXT_ERR_OK;
     if (!SSL_set_SSL_CTX(ssl, to->ssl)) {
@@ -509,7 +563,7 @@ struct tls_ctx *tls_client_ctx_new(const struct tls_client_conf *conf, char *err
                      "proxy_ssl_certificate and proxy_ssl_certificate_key go together");
             goto fail;
         }
-        if (!load_pair(c->ssl, conf->cert, conf->key, err, errlen))
+        if (!load_pair(c->ssl, conf->cert, conf->key, NULL, err, errlen))
             goto fail;
     }
     if (!build_alpn(c, conf->alpn, conf->nalpn, err, errlen))

@@ -30,6 +30,10 @@ struct tls_server_conf {
     const char *ecdh_curve; /* ssl_ecdh_curve, NULL = X25519:prime256v1:secp384r1 */
     const char *dhparam;    /* ssl_dhparam file, NULL = none */
     bool prefer_server_ciphers;
+    bool reject_handshake;     /* ssl_reject_handshake: no certificate needed; every
+                                * handshake that picks this server is refused */
+    uint32_t buffer_size;      /* ssl_buffer_size: largest record sent (0: 16k) */
+    const char *password_file; /* ssl_password_file: pass phrases, one a line */
     const char *conf_commands[8][2]; /* ssl_conf_command name value */
     size_t nconf_commands;
     /* resumption */

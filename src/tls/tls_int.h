@@ -28,6 +28,7 @@ struct tls_ctx {
     struct tls_cache *cache;     /* shared:NAME:SIZE, referenced */
     struct tls_tickets *tickets; /* NULL when tickets are off */
     struct tls_staple *staple;   /* NULL when stapling is off */
+    bool reject;                 /* ssl_reject_handshake */
 };
 
 /* Set up once: ex_data indexes. Returns false if OpenSSL refused. */

@@ -632,3 +632,116 @@ def test_large_cache_hit_from_disk_over_tls(res, pki, tmp_path):
             c.close()
         assert r.status == 200 and r.body == pattern(n)
     assert len(o.requests) == 1
+
+
+# ---- ssl_reject_handshake, ssl_buffer_size, ssl_password_file (nginx's; also pass on nginx)
+
+def test_reject_handshake_default_server_needs_no_certificate(res, pki):
+    p = res.proxy(f"""
+    server {{
+        listen 127.0.0.1:{{port}} ssl default_server;
+        ssl_reject_handshake on;
+    }}
+    server {{
+        listen 127.0.0.1:{{port}} ssl;
+        server_name localhost;
+        ssl_certificate {pki.d}/rsa.pem;
+        ssl_certificate_key {pki.d}/rsa.key;
+        location / {{ return 200 "known"; }}
+    }}""")
+    r, _ = tls_get(p.port, client_ctx(pki), sni="localhost")
+    assert r.status == 200 and r.body == b"known"
+    for sni in ("other.test", None):
+        with pytest.raises(ssl.SSLError) as e:
+            tls_get(p.port, client_ctx(pki), sni=sni)
+        assert "UNRECOGNIZED_NAME" in str(e.value).upper() or "unrecognized name" in str(e.value)
+
+
+def tls_record_sizes(port, pki, path):
+    """Application data record lengths of one response (TLS 1.3), read off the
+    wire before the TLS layer sees them."""
+    ctx = client_ctx(pki, minv=ssl.TLSVersion.TLSv1_3)
+    inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ctx.wrap_bio(inc, out, server_hostname="localhost")
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)  # (bounds every recv)
+    raw = bytearray()
+    sizes = []
+
+    def pump():
+        data = out.read()
+        if data:
+            s.sendall(data)
+
+    def feed():
+        b = s.recv(65536)
+        if not b:
+            raise EOFError
+        raw.extend(b)
+        while len(raw) >= 5 and len(raw) >= 5 + int.from_bytes(raw[3:5], "big"):
+            n = int.from_bytes(raw[3:5], "big")
+            if raw[0] == 23:
+                sizes.append(n)
+            inc.write(bytes(raw[:5 + n]))
+            del raw[:5 + n]
+    try:
+        while True:
+            try:
+                obj.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                pump()
+                feed()
+        pump()
+        obj.write(f"GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".encode())
+        pump()
+        body = b""
+        sizes.clear()  # (the session tickets travel as application data too)
+        while True:
+            try:
+                chunk = obj.read(65536)
+                if not chunk:
+                    break  # close_notify
+                body += chunk
+            except ssl.SSLWantReadError:
+                try:
+                    feed()
+                except EOFError:
+                    break
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                break
+        return sizes, body
+    finally:
+        s.close()
+
+
+def test_buffer_size_caps_records(res, pki, tmp_path):
+    (tmp_path / "big").write_bytes(b"z" * 100000)
+    p = res.proxy(server(pki, f"ssl_buffer_size 4k; location /f/ {{ alias {tmp_path}/; }}"))
+    sizes, body = tls_record_sizes(p.port, pki, "/f/big")
+    assert body.endswith(b"z" * 1000)
+    assert sizes and max(sizes) <= 4096 + 256  # content + type byte + AEAD tag
+    p2 = res.proxy(server(pki, f"location /f/ {{ alias {tmp_path}/; }}"))
+    sizes, _ = tls_record_sizes(p2.port, pki, "/f/big")
+    assert max(sizes) > 8192  # 16k by default
+
+
+def test_password_file_unlocks_an_encrypted_key(res, pki, tmp_path):
+    d = str(tmp_path)
+    openssl("pkey", "-in", pki.p("rsa.key"), "-aes256", "-passout", "pass:s3cret",
+            "-out", f"{d}/enc.key")
+    (tmp_path / "pw").write_text("wrong\nalso-wrong\ns3cret\n")
+    conf = f"""
+    server {{
+        listen 127.0.0.1:{{port}} ssl;
+        ssl_certificate {pki.d}/rsa.pem;
+        ssl_certificate_key {d}/enc.key;
+        ssl_password_file {d}/%s;
+        location / {{ return 200 "unlocked"; }}
+    }}"""
+    p = res.proxy(conf % "pw")
+    r, _ = tls_get(p.port, client_ctx(pki))
+    assert r.body == b"unlocked"
+    (tmp_path / "bad").write_text("nope\n")
+    q = res.proxy_unstarted(conf % "bad")
+    r = q.run_cmd("-t")
+    assert r.returncode != 0
