@@ -325,6 +325,7 @@ struct jwt_key {
     EVP_PKEY *pkey;
     unsigned char secret[512];
     size_t slen;
+    size_t ec_len; /* EC: the curve's coordinate length (32 P-256, 48 P-384, 66 P-521) */
 };
 
 struct jwt_keyset {
@@ -491,6 +492,7 @@ static struct jwt_keyset *keyset_parse(const char *text, size_t len, char *err, 
                     memset(b, 0, fl - (size_t)n2);
                     n1 = n2 = (long)fl;
                 }
+                key.ec_len = fl;
                 if (!group || n1 != (long)fl || n2 != (long)fl ||
                     !(key.pkey = ec_key(group, a, b, fl))) {
                     snprintf(err, errlen, "an \"EC\" key with an unknown curve or bad \"x\"/\"y\"");
@@ -572,8 +574,8 @@ static bool verify_with(const struct jwt_key *k, const char *alg, const unsigned
     if (es) {
         /* JWS carries r || s; OpenSSL wants DER */
         size_t half = (size_t)EVP_MD_get_size(md) == 32 ? 32 : EVP_MD_get_size(md) == 48 ? 48 : 66;
-        if (sl != 2 * half)
-            return false;
+        if (sl != 2 * half || half != k->ec_len)
+            return false; /* RFC 7518 3.4: ES256 is P-256 only, ES384 P-384, ES512 P-521 */
         ECDSA_SIG *es_sig = ECDSA_SIG_new();
         BIGNUM *r = BN_bin2bn(sig, (int)half, NULL), *ss = BN_bin2bn(sig + half, (int)half, NULL);
         if (!es_sig || !r || !ss || !ECDSA_SIG_set0(es_sig, r, ss)) {
