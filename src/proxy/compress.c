@@ -516,6 +516,22 @@ static bool request_allows(struct exchange *ex)
     return true;
 }
 
+bool compress_gzip_static_ok(struct exchange *ex)
+{
+    bool found;
+    struct slice ae = cache_field(ex->req_fields, ex->nreq_fields, "accept-encoding", &found);
+    if (!found || compress_accept_q(ae, "gzip") <= 0 || !request_allows(ex))
+        return false;
+    cache_field(ex->req_fields, ex->nreq_fields, "via", &found);
+    if (!found)
+        return true;
+    uint32_t p = ex->lc->z.proxied;
+    if (p & ZP_ANY)
+        return true;
+    cache_field(ex->req_fields, ex->nreq_fields, "authorization", &found);
+    return (p & ZP_AUTH) && found;
+}
+
 static int encoder_start(struct zfilter *zf, struct exchange *ex, int coding, int64_t len)
 {
     int level = ex->lc->z.c[coding].level;

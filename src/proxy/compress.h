@@ -66,6 +66,12 @@ void compress_release(struct exchange *ex);
  * must keep waiting). */
 bool compress_drained(struct exchange *ex);
 
+/* gzip_static on: may this request get a stored FILE.gz? Accept-Encoding
+ * takes gzip, gzip_http_version and gzip_disable allow it, and a request
+ * that came through a proxy (Via) only with gzip_proxied any (or auth with
+ * Authorization), as nginx decides it for a static file. */
+bool compress_gzip_static_ok(struct exchange *ex);
+
 /* The q-value (0..1000) Accept-Encoding gives `coding` ("*" counts). */
 int compress_accept_q(struct slice accept_encoding, const char *coding);
 

@@ -3,15 +3,19 @@
  * and ranges, its body through sendfile(2) where the connection allows it
  * (plain HTTP/1), else read in segments as the client drains. */
 #include "proxy/static.h"
+#include "proxy/compress.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <dirent.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "cache/rules.h"
@@ -109,6 +113,8 @@ void static_conf_init(struct static_conf *c)
     c->sendfile = CF_UNSET_FLAG;
     c->tcp_nopush = CF_UNSET_FLAG;
     c->etag = CF_UNSET_FLAG;
+    c->gzip_static = c->autoindex = c->autoindex_format = CF_UNSET_INT;
+    c->autoindex_exact_size = c->autoindex_localtime = CF_UNSET_FLAG;
 }
 
 void static_conf_merge(struct static_conf *c, const struct static_conf *p)
@@ -132,6 +138,16 @@ void static_conf_merge(struct static_conf *c, const struct static_conf *p)
         c->tcp_nopush = p->tcp_nopush;
     if (c->etag == CF_UNSET_FLAG)
         c->etag = p->etag;
+    if (c->gzip_static == CF_UNSET_INT)
+        c->gzip_static = p->gzip_static;
+    if (c->autoindex == CF_UNSET_INT)
+        c->autoindex = p->autoindex;
+    if (c->autoindex_format == CF_UNSET_INT)
+        c->autoindex_format = p->autoindex_format;
+    if (c->autoindex_exact_size == CF_UNSET_FLAG)
+        c->autoindex_exact_size = p->autoindex_exact_size;
+    if (c->autoindex_localtime == CF_UNSET_FLAG)
+        c->autoindex_localtime = p->autoindex_localtime;
 }
 
 void static_conf_defaults(struct static_conf *c)
@@ -147,6 +163,16 @@ void static_conf_defaults(struct static_conf *c)
         c->tcp_nopush = 0;
     if (c->etag == CF_UNSET_FLAG)
         c->etag = 1;
+    if (c->gzip_static == CF_UNSET_INT)
+        c->gzip_static = GZIP_STATIC_OFF;
+    if (c->autoindex == CF_UNSET_INT)
+        c->autoindex = 0;
+    if (c->autoindex_format == CF_UNSET_INT)
+        c->autoindex_format = AUTOINDEX_HTML;
+    if (c->autoindex_exact_size == CF_UNSET_FLAG)
+        c->autoindex_exact_size = 1;
+    if (c->autoindex_localtime == CF_UNSET_FLAG)
+        c->autoindex_localtime = 0;
 }
 
 bool static_applies(const struct static_conf *c)
@@ -155,6 +181,25 @@ bool static_applies(const struct static_conf *c)
 }
 
 #define SC(conf) ((struct static_conf *)((char *)(conf) + d->offset))
+
+/* gzip_static off | on | always, autoindex_format html | xml | json | jsonp */
+static int set_word(struct cf_ctx *cx, const struct cf_node *n, const struct cf_directive *d,
+                    void *conf)
+{
+    static const char *const gz[] = {"off", "on", "always", NULL};
+    static const char *const fmt[] = {"html", "xml", "json", "jsonp", NULL};
+    bool is_gz = !strcmp(d->name, "gzip_static");
+    const char *const *words = is_gz ? gz : fmt;
+    int *field = (int *)((char *)conf + d->offset);
+    for (int i = 0; words[i]; i++)
+        if (!strcmp(n->args[0], words[i])) {
+            *field = i;
+            return 0;
+        }
+    return cf_error(
+        cx, n, "invalid value \"%s\" in \"%s\" directive, it must be %s", n->args[0], d->name,
+        is_gz ? "\"on\", \"off\" or \"always\"" : "\"html\", \"xml\", \"json\" or \"jsonp\"");
+}
 
 static int set_root(struct cf_ctx *cx, const struct cf_node *n, const struct cf_directive *d,
                     void *conf)
@@ -306,6 +351,26 @@ static const struct cf_directive static_directives[] = {
      "MSG_MORE, in the same packet as the first body bytes, which is what tcp_nopush does"},
     {"etag", LOC_ANY, 1, 1, false, cf_set_flag, CONF_LOC, OFF_ST(etag), "on | off", "on",
      "send an ETag (\"mtime-size\" in hex, as nginx) with files"},
+    {"log_not_found", LOC_ANY, 1, 1, false, cf_set_flag, CONF_LOC,
+     offsetof(struct loc_conf, log_not_found), "on | off", "on",
+     "log files that are not found to the error log"},
+    {"gzip_static", LOC_ANY, 1, 1, false, set_word, CONF_LOC, OFF_ST(gzip_static),
+     "on | off | always", "off",
+     "serve FILE.gz, if it exists, instead of FILE to clients that take gzip (on: by "
+     "Accept-Encoding, gzip_http_version, gzip_disable and gzip_proxied; always: to every "
+     "client), with Content-Encoding: gzip, FILE's Content-Type and gzip_vary's Vary"},
+    {"autoindex", LOC_ANY, 1, 1, false, cf_set_flag, CONF_LOC, OFF_ST(autoindex), "on | off", "off",
+     "list a directory asked for with a trailing '/' that has no index file (dot files are "
+     "not listed)"},
+    {"autoindex_format", LOC_ANY, 1, 1, false, set_word, CONF_LOC, OFF_ST(autoindex_format),
+     "html | xml | json | jsonp", "html",
+     "the listing's format (jsonp: wrapped in the callback argument's function name)"},
+    {"autoindex_exact_size", LOC_ANY, 1, 1, false, cf_set_flag, CONF_LOC,
+     OFF_ST(autoindex_exact_size), "on | off", "on",
+     "HTML listing: sizes in bytes, or rounded to K, M, G"},
+    {"autoindex_localtime", LOC_ANY, 1, 1, false, cf_set_flag, CONF_LOC,
+     OFF_ST(autoindex_localtime), "on | off", "off",
+     "HTML and XML listings: times in the server's local time instead of UTC"},
     {NULL, 0, 0, 0, false, NULL, 0, 0, NULL, NULL, NULL},
 };
 
@@ -488,7 +553,9 @@ static int preconditions(struct exchange *ex, struct slice etag, time_t mtime)
 }
 
 /* Answer with the open file fd (ownership taken). */
-static void serve_fd(struct exchange *ex, const char *path, int fd, const struct stat *st)
+/* `path` names the file for its Content-Type; `gz`: fd is its .gz twin
+ * (gzip_static), sent with Content-Encoding: gzip. */
+static void serve_fd(struct exchange *ex, const char *path, int fd, const struct stat *st, bool gz)
 {
     const struct loc_conf *lc = ex->lc;
     const struct static_conf *c = &lc->st;
@@ -501,7 +568,7 @@ static void serve_fd(struct exchange *ex, const char *path, int fd, const struct
     char *lm = arena_alloc(&ex->arena, 30);
     char *et = arena_alloc(&ex->arena, 48);
     char *cr = arena_alloc(&ex->arena, 80);
-    size_t cap = 8 + LOC_EXTRA_FIELDS(lc);
+    size_t cap = 10 + LOC_EXTRA_FIELDS(lc);
     struct http_field *in = arena_alloc(&ex->arena, cap * sizeof(*in));
     struct http_field *out = arena_alloc(&ex->arena, cap * sizeof(*out));
     struct sfile *sf = arena_calloc(&ex->arena, sizeof(*sf));
@@ -583,6 +650,10 @@ static void serve_fd(struct exchange *ex, const char *path, int fd, const struct
         in[n++] = (struct http_field){SLICE_LIT("ETag"), etag};
     if (!forced)
         in[n++] = (struct http_field){SLICE_LIT("Accept-Ranges"), SLICE_LIT("bytes")};
+    if (gz && status != 304)
+        in[n++] = (struct http_field){SLICE_LIT("Content-Encoding"), SLICE_LIT("gzip")};
+    if (gz && lc->z.vary)
+        in[n++] = (struct http_field){SLICE_LIT("Vary"), SLICE_LIT("Accept-Encoding")};
     if (partial) {
         int k = snprintf(cr, 80, "bytes %llu-%llu/%llu", (unsigned long long)first,
                          (unsigned long long)last, (unsigned long long)size);
@@ -604,6 +675,358 @@ static void serve_fd(struct exchange *ex, const char *path, int fd, const struct
     sf->sending = true;
     sf->by_file = c->sendfile && ex->client->send_file;
     send_more(sf);
+}
+
+/* ---- autoindex ---- */
+
+struct dent {
+    char *name;
+    bool dir, file;
+    time_t mtime;
+    uint64_t size;
+};
+
+struct sbuf {
+    char *p;
+    size_t len, cap;
+    bool oom;
+};
+
+static void sb_add(struct sbuf *b, const char *s, size_t n)
+{
+    if (b->oom)
+        return;
+    if (b->len + n > b->cap) {
+        size_t cap = b->cap ? b->cap : 4096;
+        while (cap < b->len + n)
+            cap *= 2;
+        char *np = realloc(b->p, cap);
+        if (!np) {
+            b->oom = true;
+            return;
+        }
+        b->p = np;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+}
+
+static void sb_str(struct sbuf *b, const char *s)
+{
+    sb_add(b, s, strlen(s));
+}
+
+static void sb_printf(struct sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void sb_printf(struct sbuf *b, const char *fmt, ...)
+{
+    char tmp[256];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
+    va_end(ap);
+    if (n > 0)
+        sb_add(b, tmp, (size_t)n < sizeof(tmp) ? (size_t)n : sizeof(tmp) - 1);
+}
+
+/* text for HTML and XML: & < > " escaped */
+static void sb_html(struct sbuf *b, const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        switch (s[i]) {
+        case '&':
+            sb_str(b, "&amp;");
+            break;
+        case '<':
+            sb_str(b, "&lt;");
+            break;
+        case '>':
+            sb_str(b, "&gt;");
+            break;
+        case '"':
+            sb_str(b, "&quot;");
+            break;
+        default:
+            sb_add(b, s + i, 1);
+        }
+    }
+}
+
+/* a name in an href: everything but unreserved characters percent-encoded */
+static void sb_href(struct sbuf *b, const char *s)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+            c == '-' || c == '.' || c == '_' || c == '~') {
+            sb_add(b, (const char *)&c, 1);
+        } else {
+            char e[3] = {'%', hex[c >> 4], hex[c & 15]};
+            sb_add(b, e, 3);
+        }
+    }
+}
+
+/* a JSON string's content: ", \ and control bytes escaped */
+static void sb_json(struct sbuf *b, const char *s)
+{
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\') {
+            char e[2] = {'\\', (char)c};
+            sb_add(b, e, 2);
+        } else if (c < 0x20) {
+            sb_printf(b, "\\u%04x", c);
+        } else {
+            sb_add(b, (const char *)&c, 1);
+        }
+    }
+}
+
+static int dent_cmp(const void *a, const void *b)
+{
+    const struct dent *x = a, *y = b;
+    if (x->dir != y->dir)
+        return x->dir ? -1 : 1; /* directories first, as nginx */
+    return strcmp(x->name, y->name);
+}
+
+static size_t utf8_chars(const char *s, size_t n)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++)
+        k += ((unsigned char)s[i] & 0xc0) != 0x80;
+    return k;
+}
+
+/* Bytes of the first `chars` UTF-8 characters of s. */
+static size_t utf8_prefix(const char *s, size_t n, size_t chars)
+{
+    size_t i = 0, k = 0;
+    while (i < n) {
+        if (((unsigned char)s[i] & 0xc0) != 0x80) {
+            if (k == chars)
+                break;
+            k++;
+        }
+        i++;
+    }
+    return i;
+}
+
+static void listing_html(struct sbuf *b, struct exchange *ex, struct slice uri,
+                         const struct dent *v, size_t n, bool exact, bool local)
+{
+    sb_str(b, "<html>\r\n<head><title>Index of ");
+    sb_html(b, uri.p, uri.len);
+    sb_str(b, "</title></head>\r\n<body>\r\n<h1>Index of ");
+    sb_html(b, uri.p, uri.len);
+    sb_str(b, "</h1><hr><pre><a href=\"../\">../</a>\r\n");
+    for (size_t i = 0; i < n; i++) {
+        const struct dent *e = &v[i];
+        size_t nl = strlen(e->name);
+        sb_str(b, "<a href=\"");
+        sb_href(b, e->name);
+        if (e->dir)
+            sb_str(b, "/");
+        sb_str(b, "\">");
+        /* the shown name: at most 50 columns, longer ones cut to 47 and "..>" */
+        size_t cols = utf8_chars(e->name, nl) + e->dir;
+        if (cols > 50) {
+            sb_html(b, e->name, utf8_prefix(e->name, nl, 47));
+            sb_str(b, "..&gt;</a>");
+            cols = 50;
+        } else {
+            sb_html(b, e->name, nl);
+            sb_str(b, e->dir ? "/</a>" : "</a>");
+        }
+        for (; cols < 50; cols++)
+            sb_add(b, " ", 1);
+        struct tm tm;
+        if (local)
+            localtime_r(&e->mtime, &tm);
+        else
+            gmtime_r(&e->mtime, &tm);
+        char date[32];
+        strftime(date, sizeof(date), "%d-%b-%Y %H:%M", &tm);
+        sb_printf(b, " %s ", date);
+        if (e->dir || !e->file) {
+            sb_str(b, "                  -");
+        } else if (exact) {
+            sb_printf(b, "%19llu", (unsigned long long)e->size);
+        } else {
+            /* nginx's rounding: to the nearest K, M or G; bytes below 1K */
+            uint64_t s = e->size;
+            char scale = 0;
+            if (s > 1024ull * 1024 * 1024 - 1) {
+                scale = 'G';
+                s = s / (1024ull * 1024 * 1024) +
+                    (s % (1024ull * 1024 * 1024) > 512ull * 1024 * 1024);
+            } else if (s > 1024 * 1024 - 1) {
+                scale = 'M';
+                s = s / (1024 * 1024) + (s % (1024 * 1024) > 512 * 1024);
+            } else if (s > 9999) {
+                scale = 'K';
+                s = s / 1024 + (s % 1024 > 512);
+            }
+            if (scale)
+                sb_printf(b, "%6llu%c", (unsigned long long)s, scale);
+            else
+                sb_printf(b, " %6llu", (unsigned long long)s);
+        }
+        sb_str(b, "\r\n");
+    }
+    sb_str(b, "</pre><hr></body>\r\n</html>\r\n");
+    (void)ex;
+}
+
+static void listing_xml(struct sbuf *b, const struct dent *v, size_t n, bool local)
+{
+    sb_str(b, "<?xml version=\"1.0\"?>\r\n<list>\r\n");
+    for (size_t i = 0; i < n; i++) {
+        const struct dent *e = &v[i];
+        struct tm tm;
+        if (local)
+            localtime_r(&e->mtime, &tm);
+        else
+            gmtime_r(&e->mtime, &tm);
+        char date[40];
+        strftime(date, sizeof(date), local ? "%Y-%m-%dT%H:%M:%S%z" : "%Y-%m-%dT%H:%M:%SZ", &tm);
+        const char *tag = e->dir ? "directory" : e->file ? "file" : "other";
+        sb_printf(b, "<%s mtime=\"%s\"", tag, date);
+        if (e->file)
+            sb_printf(b, " size=\"%llu\"", (unsigned long long)e->size);
+        sb_str(b, ">");
+        sb_html(b, e->name, strlen(e->name));
+        sb_printf(b, "</%s>\r\n", tag);
+    }
+    sb_str(b, "</list>\r\n");
+}
+
+static void listing_json(struct sbuf *b, const struct dent *v, size_t n)
+{
+    sb_str(b, "[\r\n");
+    for (size_t i = 0; i < n; i++) {
+        const struct dent *e = &v[i];
+        char date[30];
+        date[http_date_format(e->mtime, date)] = '\0';
+        sb_str(b, "{ \"name\":\"");
+        sb_json(b, e->name);
+        sb_printf(b, "\", \"type\":\"%s\", \"mtime\":\"%s\"",
+                  e->dir    ? "directory"
+                  : e->file ? "file"
+                            : "other",
+                  date);
+        if (e->file)
+            sb_printf(b, ", \"size\":%llu", (unsigned long long)e->size);
+        sb_str(b, i + 1 < n ? " },\r\n" : " }\r\n");
+    }
+    sb_str(b, "]"); /* (no line end, as nginx) */
+}
+
+/* autoindex: the directory `dir` (the file name of `uri`, which ends in
+ * '/') listed in autoindex_format. Dot files are left out, directories come
+ * first, then names in byte order. */
+static void autoindex(struct exchange *ex, struct slice uri, const char *dir)
+{
+    const struct static_conf *c = &ex->lc->st;
+    if (ex->method_id != HTTP_M_GET && ex->method_id != HTTP_M_HEAD) {
+        proxy_respond_error(ex, 405);
+        return;
+    }
+    struct slice cb = SLICE_NULL;
+    if (c->autoindex_format == AUTOINDEX_JSONP) {
+        cb = vars_arg(ex, SLICE_LIT("callback"));
+        for (size_t i = 0; i < cb.len; i++) {
+            char ch = cb.p[i];
+            if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+                  (ch >= '0' && ch <= '9') || ch == '_' || ch == '.' || ch == '$')) {
+                log_write(LOG_ERR, "*%llu autoindex: invalid callback name",
+                          (unsigned long long)ex->id);
+                proxy_respond_error(ex, 400);
+                return;
+            }
+        }
+    }
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    DIR *d = dfd >= 0 ? fdopendir(dfd) : NULL;
+    if (!d) {
+        int e = errno;
+        if (dfd >= 0)
+            close(dfd);
+        not_found(ex, dir, e);
+        return;
+    }
+    struct dent *v = NULL;
+    size_t n = 0, cap = 0;
+    bool fail = false;
+    struct dirent *de;
+    while (!fail && (de = readdir(d))) {
+        if (de->d_name[0] == '.')
+            continue;
+        struct stat st;
+        if (fstatat(dfd, de->d_name, &st, 0) < 0) {
+            /* a dangling symlink is listed as what it is; others are left out */
+            if ((errno != ENOENT && errno != ELOOP) ||
+                fstatat(dfd, de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+                continue;
+        }
+        if (n == cap) {
+            size_t nc = cap ? cap * 2 : 64;
+            struct dent *nv = realloc(v, nc * sizeof(*nv));
+            if (!nv) {
+                fail = true;
+                break;
+            }
+            v = nv;
+            cap = nc;
+        }
+        char *name = strdup(de->d_name);
+        if (!name) {
+            fail = true;
+            break;
+        }
+        v[n++] = (struct dent){name, S_ISDIR(st.st_mode), S_ISREG(st.st_mode), st.st_mtime,
+                               (uint64_t)st.st_size};
+    }
+    closedir(d);
+    struct sbuf b = {0};
+    if (!fail) {
+        qsort(v, n, sizeof(*v), dent_cmp);
+        switch (c->autoindex_format) {
+        case AUTOINDEX_XML:
+            listing_xml(&b, v, n, c->autoindex_localtime);
+            break;
+        case AUTOINDEX_JSON:
+        case AUTOINDEX_JSONP:
+            if (c->autoindex_format == AUTOINDEX_JSONP) { /* nginx's exact wrapping */
+                sb_str(&b, "/* callback */\r\n");
+                sb_add(&b, cb.p, cb.len);
+                sb_str(&b, "(");
+            }
+            listing_json(&b, v, n);
+            if (c->autoindex_format == AUTOINDEX_JSONP)
+                sb_str(&b, ");");
+            break;
+        default:
+            listing_html(&b, ex, uri, v, n, c->autoindex_exact_size, c->autoindex_localtime);
+        }
+    }
+    for (size_t i = 0; i < n; i++)
+        free(v[i].name);
+    free(v);
+    char *body = !fail && !b.oom ? arena_alloc(&ex->arena, b.len ? b.len : 1) : NULL;
+    if (!body) {
+        free(b.p);
+        proxy_respond_error(ex, 500);
+        return;
+    }
+    memcpy(body, b.p, b.len);
+    free(b.p);
+    static const char *const types[] = {"text/html", "text/xml", "application/json",
+                                        "application/javascript"};
+    proxy_answer(ex, 200, slice_cstr(types[c->autoindex_format]), slice_make(body, b.len));
 }
 
 /* A URI ending in '/': the first index file that exists, by an internal
@@ -640,6 +1063,10 @@ static void serve_index(struct exchange *ex, struct slice uri, const char *dir)
     }
     struct stat st;
     if (stat(dir, &st) == 0 && S_ISDIR(st.st_mode)) {
+        if (c->autoindex) {
+            autoindex(ex, uri, dir);
+            return;
+        }
         log_write(LOG_ERR, "*%llu directory index of \"%s\" is forbidden",
                   (unsigned long long)ex->id, dir);
         proxy_respond_error(ex, 403);
@@ -693,6 +1120,30 @@ static void serve_uri(struct exchange *ex, struct slice uri)
         serve_index(ex, uri, path);
         return;
     }
+    const struct static_conf *c = &ex->lc->st;
+    if (c->gzip_static == GZIP_STATIC_ALWAYS ||
+        (c->gzip_static == GZIP_STATIC_ON && compress_gzip_static_ok(ex))) {
+        /* FILE.gz stands in for FILE if it is there (a missing one is no error) */
+        size_t pl = strlen(path);
+        char *gzp = arena_alloc(&ex->arena, pl + 4);
+        int gfd = -1;
+        if (gzp) {
+            memcpy(gzp, path, pl);
+            memcpy(gzp + pl, ".gz", 4);
+            gfd = open(gzp, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+        }
+        if (gfd < 0 && gzp && errno != ENOENT && errno != ENOTDIR) {
+            not_found(ex, gzp, errno);
+            return;
+        }
+        struct stat gst;
+        if (gfd >= 0 && fstat(gfd, &gst) == 0 && S_ISREG(gst.st_mode)) {
+            serve_fd(ex, path, gfd, &gst, true);
+            return;
+        }
+        if (gfd >= 0)
+            close(gfd);
+    }
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) {
         not_found(ex, path, errno);
@@ -715,7 +1166,7 @@ static void serve_uri(struct exchange *ex, struct slice uri)
         not_found(ex, path, 0);
         return;
     }
-    serve_fd(ex, path, fd, &st);
+    serve_fd(ex, path, fd, &st, false);
 }
 
 static void try_files(struct exchange *ex)

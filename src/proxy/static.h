@@ -39,7 +39,15 @@ struct static_conf {
     int sendfile;
     int tcp_nopush;
     int etag;
+    int gzip_static; /* GZIP_STATIC_OFF / _ON / _ALWAYS */
+    int autoindex;
+    int autoindex_format; /* AUTOINDEX_HTML / _XML / _JSON / _JSONP */
+    int autoindex_exact_size;
+    int autoindex_localtime;
 };
+
+enum { GZIP_STATIC_OFF, GZIP_STATIC_ON, GZIP_STATIC_ALWAYS };
+enum { AUTOINDEX_HTML, AUTOINDEX_XML, AUTOINDEX_JSON, AUTOINDEX_JSONP };
 
 extern const struct cf_module static_cf_module;
 

@@ -583,6 +583,11 @@ static struct slice basic_user(struct exchange *ex)
     return colon ? slice_make(out, (size_t)(colon - out)) : SLICE_NULL;
 }
 
+struct slice vars_arg(struct exchange *ex, struct slice name)
+{
+    return pair_value(ex->args, name, '&', true);
+}
+
 struct slice vars_cookie(struct exchange *ex, struct slice name)
 {
     struct slice cookies = field_joined(ex, ex->req_fields, ex->nreq_fields, SLICE_LIT("cookie"));

@@ -53,6 +53,9 @@ struct slice vars_http_date(void);
  * on first use). */
 void vars_new_request_id(struct exchange *ex);
 
+/* The value of argument `name` in the request's query ($arg_name), or empty. */
+struct slice vars_arg(struct exchange *ex, struct slice name);
+
 /* The value of cookie `name` in the request (all Cookie fields), or empty. */
 struct slice vars_cookie(struct exchange *ex, struct slice name);
 

@@ -296,6 +296,16 @@ def test_static_files(example, tmp_path):
     assert r.status == 200 and r.body == b"app saw GET /staff/\n"
     r = get(port(8090), "/assets/site.css", headers=[("Range", "bytes=0-3")])
     assert r.status == 206 and r.body == b"body"
+    # a precompressed twin, served as is; a listing
+    import gzip
+    (www / "assets" / "site.css.gz").write_bytes(gzip.compress(b"body{}\n"))
+    r = get(port(8090), "/assets/site.css", headers=[("Accept-Encoding", "gzip")])
+    assert r.header("Content-Encoding") == "gzip" and gzip.decompress(r.body) == b"body{}\n"
+    (www / "downloads").mkdir()
+    (www / "downloads" / "v1.tar").write_bytes(b"t" * 3000)
+    r = get(port(8090), "/downloads/")
+    assert r.status == 200 and b'<a href="v1.tar">v1.tar</a>' in r.body
+    assert get(port(8090), "/favicon.ico").status == 404
     import gzip
     (www / "big.html").write_bytes(b"<p>hello</p>\n" * 500)
     r = get(port(8090), "/big.html", headers=[("Accept-Encoding", "gzip")])
