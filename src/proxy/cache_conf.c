@@ -352,11 +352,10 @@ static int set_ignore_headers(struct cf_ctx *cx, const struct cf_node *n,
         {"Cache-Control", IGNORE_CACHE_CONTROL},
         {"Set-Cookie", IGNORE_SET_COOKIE},
         {"Vary", IGNORE_VARY},
-        /* nginx's other X-Accel-* fields: Portico does not act on them */
-        {"X-Accel-Redirect", 0},
-        {"X-Accel-Limit-Rate", 0},
-        {"X-Accel-Buffering", 0},
-        {"X-Accel-Charset", 0},
+        {"X-Accel-Redirect", IGNORE_X_ACCEL_REDIRECT},
+        {"X-Accel-Limit-Rate", IGNORE_X_ACCEL_LIMIT_RATE},
+        {"X-Accel-Buffering", IGNORE_X_ACCEL_BUFFERING},
+        {"X-Accel-Charset", 0}, /* (no charset module: nothing to ignore) */
         {NULL, 0},
     };
     struct cache_loc_conf *c = CCONF(conf);

@@ -52,6 +52,9 @@ struct cache_purge_acl {
 #define IGNORE_CACHE_CONTROL   (1u << 2)
 #define IGNORE_SET_COOKIE      (1u << 3)
 #define IGNORE_VARY            (1u << 4)
+#define IGNORE_X_ACCEL_REDIRECT   (1u << 5)
+#define IGNORE_X_ACCEL_LIMIT_RATE (1u << 6)
+#define IGNORE_X_ACCEL_BUFFERING  (1u << 7)
 
 struct cache_loc_conf {
     bool set;              /* proxy_cache given at this level */

@@ -505,6 +505,16 @@ static int set_next_upstream(struct cf_ctx *cx, const struct cf_node *n,
     return 0;
 }
 
+static int set_internal(struct cf_ctx *cx, const struct cf_node *n, const struct cf_directive *d,
+                        void *conf)
+{
+    (void)cx;
+    (void)n;
+    (void)d;
+    ((struct loc_conf *)conf)->internal = true;
+    return 0;
+}
+
 static int set_error_page(struct cf_ctx *cx, const struct cf_node *n, const struct cf_directive *d,
                           void *conf)
 {
@@ -1391,6 +1401,9 @@ static const struct cf_directive http_directives[] = {
      "(captures for what follows), -f -d -e -x and !-f ...; no other directive inside"},
     {"break", CF_SERVER | CF_LOCATION, 0, 0, false, set_rewrite_op, CONF_LOC, 0, "", "-",
      "stop the rewrite directives here and stay in this location"},
+    {"internal", CF_LOCATION, 0, 0, false, set_internal, CONF_LOC, 0, "", "-",
+     "only internal redirects reach this location (error_page, index, try_files, rewrite, an "
+     "upstream's X-Accel-Redirect); a client asking for it directly gets 404"},
     {"error_page", LOC_ANY, 2, CF_ARGS_ANY, false, set_error_page, CONF_LOC, 0,
      "code ... [=[response]] uri", "-",
      "on these statuses answer with another URI (internal redirect), a named location or a "

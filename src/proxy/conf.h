@@ -115,7 +115,8 @@ enum expires_kind {
 
 /* Fields the location may add to a response beyond its own (add_header,
  * and expires' Expires and Cache-Control): callers size arrays with it. */
-#define LOC_EXTRA_FIELDS(lc) ((lc)->add_headers.n + 2)
+#define LOC_EXTRA_FIELDS(lc) ((lc)->add_headers.n + 2 + ACCEL_KEEP_MAX)
+#define ACCEL_KEEP_MAX       8 /* fields an X-Accel-Redirect response hands on (ex->accel_keep) */
 
 /* Settings of http, server and location levels (one shape, merged down). */
 enum { LINGERING_OFF, LINGERING_ON, LINGERING_ALWAYS };
@@ -212,6 +213,7 @@ struct loc_conf {
     bool logs_set;
     bool log_off;
     int log_not_found;
+    bool internal; /* `internal`: only internal redirects reach this location (not inherited) */
     const char *default_type;
     const char *body_temp_path;  /* client_body_temp_path: where spooled bodies go */
     const char *proxy_temp_path; /* proxy_temp_path: where spooled responses go */

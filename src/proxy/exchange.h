@@ -179,6 +179,9 @@ struct exchange {
     uint64_t limit_rate_after;
     uint8_t limit_req_st, limit_conn_st; /* enum limit_status */
     bool req_underscore; /* a request field name holds '_' (the parser saw it) */
+    bool internal;       /* an internal redirect or a rewrite brought it here (`internal`) */
+    struct http_field *accel_keep; /* X-Accel-Redirect: upstream fields the answer keeps */
+    uint8_t naccel_keep;
     bool in_redirect;     /* proxy_release inside an internal redirect: keep the holds */
     bool stat_counted;    /* counted in the worker's requests (stats.h) */
     struct tls_conn *tls; /* the client's TLS connection, or NULL */

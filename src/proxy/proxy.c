@@ -2,6 +2,7 @@
  * stream the response back, retry when that is safe. */
 #include "proxy/proxy.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -178,6 +179,10 @@ static int find_location(struct exchange *ex, bool search)
                 memset(&ex->caps, 0, sizeof(ex->caps));
             ex->loc = router_find_location(ex->srv->locset, ex->uri, &ex->caps);
             ex->lc = ex->loc ? ex->loc->conf : ex->srv->lc;
+            if (ex->lc->internal && !ex->internal) {
+                respond_status(ex, 404); /* `internal`: not for the client to ask */
+                return 1;
+            }
         }
         search = true;
         if (!ex->loc || !ex->lc->rw)
@@ -194,6 +199,7 @@ static int find_location(struct exchange *ex, bool search)
         }
         if (r == RW_BREAK || !changed)
             return 0; /* (rewrite ... break, here or in the server, set uri_rewritten_here) */
+        ex->internal = true; /* a rewritten URI may enter `internal` locations, as nginx */
         if (cycle + 1 >= 10) {
             LOG(LOG_ERR, "*%llu rewrite or internal redirection cycle while processing \"%.*s\"",
                 (unsigned long long)ex->id, (int)ex->uri.len, ex->uri.p);
@@ -220,6 +226,8 @@ static int route(struct exchange *ex)
             answer_return(ex, &ret);
             return 1;
         }
+        if (ex->uri_rewritten)
+            ex->internal = true;
     }
     return find_location(ex, true);
 }
@@ -349,6 +357,20 @@ static size_t apply_add_headers(struct exchange *ex, int status, struct http_fie
     const struct loc_conf *lc = ex->lc;
     if (!lc)
         return n;
+    if (ex->naccel_keep) {
+        /* X-Accel-Redirect: the upstream's Content-Type, Set-Cookie... win */
+        size_t k = 0;
+        for (size_t i = 0; i < n; i++) {
+            bool dup = false;
+            for (size_t j = 0; j < ex->naccel_keep && !dup; j++)
+                dup = slice_eq_ci(fields[i].name, ex->accel_keep[j].name);
+            if (!dup)
+                fields[k++] = fields[i];
+        }
+        n = k;
+        for (size_t j = 0; j < ex->naccel_keep; j++)
+            fields[n++] = ex->accel_keep[j];
+    }
     /* nginx applies expires and add_header (without always) to one list */
     bool applies = add_header_applies(status);
     if (lc->expires > EXPIRES_OFF && applies)
@@ -1552,6 +1574,93 @@ size_t proxy_response_fields(struct exchange *ex, int status, const struct http_
     return apply_add_headers(ex, status, out, k);
 }
 
+/* An X-Accel-Redirect value as a local URI: '?' starts the arguments, the
+ * path is percent-decoded and must be absolute, without "." or ".."
+ * segments or control bytes (nginx refuses such a path too). The slice is
+ * in the arena; 0, or -1 when unsafe. */
+static int accel_uri(struct exchange *ex, struct slice v, struct slice *out)
+{
+    char *u = arena_alloc(&ex->arena, v.len + 1);
+    if (!u)
+        return -1;
+    const char *q = memchr(v.p, '?', v.len);
+    size_t pl = q ? (size_t)(q - v.p) : v.len, o = 0;
+    for (size_t i = 0; i < pl; i++) {
+        unsigned char c = (unsigned char)v.p[i];
+        if (c == '%' && i + 2 < pl && isxdigit((unsigned char)v.p[i + 1]) &&
+            isxdigit((unsigned char)v.p[i + 2])) {
+            char hx[3] = {v.p[i + 1], v.p[i + 2], 0};
+            c = (unsigned char)strtol(hx, NULL, 16);
+            i += 2;
+        }
+        if (c < 0x20 || c == 0x7f)
+            return -1;
+        u[o++] = (char)c;
+    }
+    if (!o || u[0] != '/')
+        return -1;
+    for (size_t i = 0; i < o; i++) {
+        if (u[i] != '/' || i + 1 >= o || u[i + 1] != '.')
+            continue;
+        size_t dots = i + 2 < o && u[i + 2] == '.' ? 2 : 1;
+        if (i + 1 + dots == o || u[i + 1 + dots] == '/')
+            return -1; /* a "." or ".." segment */
+    }
+    if (q) {
+        memcpy(u + o, q, v.len - pl); /* '?' and the arguments as sent */
+        o += v.len - pl;
+    }
+    *out = slice_make(u, o);
+    return 0;
+}
+
+/* The upstream said X-Accel-Redirect: its answer is dropped (with the
+ * connection: its body is unread) and the request goes, as a GET (HEAD
+ * stays), without body, to that URI or @name, keeping the fields nginx
+ * keeps: Content-Type, Set-Cookie, Content-Disposition, Cache-Control,
+ * Expires, Accept-Ranges. $upstream_http_* stay readable. */
+static void accel_redirect(struct fwd *f, struct slice v)
+{
+    static const char *const keep[] = {"content-type",  "set-cookie", "content-disposition",
+                                       "cache-control", "expires",    "accept-ranges"};
+    struct exchange *ex = f->ex;
+    struct h1_response *r = &f->resp;
+    /* the fields live in the upstream's read buffer, which goes with it */
+    for (size_t i = 0; i < ex->nups_fields; i++) {
+        ex->ups_fields[i].name = arena_slice_dup(&ex->arena, ex->ups_fields[i].name);
+        ex->ups_fields[i].value = arena_slice_dup(&ex->arena, ex->ups_fields[i].value);
+    }
+    r->fields = ex->ups_fields;
+    v = arena_slice_dup(&ex->arena, v);
+    ex->accel_keep = arena_alloc(&ex->arena, ACCEL_KEEP_MAX * sizeof(*ex->accel_keep));
+    ex->naccel_keep = 0;
+    unsigned seen = 0; /* single fields: the first one, as nginx; every Set-Cookie */
+    for (size_t i = 0; ex->accel_keep && i < ex->nups_fields; i++)
+        for (size_t k = 0; k < sizeof(keep) / sizeof(keep[0]); k++)
+            if (slice_eq_ci(ex->ups_fields[i].name, slice_cstr(keep[k])) &&
+                ex->naccel_keep < ACCEL_KEEP_MAX && (k == 1 || !(seen & (1u << k)))) {
+                seen |= 1u << k;
+                ex->accel_keep[ex->naccel_keep++] = ex->ups_fields[i];
+            }
+    release_conn(f, false);
+    f->phase = P_DONE;
+    struct slice uri = v;
+    if (v.p[0] != '@' && accel_uri(ex, v, &uri) < 0) {
+        LOG(LOG_ERR, "*%llu unsafe X-Accel-Redirect \"%.*s\" from upstream",
+            (unsigned long long)ex->id, (int)v.len, v.p);
+        ex->naccel_keep = 0;
+        respond_status(ex, 404);
+        return;
+    }
+    if (ex->method_id != HTTP_M_HEAD) {
+        ex->method = SLICE_LIT("GET");
+        ex->method_id = HTTP_M_GET;
+    }
+    ex->req_has_body = false;
+    ex->req_content_length = -1;
+    proxy_internal_redirect(ex, uri, true);
+}
+
 /* The head is parsed: filter it and hand it to the client. Returns 0 to go
  * on with the body, 1 when the exchange went elsewhere (retry, error page). */
 static int deliver_head(struct fwd *f)
@@ -1582,6 +1691,25 @@ static int deliver_head(struct fwd *f)
                     respond_status(ex, r->status);
                     return 1;
                 }
+    }
+    if (!(lc->cache.ignore & IGNORE_X_ACCEL_LIMIT_RATE)) {
+        bool found;
+        struct slice v =
+            slice_trim_ows(cache_field(r->fields, r->nfields, "x-accel-limit-rate", &found));
+        uint64_t rate;
+        if (found && (slice_eq_lit_ci(v, "off") || limit_rate_parse(v, &rate) == 0)) {
+            ex->limit_rate = slice_eq_lit_ci(v, "off") ? 0 : rate;
+            ex->limit_rate_set = true;
+        }
+    }
+    if (!(lc->cache.ignore & IGNORE_X_ACCEL_REDIRECT)) {
+        bool found;
+        struct slice xar =
+            slice_trim_ows(cache_field(r->fields, r->nfields, "x-accel-redirect", &found));
+        if (found && xar.len) {
+            accel_redirect(f, xar);
+            return 1;
+        }
     }
     if (lc->cache.zone)
         pcache_invalidate(ex, r->status, r->fields, r->nfields);
@@ -2403,6 +2531,7 @@ static void internal_redirect(struct exchange *ex, struct slice uri)
 void proxy_internal_redirect(struct exchange *ex, struct slice uri, bool keep_request)
 {
     int forced = F(ex) ? F(ex)->error_page_status : 0;
+    ex->internal = true;
     ex->in_redirect = true; /* limit_conn places stay with the request */
     proxy_release(ex);
     ex->in_redirect = false;

@@ -306,6 +306,13 @@ def test_static_files(example, tmp_path):
     r = get(port(8090), "/downloads/")
     assert r.status == 200 and b'<a href="v1.tar">v1.tar</a>' in r.body
     assert get(port(8090), "/favicon.ico").status == 404
+    # the application hands out a file by X-Accel-Redirect; clients cannot ask for it
+    (www / "private").mkdir()
+    (www / "private" / "report.txt").write_bytes(b"42\n")
+    r = get(port(8090), "/app/reports/q3")
+    assert r.status == 200 and r.body == b"42\n"
+    assert r.header("Content-Disposition") == "attachment; filename=report.txt"
+    assert get(port(8090), "/private/report.txt").status == 404
     import gzip
     (www / "big.html").write_bytes(b"<p>hello</p>\n" * 500)
     r = get(port(8090), "/big.html", headers=[("Accept-Encoding", "gzip")])
