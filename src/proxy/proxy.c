@@ -94,7 +94,8 @@ struct fwd {
     size_t rstart, rend;
     struct buf *head_seg;
     bool head_done;
-    bool got_bytes; /* any response byte arrived on this try */
+    uint8_t accel_buffering; /* X-Accel-Buffering: 0 none, 1 yes, 2 no (this answer's buffering) */
+    bool got_bytes;          /* any response byte arrived on this try */
     struct h1_response resp;
     enum h1_body_kind body_kind;
     uint64_t body_left;
@@ -1702,6 +1703,13 @@ static int deliver_head(struct fwd *f)
             ex->limit_rate_set = true;
         }
     }
+    if (!(lc->cache.ignore & IGNORE_X_ACCEL_BUFFERING)) {
+        bool found;
+        struct slice v =
+            slice_trim_ows(cache_field(r->fields, r->nfields, "x-accel-buffering", &found));
+        if (found && (slice_eq_lit_ci(v, "yes") || slice_eq_lit_ci(v, "no")))
+            f->accel_buffering = slice_eq_lit_ci(v, "yes") ? 1 : 2;
+    }
     if (!(lc->cache.ignore & IGNORE_X_ACCEL_REDIRECT)) {
         bool found;
         struct slice xar =
@@ -2031,14 +2039,15 @@ static int relay_body(struct fwd *f)
 {
     struct exchange *ex = f->ex;
     const struct loc_conf *lc = ex->lc;
-    size_t high = lc->buffering ? lc->proxy_buffers : 1;
+    bool buffering = f->accel_buffering ? f->accel_buffering == 1 : lc->buffering;
+    size_t high = buffering ? lc->proxy_buffers : 1;
     while (!f->resp_done) {
         if (f->rs_read < f->rs_written && rspool_feed(f, high) < 0)
             return 1;
         /* the client is behind: the file takes the rest while it may grow
          * (by one segment at most past proxy_max_temp_file_size) */
         bool to_file = f->rs_read < f->rs_written || ex->client->pending(ex) >= high;
-        if (to_file && (f->tunnel || !(lc->buffering && f->rs_written < lc->max_temp_file_size)))
+        if (to_file && (f->tunnel || !(buffering && f->rs_written < lc->max_temp_file_size)))
             return 0; /* the client session calls proxy_client_drained() */
         if (f->rstart < f->rend) {
             char *base = f->rseg->data + f->rstart;
@@ -2663,7 +2672,8 @@ void proxy_client_drained(struct exchange *ex)
         return;
     }
     if (f && f->phase == P_DRAIN) {
-        if (rspool_feed(f, ex->lc->buffering ? ex->lc->proxy_buffers : 1) < 0)
+        bool buffering = f->accel_buffering ? f->accel_buffering == 1 : ex->lc->buffering;
+        if (rspool_feed(f, buffering ? ex->lc->proxy_buffers : 1) < 0)
             return;
         if (f->rs_read < f->rs_written)
             return;

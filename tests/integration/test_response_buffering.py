@@ -51,7 +51,9 @@ class SenderOrigin(_Server):
                     s.sendall(b"%x\r\n" % len(piece) + piece + b"\r\n")
                 s.sendall(b"0\r\nX-Sum: %s\r\n\r\n" % hashlib.sha256(data).hexdigest().encode())
             else:
-                s.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % n)
+                xb = (b"X-Accel-Buffering: yes\r\n" if "/xbyes/" in target else
+                      b"X-Accel-Buffering: no\r\n" if "/xbno/" in target else b"")
+                s.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n" % (n, xb))
                 s.sendall(data)
             with self.lock:
                 self.finished.append(target)
@@ -190,3 +192,43 @@ def test_bad_values_are_refused(res, arg, msg):
     p = res.proxy_unstarted("%s;\nserver { listen 127.0.0.1:{port}; }" % arg)
     out = p.run_cmd("-t").output
     assert msg in out and "portico.conf:8:" in out, out
+
+
+def test_x_accel_buffering_turns_buffering_on_and_off(res):
+    """the upstream decides per answer: yes buffers under proxy_buffering off
+    (the origin is done while the client reads nothing), no streams under on"""
+    p, o = start(res, "proxy_buffering off;")
+    c = socket.create_connection(("127.0.0.1", p.port), timeout=30)
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    try:
+        c.sendall(b"GET /xbyes/%d HTTP/1.1\r\nHost: x\r\n\r\n" % SIZE)
+        wait_for(lambda: o.finished == ["/xbyes/%d" % SIZE], timeout=20,
+                 what="the origin's response taken whole under X-Accel-Buffering: yes")
+        head, data = read_all(c, SIZE)
+        assert data == body_of(SIZE)
+    finally:
+        c.close()
+    # buffering on, two clients that read nothing: only the answer without
+    # X-Accel-Buffering: no goes to a temporary file (the other one, asked
+    # first, waits for its client)
+    q, o2 = start(res)
+    c1 = socket.create_connection(("127.0.0.1", q.port), timeout=30)
+    c2 = socket.create_connection(("127.0.0.1", q.port), timeout=30)
+    try:
+        for c in (c1, c2):
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        c1.sendall(b"GET /xbno/%d HTTP/1.1\r\nHost: x\r\n\r\n" % SIZE)
+        wait_for(lambda: len(o2.conns) == 1, timeout=10, what="the first request upstream")
+        c2.sendall(b"GET /len/%d HTTP/1.1\r\nHost: x\r\n\r\n" % SIZE)
+        wait_for(lambda: o2.finished == ["/len/%d" % SIZE], timeout=20,
+                 what="the buffered answer taken whole")
+        q.wait_error_log(r"buffered to a temporary file")
+        assert q.error_log.count("buffered to a temporary file") == 1
+        assert "/xbno/" not in "".join(o2.finished)
+        head, data = read_all(c1, SIZE)
+        assert data == body_of(SIZE) and b"X-Accel-Buffering" not in head
+        head, data = read_all(c2, SIZE)
+        assert data == body_of(SIZE)
+    finally:
+        c1.close()
+        c2.close()
