@@ -160,6 +160,8 @@ static void loc_conf_merge(struct loc_conf *c, const struct loc_conf *p)
     MERGE(ignore_invalid_headers, CF_UNSET_FLAG);
     MERGE(reset_timedout_connection, CF_UNSET_FLAG);
     MERGE(socket_keepalive, CF_UNSET_FLAG);
+    if (!c->proxy_method)
+        c->proxy_method = p->proxy_method;
     if (!c->proxy_bind_set) {
         c->proxy_bind = p->proxy_bind;
         c->proxy_bind_transparent = p->proxy_bind_transparent;
@@ -196,6 +198,7 @@ static void loc_conf_merge(struct loc_conf *c, const struct loc_conf *p)
         c->realip_header = p->realip_header;
         c->realip_pp = p->realip_pp;
     }
+    cookie_conf_merge(&c->cookies, &p->cookies);
     if (!c->redirect_set) {
         c->redirects = p->redirects;
         c->nredirects = p->nredirects;
@@ -824,6 +827,17 @@ static int set_lingering_close(struct cf_ctx *cx, const struct cf_node *n,
     return 0;
 }
 
+static int set_proxy_method(struct cf_ctx *cx, const struct cf_node *n,
+                            const struct cf_directive *d, void *conf)
+{
+    (void)d;
+    struct loc_conf *lc = conf;
+    if (lc->proxy_method)
+        return cf_error(cx, n, "\"proxy_method\" directive is duplicate");
+    lc->proxy_method = conf_tmpl(cx, n, n->args[0]);
+    return lc->proxy_method ? 0 : -1;
+}
+
 static int set_proxy_bind(struct cf_ctx *cx, const struct cf_node *n, const struct cf_directive *d,
                           void *conf)
 {
@@ -1423,6 +1437,9 @@ static const struct cf_directive http_directives[] = {
      "none); transparent allows a foreign address such as $remote_addr (IP_TRANSPARENT: "
      "needs CAP_NET_ADMIN and policy routing). Pooled connections are reused only from the "
      "same address"},
+    {"proxy_method", LOC_ANY, 1, 1, false, set_proxy_method, CONF_LOC, 0, "method", "-",
+     "the method of upstream requests instead of the client's (variables allowed; a value "
+     "that is not a token is ignored)"},
     {"proxy_socket_keepalive", LOC_ANY, 1, 1, false, cf_set_flag, CONF_LOC,
      OFF_LOC(socket_keepalive), "on | off", "off",
      "TCP keep-alive (SO_KEEPALIVE, the system's timings) on new upstream connections"},
@@ -1635,7 +1652,7 @@ void conf_register_all(void)
     static const struct cf_module *const mods[] = {
         &core_cf_module,     &http_cf_module,  &ssl_cf_module,   &h2_cf_module,
         &ups_cf_module,      &check_cf_module, &cache_cf_module, &static_cf_module,
-        &compress_cf_module, &limit_cf_module, &admin_cf_module,
+        &compress_cf_module, &limit_cf_module, &admin_cf_module, &cookie_cf_module,
     };
     cf_register(mods, sizeof(mods) / sizeof(mods[0]));
 }

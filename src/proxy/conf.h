@@ -21,6 +21,7 @@
 #include "net/net.h"
 #include "router/router.h"
 #include "tls/tls.h"
+#include "proxy/cookie.h"
 #include "upstream/upstream.h"
 
 /* Slots of cf_ctx.confs while loading. */
@@ -127,6 +128,7 @@ struct loc_conf {
     const struct redirect_rule *redirects; /* proxy_redirect (redirect.h) */
     size_t nredirects;
     bool redirect_set, redirects_off;
+    struct cookie_conf cookies; /* proxy_cookie_* (cookie.h) */
     int absolute_redirect;       /* relative Location made absolute (scheme://host[:port]) */
     int port_in_redirect;        /* ... with the port when not the scheme's */
     int server_name_in_redirect; /* ... with the first server_name, not Host */
@@ -167,6 +169,7 @@ struct loc_conf {
     bool proxy_bind_set;     /* (proxy_bind off counts) */
     bool proxy_bind_transparent;
     int socket_keepalive; /* proxy_socket_keepalive */
+    struct tmpl *proxy_method; /* the method sent upstream, NULL: the client's */
     int buffering;
     int request_buffering;
     int intercept_errors;

@@ -702,6 +702,14 @@ static int build_request_head(struct fwd *f)
     size_t nrules = lc->set_headers.n < 64 ? lc->set_headers.n : 64;
     bool host_set = false, conn_set = false;
     struct slice method = f->pc ? pcache_fetch_method(f->pc) : ex->method;
+    if (lc->proxy_method) {
+        struct slice m = tmpl_eval(ex, lc->proxy_method, ESC_NONE);
+        bool ok = m.len > 0 && m.len <= 32;
+        for (size_t i = 0; ok && i < m.len; i++)
+            ok = http_tchar[(unsigned char)m.p[i]];
+        if (ok)
+            method = m;
+    }
     bool strip = pcache_strip_conditionals(f->pc);
     const struct http_field *extra;
     size_t nextra = pcache_fetch_fields(f->pc, &extra);
@@ -1741,6 +1749,8 @@ static int deliver_head(struct fwd *f)
             http_connection_names(r->fields, r->nfields, name))
             continue;
         in[nin++] = r->fields[i];
+        if (cookie_rewrites(&lc->cookies) && slice_eq_lit_ci(name, "set-cookie"))
+            in[nin - 1].value = field_safe(ex, cookie_rewrite(ex, r->fields[i].value));
     }
     int status = f->error_page_status ? f->error_page_status : r->status;
     const struct ups_sticky *st = &f->group->sticky;
