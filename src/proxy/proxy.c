@@ -2502,10 +2502,12 @@ static int limit_phase(struct exchange *ex)
 static void run_location(struct exchange *ex)
 {
     const struct loc_conf *lc = ex->lc;
+    /* nginx's order: limits (preaccess) before access, so a password guess
+     * that fails still counts against limit_req */
+    if ((lc->limits.nreq || lc->limits.nconn) && !ex->cache_background && limit_phase(ex))
+        return;
     if ((lc->naccess || lc->auth.realm || lc->jwt.realm) && !ex->cache_background &&
         access_phase(ex))
-        return;
-    if ((lc->limits.nreq || lc->limits.nconn) && !ex->cache_background && limit_phase(ex))
         return;
     if (lc->z.any)
         compress_install(ex);

@@ -210,3 +210,25 @@ def test_a_rejection_does_not_count_in_the_other_rules(res, origin):
     # a counted only the request that passed: five more fit its burst
     assert [get(p.port, "/", headers=k(f"n{i}")).status for i in range(5)] == [200] * 5
     assert get(p.port, "/", headers=k("n9")).status == 503
+
+
+def test_failed_logins_count_against_limit_req(res, origin, tmp_path):
+    """limits come before access, as nginx's preaccess phase: password
+    guesses that fail are counted and throttled too"""
+    (tmp_path / "htpasswd").write_text("ann:{PLAIN}s3cret\n")
+    p = res.proxy("""
+        limit_req_zone $binary_remote_addr zone=login:1m rate=1r/m;
+        server {
+            listen 127.0.0.1:{port};
+            location / {
+                limit_req zone=login burst=1 nodelay;
+                auth_basic "x";
+                auth_basic_user_file %s/htpasswd;
+                proxy_pass http://127.0.0.1:%d;
+            }
+        }
+    """ % (tmp_path, origin.port))
+    import base64
+    bad = [("Authorization", "Basic " + base64.b64encode(b"ann:guess").decode())]
+    statuses = [get(p.port, "/x", headers=bad).status for _ in range(4)]
+    assert statuses[:2] == [401, 401] and statuses[2:] == [503, 503]
