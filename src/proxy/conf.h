@@ -21,6 +21,7 @@
 #include "net/net.h"
 #include "router/router.h"
 #include "tls/tls.h"
+#include "proxy/authreq.h"
 #include "proxy/cookie.h"
 #include "upstream/upstream.h"
 
@@ -129,6 +130,7 @@ struct loc_conf {
     size_t nredirects;
     bool redirect_set, redirects_off;
     struct cookie_conf cookies; /* proxy_cookie_* (cookie.h) */
+    struct authreq_conf authreq; /* auth_request (authreq.h) */
     int absolute_redirect;       /* relative Location made absolute (scheme://host[:port]) */
     int port_in_redirect;        /* ... with the port when not the scheme's */
     int server_name_in_redirect; /* ... with the first server_name, not Host */

@@ -171,6 +171,8 @@ struct exchange {
     const char *error_detail;             /* a line for the built-in error page, or NULL */
     struct slice www_authenticate;        /* the challenge of a 401 from auth_basic / auth_jwt */
     struct slice jwt_header, jwt_payload; /* a verified token's JSON ($jwt_*) */
+    uint8_t jwt_state;                    /* 0 unchecked, else enum jwt_result + 1 */
+    const void *jwt_for;                  /* the key set jwt_state is for */
     struct limit_hold *limit_holds;       /* limit_conn places taken (limit.c) */
     size_t nlimit_holds;
     bool limit_req_done;  /* limit_req counts a request once (not again after a redirect) */
@@ -180,6 +182,8 @@ struct exchange {
     uint8_t limit_req_st, limit_conn_st; /* enum limit_status */
     bool req_underscore; /* a request field name holds '_' (the parser saw it) */
     bool internal;       /* an internal redirect or a rewrite brought it here (`internal`) */
+    bool subrequest;     /* auth_request's: no access or limit phases, no log */
+    bool auth_request_done;
     struct http_field *accel_keep; /* X-Accel-Redirect: upstream fields the answer keeps */
     uint8_t naccel_keep;
     bool in_redirect;     /* proxy_release inside an internal redirect: keep the holds */

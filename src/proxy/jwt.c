@@ -817,9 +817,13 @@ void jwt_free(struct snapshot *s)
 
 /* ---- requests ---- */
 
-enum jwt_result jwt_check(struct exchange *ex)
+/* The token checked once per request (its result kept): by the access phase,
+ * or earlier by a $jwt_claim_* that a limit_req key reads in preaccess. */
+static enum jwt_result verify_request(struct exchange *ex)
 {
     const struct jwt_conf *j = &ex->lc->jwt;
+    if (ex->jwt_state && ex->jwt_for == (const void *)j->keys)
+        return (enum jwt_result)(ex->jwt_state - 1);
     struct slice tok;
     if (j->token) {
         tok = slice_trim_ows(tmpl_eval(ex, j->token, ESC_NONE));
@@ -827,26 +831,45 @@ enum jwt_result jwt_check(struct exchange *ex)
         bool found;
         struct slice v =
             slice_trim_ows(cache_field(ex->req_fields, ex->nreq_fields, "authorization", &found));
-        if (!found || v.len < 7 || strncasecmp(v.p, "bearer ", 7))
-            return JWT_NONE;
-        tok = slice_trim_ows(slice_make(v.p + 7, v.len - 7));
+        tok = !found || v.len < 7 || strncasecmp(v.p, "bearer ", 7)
+                  ? SLICE_NULL
+                  : slice_trim_ows(slice_make(v.p + 7, v.len - 7));
     }
-    if (!tok.len)
-        return JWT_NONE;
-    if (!j->keys || tok.len > JWT_MAX * 2)
-        return JWT_INVALID;
-    char *h = arena_alloc(&ex->arena, JWT_MAX), *p = arena_alloc(&ex->arena, JWT_MAX);
-    if (!h || !p)
-        return JWT_INVALID;
+    ex->jwt_header = ex->jwt_payload = SLICE_NULL;
+    enum jwt_result r = JWT_INVALID;
+    char *h = NULL, *p = NULL;
     struct slice hs, ps;
     const char *why = "";
-    if (verify(j->keys, tok, (int64_t)time(NULL), j->leeway_s == CF_UNSET_MSEC ? 0 : j->leeway_s, h,
-               &hs, p, &ps, &why) < 0) {
-        log_write(LOG_INFO, "*%llu JWT rejected: %s", (unsigned long long)ex->id, why);
-        return JWT_INVALID;
+    if (!tok.len)
+        r = JWT_NONE;
+    else if (j->keys && tok.len <= JWT_MAX * 2 && (h = arena_alloc(&ex->arena, JWT_MAX)) &&
+             (p = arena_alloc(&ex->arena, JWT_MAX))) {
+        if (verify(j->keys, tok, (int64_t)time(NULL),
+                   j->leeway_s == CF_UNSET_MSEC ? 0 : j->leeway_s, h, &hs, p, &ps, &why) < 0) {
+            log_write(LOG_INFO, "*%llu JWT rejected: %s", (unsigned long long)ex->id, why);
+        } else {
+            ex->jwt_header = hs;
+            ex->jwt_payload = ps;
+            r = JWT_OK;
+        }
     }
-    ex->jwt_header = hs;
-    ex->jwt_payload = ps;
+    ex->jwt_state = (uint8_t)(r + 1);
+    ex->jwt_for = j->keys; /* another key set (after an internal redirect) checks again */
+    return r;
+}
+
+void jwt_lazy(struct exchange *ex)
+{
+    if (ex->lc && ex->lc->jwt.realm)
+        verify_request(ex);
+}
+
+enum jwt_result jwt_check(struct exchange *ex)
+{
+    const struct jwt_conf *j = &ex->lc->jwt;
+    enum jwt_result r = verify_request(ex);
+    if (r != JWT_OK)
+        return r;
     for (size_t i = 0; i < j->nrequire; i++) {
         struct slice v = tmpl_eval(ex, j->require[i], ESC_NONE);
         if (!v.len || (v.len == 1 && v.p[0] == '0')) {

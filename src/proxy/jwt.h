@@ -47,6 +47,10 @@ enum jwt_result { JWT_OK, JWT_NONE, JWT_INVALID, JWT_REQUIRE_FAILED };
  * decoded JSON for the $jwt_* variables. */
 enum jwt_result jwt_check(struct exchange *ex);
 
+/* $jwt_claim_* / $jwt_header_* read before the access phase (a limit_req
+ * key, as NGINX Plus allows): check the token now, once. */
+void jwt_lazy(struct exchange *ex);
+
 /* A top-level member of a JSON object as text: strings unescaped, numbers,
  * true/false/null as written, objects and arrays as their JSON. Empty when
  * absent (used by $jwt_claim_ and $jwt_header_). */

@@ -2504,11 +2504,16 @@ static void run_location(struct exchange *ex)
     const struct loc_conf *lc = ex->lc;
     /* nginx's order: limits (preaccess) before access, so a password guess
      * that fails still counts against limit_req */
-    if ((lc->limits.nreq || lc->limits.nconn) && !ex->cache_background && limit_phase(ex))
+    bool main_req = !ex->cache_background && !ex->subrequest;
+    if ((lc->limits.nreq || lc->limits.nconn) && main_req && limit_phase(ex))
         return;
-    if ((lc->naccess || lc->auth.realm || lc->jwt.realm) && !ex->cache_background &&
-        access_phase(ex))
+    if ((lc->naccess || lc->auth.realm || lc->jwt.realm) && main_req && access_phase(ex))
         return;
+    if (lc->authreq.uri && main_req && !ex->auth_request_done &&
+        !(lc->satisfy_any && lc->naccess && access_allowed(lc->access, lc->naccess, ex->peer))) {
+        authreq_start(ex); /* resumes here with auth_request_done, or answers */
+        return;
+    }
     if (lc->z.any)
         compress_install(ex);
     if (lc->api) {

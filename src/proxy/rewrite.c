@@ -70,8 +70,9 @@ static bool is_args_var(const char *name)
 static void collect_sets(const struct cf_node *n, const char **names, size_t *count, bool fill)
 {
     for (const struct cf_node *c = n->children; c; c = c->next) {
-        if (strcmp(c->name, "set") == 0 && c->nargs >= 1 && c->args[0][0] == '$' &&
-            !is_args_var(c->args[0] + 1) && strcmp(c->args[0] + 1, "limit_rate") != 0) {
+        if ((strcmp(c->name, "set") == 0 || strcmp(c->name, "auth_request_set") == 0) &&
+            c->nargs >= 1 && c->args[0][0] == '$' && !is_args_var(c->args[0] + 1) &&
+            strcmp(c->args[0] + 1, "limit_rate") != 0) {
             const char *nm = c->args[0] + 1;
             bool seen = false;
             for (size_t i = 0; fill && i < *count; i++)
@@ -386,6 +387,13 @@ struct slice rw_user_value(struct exchange *ex, int idx)
     if (!ex->user_vals || idx < 0 || !ex->snap || (size_t)idx >= ex->snap->nuser_vars)
         return SLICE_NULL;
     return ex->user_vals[idx];
+}
+
+static int set_user(struct exchange *ex, int idx, struct slice v);
+
+int rw_user_set(struct exchange *ex, int idx, struct slice v)
+{
+    return set_user(ex, idx, v);
 }
 
 static int set_user(struct exchange *ex, int idx, struct slice v)

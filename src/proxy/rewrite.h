@@ -57,5 +57,7 @@ enum rw_result rw_run(struct exchange *ex, const struct rw_prog *p, struct rw_re
 
 /* Value of `set` variable `idx` (empty until set). */
 struct slice rw_user_value(struct exchange *ex, int idx);
+/* Set a `set` variable (auth_request_set too); -1 if idx is not one. */
+int rw_user_set(struct exchange *ex, int idx, struct slice v);
 
 #endif

@@ -1322,9 +1322,16 @@ static void sess_io(struct io *io, uint32_t events)
     case S_EXCHANGE:
         if (!s->rb_done && !s->ex_done) {
             proxy_request_body_ready(&s->b->ex);
-        } else if (io->hup && !s->ex_done) {
-            /* the client is gone: stop the upstream side too */
-            proxy_abort(&s->b->ex);
+        } else if ((io->hup || io->rdhup) && !s->ex_done) {
+            /* the client is gone (a FIN is enough, as nginx sees a closed
+             * connection while it waits): stop the upstream side too */
+            struct exchange *ex = &s->b->ex;
+            if (!ex->ending.code)
+                ex->ending = (struct ending){.code = END_CLIENT_CLOSED,
+                                             .why = "client prematurely closed connection"};
+            if (!ex->head_sent)
+                ex->status = 499;
+            proxy_abort(ex);
             s->ex_done = true;
             sess_close(s);
         }

@@ -617,8 +617,10 @@ struct slice var_value(struct exchange *ex, int var, struct slice arg)
     case V_ARG_:
         return pair_value(ex->args, arg, '&', true);
     case V_JWT_CLAIM_:
+        jwt_lazy(ex);
         return jwt_json_member(&ex->arena, ex->jwt_payload, arg);
     case V_JWT_HEADER_:
+        jwt_lazy(ex);
         return jwt_json_member(&ex->arena, ex->jwt_header, arg);
     case V_SENT_HTTP_:
         return field_joined(ex, ex->resp_fields, ex->nresp_fields, arg);

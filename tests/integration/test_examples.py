@@ -361,5 +361,10 @@ def test_api_gateway(example, tmp_path):
     codes = [get(port(8095), "/v1/orders", headers=auth).status for _ in range(25)]
     assert 429 in codes and codes.count(200) >= 20
     assert get(port(8095), "/v1/orders", headers=admin).status == 200  # another subject
+    # auth_request in front of a web app: the sign-on service decides, its user goes on
+    assert get(port(8095), "/app/").status == 401
+    r = get(port(8095), "/app/home", headers=[("Cookie", "sso=alice")])
+    assert r.status == 200 and r.body == b"orders: user=alice scope= uri=/app/home\n"
+    assert get(port(8095), "/_sso").status == 404
     m = get(port(8095), "/status/metrics").text
     assert 'portico_http_responses_total{code="4xx"}' in m

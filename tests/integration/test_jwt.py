@@ -190,3 +190,28 @@ def test_bad_key_files(res, tmp_path, text, msg):
 def test_only_signed_tokens(res):
     p = res.proxy_unstarted("server { listen 127.0.0.1:{port}; auth_jwt_type encrypted; }")
     assert 'only "signed" tokens' in p.run_cmd("-t").output
+
+
+def test_limit_req_keyed_by_a_claim(res, origin, keys):
+    """limit_req runs before the access phase (as nginx's preaccess), yet a
+    $jwt_claim_* key works: the token is checked when the key reads it. A
+    forged token's claims are never used: it falls in the address's bucket."""
+    p = res.proxy("""
+        map $jwt_claim_sub $who { "" $binary_remote_addr; default $jwt_claim_sub; }
+        limit_req_zone $who zone=per_sub:1m rate=1r/m;
+        server {
+            listen 127.0.0.1:{port};
+            auth_jwt_key_file %(f)s;
+            location /api/ {
+                limit_req zone=per_sub burst=1 nodelay;
+                auth_jwt "api";
+                proxy_pass http://127.0.0.1:%(o)d;
+            }
+        }
+    """ % {"o": origin.port, "f": keys["file"]})
+    ann, bob = bearer(token(keys, sub="ann")), bearer(token(keys, sub="bob"))
+    assert [get(p.port, "/api/x", headers=ann).status for _ in range(3)] == [200, 200, 503]
+    assert get(p.port, "/api/x", headers=bob).status == 200  # another subject, another bucket
+    forged = token(keys, sub="carol")[:-4] + "AAAA"
+    codes = [get(p.port, "/api/x", headers=bearer(forged)).status for _ in range(3)]
+    assert codes == [401, 401, 503]  # the address's bucket, not carol's

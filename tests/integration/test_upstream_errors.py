@@ -221,3 +221,19 @@ def test_concurrent_requests_while_one_hangs(res):
     assert get(p.port, "/fast").status == 200
     assert time.monotonic() - t0 < 1.0
     assert bgr.result().status == 200
+
+
+def test_client_leaving_frees_a_waiting_upstream_at_once(res):
+    """the client closes while the upstream thinks: 499 in the log and the
+    upstream connection closed now, not at proxy_read_timeout (as nginx)"""
+    import socket
+    o = res.origin()
+    p = res.proxy(SIMPLE, up=o.addr)
+    c = socket.create_connection(("127.0.0.1", p.port), timeout=5)
+    c.sendall(build_request("GET", "/hang", "x"))
+    from conftest import wait_for
+    wait_for(lambda: any(r["target"] == "/hang" for r in o.requests), 5,
+             what="the request at the origin")
+    c.close()
+    lines = p.wait_access_lines(1, timeout=5)
+    assert " 499 " in lines[-1], lines
