@@ -179,7 +179,7 @@ static bool not_modified(struct exchange *ex, const struct cache_obj *o)
     int64_t since = http_date_parse(ims);
     struct slice lm_v = cache_field(o->fields, o->nfields, "last-modified", &found);
     int64_t lm = found ? http_date_parse(lm_v) : -1;
-    return since >= 0 && lm >= 0 && lm <= since;
+    return since >= 0 && lm >= 0 && conf_ims_matches(ex->lc->if_modified_since, lm, since);
 }
 
 /* If-Range: a strong entity tag equal to ours, or our Last-Modified date. */
@@ -231,7 +231,7 @@ static void serve(struct pcache *pc, struct cache_obj *o, const char *status_tex
     bool partial = false, unsatisfiable = false;
     if (not_modified(ex, o)) {
         status = 304;
-    } else if (o->status == 200 && ex->method_id == HTTP_M_GET) {
+    } else if (o->status == 200 && ex->method_id == HTTP_M_GET && ex->lc->max_ranges != 0) {
         bool found;
         struct slice range = cache_field(ex->req_fields, ex->nreq_fields, "range", &found);
         if (found && if_range_ok(ex, o)) {

@@ -105,6 +105,8 @@ static void loc_conf_init(struct loc_conf *lc)
     lc->reset_timedout_connection = CF_UNSET_FLAG;
     lc->socket_keepalive = CF_UNSET_FLAG;
     lc->lingering_close = CF_UNSET_INT;
+    lc->chunked_transfer_encoding = lc->recursive_error_pages = CF_UNSET_FLAG;
+    lc->if_modified_since = lc->max_ranges = CF_UNSET_INT;
     lc->lingering_time_ms = lc->lingering_timeout_ms = CF_UNSET_MSEC;
     lc->resolver_timeout_ms = CF_UNSET_MSEC;
     lc->expires = CF_UNSET_INT;
@@ -168,6 +170,10 @@ static void loc_conf_merge(struct loc_conf *c, const struct loc_conf *p)
         c->proxy_bind_set = p->proxy_bind_set;
     }
     MERGE(lingering_close, CF_UNSET_INT);
+    MERGE(chunked_transfer_encoding, CF_UNSET_FLAG);
+    MERGE(recursive_error_pages, CF_UNSET_FLAG);
+    MERGE(if_modified_since, CF_UNSET_INT);
+    MERGE(max_ranges, CF_UNSET_INT);
     MERGE(lingering_time_ms, CF_UNSET_MSEC);
     MERGE(lingering_timeout_ms, CF_UNSET_MSEC);
     MERGE(resolver_timeout_ms, CF_UNSET_MSEC);
@@ -200,6 +206,7 @@ static void loc_conf_merge(struct loc_conf *c, const struct loc_conf *p)
     }
     cookie_conf_merge(&c->cookies, &p->cookies);
     authreq_conf_merge(&c->authreq, &p->authreq);
+    referer_conf_merge(&c->referers, &p->referers);
     if (!c->redirect_set) {
         c->redirects = p->redirects;
         c->nredirects = p->nredirects;
@@ -292,6 +299,10 @@ static void loc_conf_defaults(struct loc_conf *c)
         d.reset_timedout_connection = 0;
         d.socket_keepalive = 0;
         d.lingering_close = LINGERING_ON;
+        d.chunked_transfer_encoding = 1;
+        d.recursive_error_pages = 0;
+        d.if_modified_since = IMS_BEFORE;
+        d.max_ranges = -1;
         d.lingering_time_ms = 30000;
         d.lingering_timeout_ms = 5000;
         d.resolver_timeout_ms = 30000;
@@ -810,6 +821,37 @@ static int set_user(struct cf_ctx *cx, const struct cf_node *n, const struct cf_
 
 /* Settings nginx needs to size its internal hash tables: Portico's tables
  * size themselves, so the value is only checked. */
+static int set_ims(struct cf_ctx *cx, const struct cf_node *n, const struct cf_directive *d,
+                   void *conf)
+{
+    (void)d;
+    struct loc_conf *lc = conf;
+    const char *a = n->args[0];
+    if (!strcmp(a, "off"))
+        lc->if_modified_since = IMS_OFF;
+    else if (!strcmp(a, "exact"))
+        lc->if_modified_since = IMS_EXACT;
+    else if (!strcmp(a, "before"))
+        lc->if_modified_since = IMS_BEFORE;
+    else
+        return cf_error(cx, n, "invalid value \"%s\" in \"if_modified_since\" (off, exact, before)",
+                        a);
+    return 0;
+}
+
+static int set_max_ranges(struct cf_ctx *cx, const struct cf_node *n, const struct cf_directive *d,
+                          void *conf)
+{
+    (void)d;
+    struct loc_conf *lc = conf;
+    char *end;
+    long v = strtol(n->args[0], &end, 10);
+    if (*end || v < 0 || v > 1000000)
+        return cf_error(cx, n, "invalid value \"%s\" in \"max_ranges\"", n->args[0]);
+    lc->max_ranges = (int)v;
+    return 0;
+}
+
 static int set_lingering_close(struct cf_ctx *cx, const struct cf_node *n,
                                const struct cf_directive *d, void *conf)
 {
@@ -1512,6 +1554,21 @@ static const struct cf_directive http_directives[] = {
      "before closing a connection whose client may still be sending, the write side is shut "
      "and what arrives is read and dropped, so the client gets the answer instead of a reset "
      "(on: when a request body or pipelined bytes are unread; always; off: never)"},
+    {"chunked_transfer_encoding", LOC_ANY, 1, 1, false, cf_set_flag, CONF_LOC,
+     OFF_LOC(chunked_transfer_encoding), "on | off", "on",
+     "off: an HTTP/1.1 answer of unknown length ends with the connection instead of in "
+     "chunks (for clients that cannot read chunked)"},
+    {"recursive_error_pages", LOC_ANY, 1, 1, false, cf_set_flag, CONF_LOC,
+     OFF_LOC(recursive_error_pages), "on | off", "off",
+     "let an error page's own error go to error_page again (at most 10 redirects in all)"},
+    {"if_modified_since", LOC_ANY, 1, 1, false, set_ims, CONF_LOC, 0, "off | exact | before",
+     "before",
+     "how If-Modified-Since makes a 304 of a file or a cached answer: before (last "
+     "modified at or before the date, RFC 9110's rule), exact (the same date; nginx's "
+     "default), off (never)"},
+    {"max_ranges", LOC_ANY, 1, 1, false, set_max_ranges, CONF_LOC, 0, "number", "-",
+     "0: Range requests are answered whole and no Accept-Ranges is sent (Portico answers "
+     "one range; a request for more gets the whole body anyway)"},
     {"lingering_time", LOC_ANY, 1, 1, false, cf_set_msec, CONF_LOC, OFF_LOC(lingering_time_ms),
      "time", "30s", "the longest a lingering close reads"},
     {"lingering_timeout", LOC_ANY, 1, 1, false, cf_set_msec, CONF_LOC,
@@ -1651,10 +1708,10 @@ static const struct cf_module http_cf_module = {"http", http_directives};
 void conf_register_all(void)
 {
     static const struct cf_module *const mods[] = {
-        &core_cf_module,     &http_cf_module,  &ssl_cf_module,   &h2_cf_module,
-        &ups_cf_module,      &check_cf_module, &cache_cf_module, &static_cf_module,
-        &compress_cf_module, &limit_cf_module, &admin_cf_module, &cookie_cf_module,
-        &authreq_cf_module,
+        &core_cf_module,     &http_cf_module,    &ssl_cf_module,   &h2_cf_module,
+        &ups_cf_module,      &check_cf_module,   &cache_cf_module, &static_cf_module,
+        &compress_cf_module, &limit_cf_module,   &admin_cf_module, &cookie_cf_module,
+        &authreq_cf_module,  &referer_cf_module,
     };
     cf_register(mods, sizeof(mods) / sizeof(mods[0]));
 }

@@ -23,6 +23,7 @@
 #include "tls/tls.h"
 #include "proxy/authreq.h"
 #include "proxy/cookie.h"
+#include "proxy/referer.h"
 #include "upstream/upstream.h"
 
 /* Slots of cf_ctx.confs while loading. */
@@ -122,6 +123,14 @@ enum expires_kind {
 
 /* Settings of http, server and location levels (one shape, merged down). */
 enum { LINGERING_OFF, LINGERING_ON, LINGERING_ALWAYS };
+enum { IMS_OFF, IMS_EXACT, IMS_BEFORE };
+
+/* if_modified_since: may a representation last modified at `lm` be a 304
+ * for If-Modified-Since `since` (both seconds)? */
+static inline bool conf_ims_matches(int mode, int64_t lm, int64_t since)
+{
+    return mode == IMS_EXACT ? lm == since : mode == IMS_BEFORE ? lm <= since : false;
+}
 
 struct loc_conf {
     struct proxy_pass *pass;
@@ -129,12 +138,13 @@ struct loc_conf {
     const struct redirect_rule *redirects; /* proxy_redirect (redirect.h) */
     size_t nredirects;
     bool redirect_set, redirects_off;
-    struct cookie_conf cookies; /* proxy_cookie_* (cookie.h) */
-    struct authreq_conf authreq; /* auth_request (authreq.h) */
-    int absolute_redirect;       /* relative Location made absolute (scheme://host[:port]) */
-    int port_in_redirect;        /* ... with the port when not the scheme's */
-    int server_name_in_redirect; /* ... with the first server_name, not Host */
-    struct access_rule *access;  /* allow / deny, in order (access.h) */
+    struct cookie_conf cookies;   /* proxy_cookie_* (cookie.h) */
+    struct authreq_conf authreq;  /* auth_request (authreq.h) */
+    struct referer_conf referers; /* valid_referers (referer.h) */
+    int absolute_redirect;        /* relative Location made absolute (scheme://host[:port]) */
+    int port_in_redirect;         /* ... with the port when not the scheme's */
+    int server_name_in_redirect;  /* ... with the first server_name, not Host */
+    struct access_rule *access;   /* allow / deny, in order (access.h) */
     size_t naccess, cap_access;
     bool access_set;
     struct auth_conf auth;        /* auth_basic (auth.h) */
@@ -170,7 +180,7 @@ struct loc_conf {
     struct tmpl *proxy_bind; /* local address of upstream connections, NULL: none */
     bool proxy_bind_set;     /* (proxy_bind off counts) */
     bool proxy_bind_transparent;
-    int socket_keepalive; /* proxy_socket_keepalive */
+    int socket_keepalive;      /* proxy_socket_keepalive */
     struct tmpl *proxy_method; /* the method sent upstream, NULL: the client's */
     int buffering;
     int request_buffering;
@@ -181,6 +191,10 @@ struct loc_conf {
     int ignore_invalid_headers;
     int reset_timedout_connection;
     int lingering_close; /* LINGERING_OFF / _ON / _ALWAYS */
+    int chunked_transfer_encoding;
+    int recursive_error_pages;
+    int if_modified_since; /* IMS_OFF / IMS_EXACT / IMS_BEFORE */
+    int max_ranges;        /* -1: no limit; 0: ranges off */
     uint32_t lingering_time_ms, lingering_timeout_ms;
     struct net_resolver *resolver; /* resolver (http, server), NULL unset */
     uint32_t resolver_timeout_ms;

@@ -167,6 +167,7 @@ struct exchange {
     bool head_sent;
     bool close_conn;                      /* the client connection cannot be reused */
     bool redirected;                      /* went through error_page already */
+    bool error_page_locked;               /* no more error pages (recursive_error_pages off) */
     uint8_t internal_redirects;           /* error_page and try_files hops (500 after 10) */
     const char *error_detail;             /* a line for the built-in error page, or NULL */
     struct slice www_authenticate;        /* the challenge of a 401 from auth_basic / auth_jwt */

@@ -465,13 +465,16 @@ static bool try_error_page(struct exchange *ex, int status)
 {
     struct fwd *f = F(ex);
     const struct loc_conf *lc = ex->lc;
-    if (!lc || !lc->nerror_pages || (f && f->error_page_status) || ex->redirected)
+    if (!lc || !lc->nerror_pages || ex->error_page_locked)
         return false;
     for (size_t i = 0; i < lc->nerror_pages; i++) {
         const struct error_page *ep = &lc->error_pages[i];
         for (size_t k = 0; k < ep->ncodes; k++) {
             if (ep->codes[k] != status)
                 continue;
+            /* as nginx: the location that used an error page decides whether
+             * the page's own errors may use one again (recursive_error_pages) */
+            ex->error_page_locked = !lc->recursive_error_pages;
             struct slice uri = tmpl_eval(ex, ep->uri, ESC_NONE);
             if (uri.len && uri.p[0] != '/' && uri.p[0] != '@') {
                 /* a URL: redirect (302 unless =code says otherwise) */

@@ -963,8 +963,8 @@ static int op_send_head(struct exchange *ex, const struct resp_head *h)
     s->rate_limited = ex->limit_rate || (!ex->limit_rate_set && lc->limits.rate);
     s->resp_chunked = false;
     if (!no_body && h->content_length < 0) {
-        if (http10)
-            s->close_after = true; /* close-delimited for HTTP/1.0 */
+        if (http10 || !lc->chunked_transfer_encoding)
+            s->close_after = true; /* close-delimited (HTTP/1.0, chunked_transfer_encoding off) */
         else
             s->resp_chunked = true;
     }

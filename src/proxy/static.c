@@ -549,7 +549,7 @@ static int preconditions(struct exchange *ex, struct slice etag, time_t mtime)
         return etag.len && cache_etag_match(v, etag) ? 304 : 0;
     v = req_field(ex, "if-modified-since", &found);
     int64_t t = found ? http_date_parse(v) : -1;
-    return t >= 0 && (int64_t)mtime <= t ? 304 : 0;
+    return t >= 0 && conf_ims_matches(ex->lc->if_modified_since, (int64_t)mtime, t) ? 304 : 0;
 }
 
 /* Answer with the open file fd (ownership taken). */
@@ -610,7 +610,7 @@ static void serve_fd(struct exchange *ex, const char *path, int fd, const struct
         if (pc == 304)
             status = 304;
     }
-    if (status == 200 && ex->method_id == HTTP_M_GET) {
+    if (status == 200 && ex->method_id == HTTP_M_GET && lc->max_ranges != 0) {
         bool found, ir_found;
         struct slice range = req_field(ex, "range", &found);
         struct slice ir = slice_trim_ows(req_field(ex, "if-range", &ir_found));
@@ -648,7 +648,7 @@ static void serve_fd(struct exchange *ex, const char *path, int fd, const struct
     in[n++] = (struct http_field){SLICE_LIT("Last-Modified"), lmv};
     if (etag.len)
         in[n++] = (struct http_field){SLICE_LIT("ETag"), etag};
-    if (!forced)
+    if (!forced && lc->max_ranges != 0)
         in[n++] = (struct http_field){SLICE_LIT("Accept-Ranges"), SLICE_LIT("bytes")};
     if (gz && status != 304)
         in[n++] = (struct http_field){SLICE_LIT("Content-Encoding"), SLICE_LIT("gzip")};

@@ -13,6 +13,7 @@
 #include "proxy/exchange.h"
 #include "proxy/limit.h"
 #include "proxy/map.h"
+#include "proxy/referer.h"
 #include "proxy/rewrite.h"
 #include "proxy/proxy.h"
 #include "tls/tls.h"
@@ -48,6 +49,7 @@ enum var_id {
     V_LIMIT_RATE,
     V_LIMIT_REQ_STATUS,
     V_LIMIT_CONN_STATUS,
+    V_INVALID_REFERER,
     V_REQUEST_LENGTH,
     V_REQUEST_TIME,
     V_UPSTREAM_ADDR,
@@ -128,6 +130,7 @@ static const struct var_def var_defs[] = {
     {"limit_rate", V_LIMIT_RATE, false},
     {"limit_req_status", V_LIMIT_REQ_STATUS, false},
     {"limit_conn_status", V_LIMIT_CONN_STATUS, false},
+    {"invalid_referer", V_INVALID_REFERER, false},
     {"request_length", V_REQUEST_LENGTH, false},
     {"request_time", V_REQUEST_TIME, false},
     {"upstream_addr", V_UPSTREAM_ADDR, false},
@@ -716,6 +719,8 @@ struct slice var_value(struct exchange *ex, int var, struct slice arg)
         return limit_status_name(ex->limit_req_st);
     case V_LIMIT_CONN_STATUS:
         return limit_status_name(ex->limit_conn_st);
+    case V_INVALID_REFERER:
+        return referer_invalid(ex);
     case V_REQUEST_LENGTH:
         return fmt(ex, "%zu", ex->request_length);
     case V_REQUEST_TIME:
