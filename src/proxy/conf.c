@@ -117,6 +117,7 @@ static void loc_conf_init(struct loc_conf *lc)
     static_conf_init(&lc->st);
     compress_conf_init(&lc->z);
     limit_conf_init(&lc->limits);
+    subfilter_conf_init(&lc->subf);
     lc->jwt.leeway_s = CF_UNSET_MSEC;
 }
 
@@ -207,6 +208,7 @@ static void loc_conf_merge(struct loc_conf *c, const struct loc_conf *p)
     cookie_conf_merge(&c->cookies, &p->cookies);
     authreq_conf_merge(&c->authreq, &p->authreq);
     referer_conf_merge(&c->referers, &p->referers);
+    subfilter_conf_merge(&c->subf, &p->subf);
     if (!c->redirect_set) {
         c->redirects = p->redirects;
         c->nredirects = p->nredirects;
@@ -322,6 +324,9 @@ static void loc_conf_defaults(struct loc_conf *c)
         compress_conf_defaults(&d.z);
         limit_conf_init(&d.limits);
         limit_conf_defaults(&d.limits);
+        subfilter_conf_init(&d.subf);
+        d.subf.once = 1;
+        d.subf.last_modified = 0;
         init = true;
     }
     loc_conf_merge(c, &d);
@@ -1708,10 +1713,10 @@ static const struct cf_module http_cf_module = {"http", http_directives};
 void conf_register_all(void)
 {
     static const struct cf_module *const mods[] = {
-        &core_cf_module,     &http_cf_module,    &ssl_cf_module,   &h2_cf_module,
-        &ups_cf_module,      &check_cf_module,   &cache_cf_module, &static_cf_module,
-        &compress_cf_module, &limit_cf_module,   &admin_cf_module, &cookie_cf_module,
-        &authreq_cf_module,  &referer_cf_module,
+        &core_cf_module,     &http_cf_module,    &ssl_cf_module,       &h2_cf_module,
+        &ups_cf_module,      &check_cf_module,   &cache_cf_module,     &static_cf_module,
+        &compress_cf_module, &limit_cf_module,   &admin_cf_module,     &cookie_cf_module,
+        &authreq_cf_module,  &referer_cf_module, &subfilter_cf_module,
     };
     cf_register(mods, sizeof(mods) / sizeof(mods[0]));
 }

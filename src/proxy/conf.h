@@ -24,6 +24,7 @@
 #include "proxy/authreq.h"
 #include "proxy/cookie.h"
 #include "proxy/referer.h"
+#include "proxy/subfilter.h"
 #include "upstream/upstream.h"
 
 /* Slots of cf_ctx.confs while loading. */
@@ -141,6 +142,7 @@ struct loc_conf {
     struct cookie_conf cookies;   /* proxy_cookie_* (cookie.h) */
     struct authreq_conf authreq;  /* auth_request (authreq.h) */
     struct referer_conf referers; /* valid_referers (referer.h) */
+    struct subfilter_conf subf;   /* sub_filter (subfilter.h) */
     int absolute_redirect;        /* relative Location made absolute (scheme://host[:port]) */
     int port_in_redirect;         /* ... with the port when not the scheme's */
     int server_name_in_redirect;  /* ... with the first server_name, not Host */

@@ -185,6 +185,7 @@ struct exchange {
     bool internal;       /* an internal redirect or a rewrite brought it here (`internal`) */
     bool subrequest;     /* auth_request's: no access or limit phases, no log */
     bool auth_request_done;
+    struct subf *subf; /* the sub_filter filter, when installed (subfilter.c) */
     struct http_field *accel_keep; /* X-Accel-Redirect: upstream fields the answer keeps */
     uint8_t naccel_keep;
     bool in_redirect;     /* proxy_release inside an internal redirect: keep the holds */

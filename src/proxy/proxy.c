@@ -24,6 +24,7 @@
 #include "proxy/jwt.h"
 #include "proxy/limit.h"
 #include "proxy/static.h"
+#include "proxy/subfilter.h"
 #include "core/log.h"
 #include "http1/h1.h"
 #include "proxy/pcache.h"
@@ -2519,6 +2520,8 @@ static void run_location(struct exchange *ex)
     }
     if (lc->z.any)
         compress_install(ex);
+    if (lc->subf.n)
+        subfilter_install(ex); /* (in front of compression: it sees the plain bytes) */
     if (lc->api) {
         admin_answer(ex);
         return;

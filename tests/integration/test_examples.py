@@ -271,6 +271,9 @@ def test_edge(example):
     assert r.status == 302 and r.header("Location") == f"http://edge.test:{port(8090)}/app/home"
     r = via_lb("203.0.113.5", "/old/page")
     assert r.status == 301 and r.header("Location").endswith("/app/page")
+    # the app's own links are rewritten in its pages (sub_filter)
+    r = via_lb("203.0.113.5", "/app/menu")
+    assert r.body == b'<a href="/app/home">home</a> <a href="/app/cart">cart</a>\n', r.body
     # the same client always lands in the same release
     assert len({via_lb("192.0.2.1", "/whoami").text for _ in range(5)}) == 1
 
