@@ -5,7 +5,7 @@ BUILD ?= build
 ASAN_BUILD ?= build-asan
 FUZZ_BUILD ?= build-fuzz
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS ?= h1_request h1_response h1_chunked config cache_rules cache_file h2_session realip proxy_protocol accept_encoding auth jwt dns cookie subfilter
+FUZZ_TARGETS ?= h1_request h1_response h1_chunked config cache_rules cache_file h2_session realip proxy_protocol accept_encoding auth jwt dns cookie subfilter securelink
 
 .PHONY: all deps build asan test unit integration fuzz run bench bench-quick micro docs clean format
 

@@ -209,6 +209,7 @@ static void loc_conf_merge(struct loc_conf *c, const struct loc_conf *p)
     authreq_conf_merge(&c->authreq, &p->authreq);
     referer_conf_merge(&c->referers, &p->referers);
     subfilter_conf_merge(&c->subf, &p->subf);
+    securelink_conf_merge(&c->securelink, &p->securelink);
     if (!c->redirect_set) {
         c->redirects = p->redirects;
         c->nredirects = p->nredirects;
@@ -1716,7 +1717,7 @@ void conf_register_all(void)
         &core_cf_module,     &http_cf_module,    &ssl_cf_module,       &h2_cf_module,
         &ups_cf_module,      &check_cf_module,   &cache_cf_module,     &static_cf_module,
         &compress_cf_module, &limit_cf_module,   &admin_cf_module,     &cookie_cf_module,
-        &authreq_cf_module,  &referer_cf_module, &subfilter_cf_module,
+        &authreq_cf_module,  &referer_cf_module, &subfilter_cf_module, &securelink_cf_module,
     };
     cf_register(mods, sizeof(mods) / sizeof(mods[0]));
 }

@@ -24,6 +24,7 @@
 #include "proxy/authreq.h"
 #include "proxy/cookie.h"
 #include "proxy/referer.h"
+#include "proxy/securelink.h"
 #include "proxy/subfilter.h"
 #include "upstream/upstream.h"
 
@@ -143,6 +144,7 @@ struct loc_conf {
     struct authreq_conf authreq;  /* auth_request (authreq.h) */
     struct referer_conf referers; /* valid_referers (referer.h) */
     struct subfilter_conf subf;   /* sub_filter (subfilter.h) */
+    struct securelink_conf securelink; /* secure_link (securelink.h) */
     int absolute_redirect;        /* relative Location made absolute (scheme://host[:port]) */
     int port_in_redirect;         /* ... with the port when not the scheme's */
     int server_name_in_redirect;  /* ... with the first server_name, not Host */

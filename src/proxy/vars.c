@@ -14,6 +14,7 @@
 #include "proxy/limit.h"
 #include "proxy/map.h"
 #include "proxy/referer.h"
+#include "proxy/securelink.h"
 #include "proxy/rewrite.h"
 #include "proxy/proxy.h"
 #include "tls/tls.h"
@@ -50,6 +51,8 @@ enum var_id {
     V_LIMIT_REQ_STATUS,
     V_LIMIT_CONN_STATUS,
     V_INVALID_REFERER,
+    V_SECURE_LINK,
+    V_SECURE_LINK_EXPIRES,
     V_REQUEST_LENGTH,
     V_REQUEST_TIME,
     V_UPSTREAM_ADDR,
@@ -131,6 +134,8 @@ static const struct var_def var_defs[] = {
     {"limit_req_status", V_LIMIT_REQ_STATUS, false},
     {"limit_conn_status", V_LIMIT_CONN_STATUS, false},
     {"invalid_referer", V_INVALID_REFERER, false},
+    {"secure_link", V_SECURE_LINK, false},
+    {"secure_link_expires", V_SECURE_LINK_EXPIRES, false},
     {"request_length", V_REQUEST_LENGTH, false},
     {"request_time", V_REQUEST_TIME, false},
     {"upstream_addr", V_UPSTREAM_ADDR, false},
@@ -721,6 +726,10 @@ struct slice var_value(struct exchange *ex, int var, struct slice arg)
         return limit_status_name(ex->limit_conn_st);
     case V_INVALID_REFERER:
         return referer_invalid(ex);
+    case V_SECURE_LINK:
+        return securelink_value(ex);
+    case V_SECURE_LINK_EXPIRES:
+        return securelink_expires(ex);
     case V_REQUEST_LENGTH:
         return fmt(ex, "%zu", ex->request_length);
     case V_REQUEST_TIME:

@@ -316,6 +316,14 @@ def test_static_files(example, tmp_path):
     assert r.status == 200 and r.body == b"42\n"
     assert r.header("Content-Disposition") == "attachment; filename=report.txt"
     assert get(port(8090), "/private/report.txt").status == 404
+    # a signed, expiring link to the same file
+    import hashlib
+    import time
+    e = int(time.time()) + 3600
+    h = base64.urlsafe_b64encode(hashlib.md5(f"{e}/dl/report.txt s3cret".encode()).digest())
+    r = get(port(8090), f"/dl/report.txt?md5={h.decode().rstrip('=')}&expires={e}")
+    assert r.status == 200 and r.body == b"42\n"
+    assert get(port(8090), f"/dl/report.txt?md5=AAAA&expires={e}").status == 403
     import gzip
     (www / "big.html").write_bytes(b"<p>hello</p>\n" * 500)
     r = get(port(8090), "/big.html", headers=[("Accept-Encoding", "gzip")])
