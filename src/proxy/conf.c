@@ -118,6 +118,8 @@ static void loc_conf_init(struct loc_conf *lc)
     compress_conf_init(&lc->z);
     limit_conf_init(&lc->limits);
     subfilter_conf_init(&lc->subf);
+    lc->ofc.errors = CF_UNSET_FLAG;
+    lc->ofc.valid_ms = CF_UNSET_MSEC;
     lc->jwt.leeway_s = CF_UNSET_MSEC;
 }
 
@@ -210,6 +212,7 @@ static void loc_conf_merge(struct loc_conf *c, const struct loc_conf *p)
     referer_conf_merge(&c->referers, &p->referers);
     subfilter_conf_merge(&c->subf, &p->subf);
     securelink_conf_merge(&c->securelink, &p->securelink);
+    ofc_conf_merge(&c->ofc, &p->ofc);
     if (!c->redirect_set) {
         c->redirects = p->redirects;
         c->nredirects = p->nredirects;
@@ -325,6 +328,9 @@ static void loc_conf_defaults(struct loc_conf *c)
         compress_conf_defaults(&d.z);
         limit_conf_init(&d.limits);
         limit_conf_defaults(&d.limits);
+        d.ofc.valid_ms = 60000;
+        d.ofc.min_uses = 1;
+        d.ofc.errors = 0;
         subfilter_conf_init(&d.subf);
         d.subf.once = 1;
         d.subf.last_modified = 0;
@@ -1718,6 +1724,7 @@ void conf_register_all(void)
         &ups_cf_module,      &check_cf_module,   &cache_cf_module,     &static_cf_module,
         &compress_cf_module, &limit_cf_module,   &admin_cf_module,     &cookie_cf_module,
         &authreq_cf_module,  &referer_cf_module, &subfilter_cf_module, &securelink_cf_module,
+        &ofcache_cf_module,
     };
     cf_register(mods, sizeof(mods) / sizeof(mods[0]));
 }

@@ -23,6 +23,7 @@
 #include "tls/tls.h"
 #include "proxy/authreq.h"
 #include "proxy/cookie.h"
+#include "proxy/ofcache.h"
 #include "proxy/referer.h"
 #include "proxy/securelink.h"
 #include "proxy/subfilter.h"
@@ -145,6 +146,7 @@ struct loc_conf {
     struct referer_conf referers; /* valid_referers (referer.h) */
     struct subfilter_conf subf;   /* sub_filter (subfilter.h) */
     struct securelink_conf securelink; /* secure_link (securelink.h) */
+    struct ofc_conf ofc;               /* open_file_cache (ofcache.h) */
     int absolute_redirect;        /* relative Location made absolute (scheme://host[:port]) */
     int port_in_redirect;         /* ... with the port when not the scheme's */
     int server_name_in_redirect;  /* ... with the first server_name, not Host */

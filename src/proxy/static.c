@@ -4,6 +4,7 @@
  * (plain HTTP/1), else read in segments as the client drains. */
 #include "proxy/static.h"
 #include "proxy/compress.h"
+#include "proxy/ofcache.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -20,6 +21,7 @@
 
 #include "cache/rules.h"
 #include "core/log.h"
+#include "core/loop.h"
 #include "proxy/exchange.h"
 #include "proxy/proxy.h"
 #include "proxy/vars.h"
@@ -1127,33 +1129,27 @@ static void serve_uri(struct exchange *ex, struct slice uri)
         size_t pl = strlen(path);
         char *gzp = arena_alloc(&ex->arena, pl + 4);
         int gfd = -1;
+        struct stat gst;
         if (gzp) {
             memcpy(gzp, path, pl);
             memcpy(gzp + pl, ".gz", 4);
-            gfd = open(gzp, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+            gfd = ofc_open(&ex->lc->ofc, loop_now_ms(ex->loop), gzp, &gst);
         }
         if (gfd < 0 && gzp && errno != ENOENT && errno != ENOTDIR) {
             not_found(ex, gzp, errno);
             return;
         }
-        struct stat gst;
-        if (gfd >= 0 && fstat(gfd, &gst) == 0 && S_ISREG(gst.st_mode)) {
+        if (gfd >= 0 && S_ISREG(gst.st_mode)) {
             serve_fd(ex, path, gfd, &gst, true);
             return;
         }
         if (gfd >= 0)
             close(gfd);
     }
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    struct stat st;
+    int fd = ofc_open(&ex->lc->ofc, loop_now_ms(ex->loop), path, &st);
     if (fd < 0) {
         not_found(ex, path, errno);
-        return;
-    }
-    struct stat st;
-    if (fstat(fd, &st) < 0) {
-        int e = errno;
-        close(fd);
-        not_found(ex, path, e);
         return;
     }
     if (S_ISDIR(st.st_mode)) {

@@ -1,4 +1,5 @@
 #include "proxy/worker.h"
+#include "proxy/ofcache.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -323,6 +324,7 @@ static void *worker_main(void *arg)
         h1_session_kill(w->sessions);
     h2_sessions_kill(w);
     pcache_background_kill();
+    ofc_thread_flush();
     while (w->nlisteners)
         close_listener(w, 0);
     ups_pool_clear(w->pool);

@@ -138,3 +138,49 @@ def test_log_not_found(sp):
     assert get(sp.port, "/loud/nothing-here-2.txt").status == 404
     sp.wait_error_log(r"nothing-here-2\.txt")
     assert "nothing-here-1" not in sp.error_log
+
+
+# ---- open_file_cache (Portico-only checks of what is cached: nginx behaves alike)
+
+@pytest.fixture(scope="module")
+def ofc(mres, tmp_path_factory):
+    d = tmp_path_factory.mktemp("ofc")
+    (d / "v.txt").write_bytes(b"version 1\n")
+    return d, mres.proxy("""
+        server {
+            listen 127.0.0.1:{port};
+            location /c/ {
+                alias %(d)s/;
+                open_file_cache max=100 inactive=30s;
+                open_file_cache_valid 3s;
+                open_file_cache_errors on;
+            }
+            location /n/ { alias %(d)s/; }
+        }
+    """ % {"d": d})
+
+
+def test_open_file_cache_keeps_the_open_file_until_valid_runs_out(ofc):
+    from conftest import wait_for
+    d, p = ofc
+    assert get(p.port, "/c/v.txt").body == b"version 1\n"
+    # a deploy replaces the file (a new inode): the cached one serves on a while
+    (d / "v.new").write_bytes(b"version 2!\n")
+    os.replace(d / "v.new", d / "v.txt")
+    assert get(p.port, "/n/v.txt").body == b"version 2!\n"  # uncached location: at once
+    r = get(p.port, "/c/v.txt")
+    assert r.body == b"version 1\n"  # the kept descriptor: the old inode, its length
+    wait_for(lambda: get(p.port, "/c/v.txt").body == b"version 2!\n", 15,
+             what="the new version after open_file_cache_valid")
+    r = get(p.port, "/c/v.txt")
+    assert r.header("Content-Length") == "11"
+
+
+def test_open_file_cache_errors(ofc):
+    from conftest import wait_for
+    d, p = ofc
+    assert get(p.port, "/c/late.txt").status == 404
+    (d / "late.txt").write_bytes(b"here now\n")
+    assert get(p.port, "/c/late.txt").status == 404  # the error is remembered
+    wait_for(lambda: get(p.port, "/c/late.txt").status == 200, 15,
+             what="the file found after open_file_cache_valid")
